@@ -1,6 +1,6 @@
 //! `provisiond`: the command-line entry point. Parses arguments and dispatches to
 //! `service::cli`; no logic lives here.
 
-fn main() {
-    service::cli::main();
+fn main() -> std::process::ExitCode {
+    service::cli::main()
 }

@@ -1,0 +1,177 @@
+//! `Application::build`: the one composition root, shared by `provisiond serve` and the tests.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+
+use crate::audit::AuditKey;
+use crate::auth::ratelimit::FailureLimiter;
+use crate::authority::{Authority, AuthorityLoadError};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::http::{self, problem::ApiError};
+use crate::metrics::Metrics;
+use crate::seal::{KeyRing, SealContext, SealError};
+use crate::state::AppState;
+use crate::store::{meta, Store, StoreError};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// storage
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// master key
+    #[error("{0}")]
+    Seal(#[from] SealError),
+    /// CA
+    #[error("{0}")]
+    Authority(#[from] AuthorityLoadError),
+    /// the master key does not open this database's secrets
+    #[error("the master key does not match this database ({0}); refusing to start")]
+    WrongMasterKey(String),
+    /// the database was never initialized
+    #[error("the database is not initialized: run `provisiond init`")]
+    NotInitialized,
+    /// TLS
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// TLS certificate issuance
+    #[error("TLS certificate: {0}")]
+    ServerCert(#[from] crate::usecase::server_cert::ServerCertError),
+    /// binding the socket
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// address
+        addr: String,
+        /// cause
+        #[source]
+        source: std::io::Error,
+    },
+    /// metrics registry
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A built, bound, not yet running server.
+pub struct Application {
+    server: actix_web::dev::Server,
+    addr: SocketAddr,
+    state: web::Data<AppState>,
+}
+
+/// Loads the master key ring, the database and the CA; checks that the ring opens the stored
+/// secrets (a wrong key fails here, clearly, never later as garbage).
+pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
+    let ring = KeyRing::load(&config.master_key_path())?;
+    let store = Store::connect(&config.database(), config.db_max_connections).await?;
+    store.migrate().await?;
+    let mut conn = store.conn().await?;
+    if meta::get(&mut conn, "initialized").await?.is_none() {
+        return Err(StartError::NotInitialized);
+    }
+    let audit_row = meta::secret(&mut conn, "audit_key").await?;
+    let audit_key = ring
+        .open(
+            SealContext { table: "secrets", column: "value", row_id: "audit_key" },
+            &audit_row.value,
+        )
+        .map_err(|e| StartError::WrongMasterKey(e.to_string()))?;
+    let issuers = crate::store::issuers::list(&mut conn).await?;
+    drop(conn);
+    let authority = Authority::load(issuers, &ring)?;
+    Ok(AppState {
+        config,
+        store,
+        ring: Arc::new(ring),
+        clock,
+        audit_key: AuditKey::new(audit_key),
+        authority: RwLock::new(Arc::new(authority)),
+        limiter: FailureLimiter::default(),
+        metrics: Metrics::new()?,
+    })
+}
+
+impl Application {
+    /// Builds the server for `config`: state, TLS certificate, routes; binds the socket.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let state = open_state(config, clock).await?;
+        let authority = state.authority();
+        let cred = crate::usecase::server_cert::issue_for_instance(
+            &state.store,
+            &authority,
+            &state.config.host_name,
+            &state.config.tls_names,
+            state.now(),
+        )
+        .await?;
+        let tls = crate::tls::server_config(&cred)?;
+        let listen = state.config.listen.clone();
+        let state = web::Data::new(state);
+        let data = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(json_config())
+                .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                    ApiError::BadRequest(format!("invalid query parameters: {e}")).into()
+                }))
+                .app_data(web::PathConfig::default().error_handler(|e, _| {
+                    ApiError::BadRequest(format!("invalid path: {e}")).into()
+                }))
+                .wrap(from_fn(http::guard))
+                .wrap(from_fn(http::measure))
+                .configure(http::configure)
+                .default_service(web::to(|| async {
+                    Err::<String, _>(ApiError::NotFound("no such route".into()))
+                }))
+        })
+        .client_request_timeout(Duration::from_secs(30))
+        .tls_handshake_timeout(Duration::from_secs(5))
+        .shutdown_timeout(20)
+        .bind_rustls_0_23(&listen, tls)
+        .map_err(|source| StartError::Bind { addr: listen.clone(), source })?;
+        let addr = server.addrs().first().copied().ok_or_else(|| StartError::Bind {
+            addr: listen.clone(),
+            source: std::io::Error::other("no address bound"),
+        })?;
+        Ok(Self { server: server.run(), addr, state })
+    }
+
+    /// The bound address (the real port when listening on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until SIGTERM / SIGINT; in-flight requests finish.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.state.store.close().await;
+        result
+    }
+}
+
+/// JSON bodies: 1 MiB, `application/json` (parameters allowed), errors as problems.
+fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(1024 * 1024)
+        .content_type_required(true)
+        .content_type(|mime| mime.type_() == "application" && mime.subtype() == "json")
+        .error_handler(|err, _| {
+            use actix_web::error::JsonPayloadError as E;
+            match err {
+                E::OverflowKnownLength { .. } | E::Overflow { .. } => ApiError::PayloadTooLarge,
+                E::ContentType => ApiError::UnsupportedMediaType(
+                    "request body must be sent as application/json".into(),
+                ),
+                E::Deserialize(e) => ApiError::BadRequest(format!("invalid JSON body: {e}")),
+                other => ApiError::BadRequest(format!("invalid request body: {other}")),
+            }
+            .into()
+        })
+}

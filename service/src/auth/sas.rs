@@ -1,0 +1,110 @@
+//! SAS token authentication for policies (`skn=` tokens over the service's host name).
+
+use ca::sas::{SasToken, Validity};
+use ca::SasKey;
+
+use super::{AuthError, PermissionSet, Principal, Scope};
+use crate::seal::{KeyRing, SealContext};
+use crate::store::policies::PolicyRow;
+use crate::store::Store;
+use crate::store::StoreError;
+
+/// Tokens whose `se` lies more than this far ahead are refused (API.md A15).
+pub const MAX_AHEAD_SECS: i64 = 366 * 86_400;
+
+/// Outcome of checking a token against a policy.
+#[derive(Debug)]
+pub enum PolicyAuth {
+    /// Authenticated.
+    Ok(Principal),
+    /// Refused.
+    Refused(AuthError),
+}
+
+/// The keys of a policy, unsealed.
+pub struct PolicyKeys {
+    /// primary
+    pub primary: SasKey,
+    /// secondary
+    pub secondary: SasKey,
+}
+
+/// Unseals both keys of a policy row.
+pub fn unseal_policy_keys(
+    ring: &KeyRing,
+    row: &PolicyRow,
+) -> Result<PolicyKeys, crate::seal::SealError> {
+    let ctx = |column| SealContext { table: "policies", column, row_id: &row.name };
+    let primary = ring.open(ctx("primary_key"), &row.primary_key)?;
+    let secondary = ring.open(ctx("secondary_key"), &row.secondary_key)?;
+    Ok(PolicyKeys {
+        primary: SasKey::from_bytes(primary.to_vec()),
+        secondary: SasKey::from_bytes(secondary.to_vec()),
+    })
+}
+
+/// Errors beyond a refused credential.
+#[derive(Debug, thiserror::Error)]
+pub enum SasAuthError {
+    /// storage failed
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// a sealed key did not open
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
+    /// a stored permission list is corrupt
+    #[error("stored policy {0} is corrupt")]
+    Corrupt(String),
+}
+
+/// Authenticates a policy SAS token: `skn` names the policy, `sr` must cover `host_name`, the
+/// signature must match the primary or secondary key, and the expiry must be within bounds.
+pub async fn authenticate_policy(
+    store: &Store,
+    ring: &KeyRing,
+    host_name: &str,
+    token_text: &str,
+    now: i64,
+    skew_secs: i64,
+) -> Result<PolicyAuth, SasAuthError> {
+    let refused = |claimed: Option<&str>| {
+        Ok(PolicyAuth::Refused(AuthError::Invalid { claimed: claimed.map(str::to_owned) }))
+    };
+    let Ok(token) = SasToken::parse(token_text) else {
+        return refused(None);
+    };
+    let Some(name) = token.key_name() else {
+        return refused(None);
+    };
+    let validity = Validity { now, skew_secs, max_ahead_secs: MAX_AHEAD_SECS };
+    if token.check_expiry(validity).is_err()
+        || !token.covers(host_name)
+        || token.resource().contains('/')
+    {
+        return refused(Some(name));
+    }
+    let mut conn = store.conn().await?;
+    let Some(row) = crate::store::policies::get(&mut conn, name).await? else {
+        return refused(Some(name));
+    };
+    drop(conn);
+    let keys = unseal_policy_keys(ring, &row)?;
+    // Check both keys unconditionally so timing does not reveal which one matched.
+    let primary_ok = token.check_signature(&keys.primary).is_ok();
+    let secondary_ok = token.check_signature(&keys.secondary).is_ok();
+    if !(primary_ok | secondary_ok) {
+        return refused(Some(name));
+    }
+    let names: Vec<String> = serde_json::from_str(&row.permissions)
+        .map_err(|_| SasAuthError::Corrupt(row.name.clone()))?;
+    let permissions = PermissionSet::parse(names.iter().map(String::as_str))
+        .map_err(|_| SasAuthError::Corrupt(row.name.clone()))?;
+    let scope = match row.scope.as_deref() {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_str::<Scope>(text)
+                .map_err(|_| SasAuthError::Corrupt(row.name.clone()))?,
+        ),
+    };
+    Ok(PolicyAuth::Ok(Principal { name: row.name, permissions, scope }))
+}

@@ -1,0 +1,75 @@
+//! Audit trail: list, verify, signed checkpoint.
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+
+use super::problem::ApiError;
+use crate::clock::rfc3339;
+use crate::state::AppState;
+
+/// `?after=&limit=`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/audit`
+pub async fn list(
+    state: web::Data<AppState>,
+    q: web::Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be between 1 and 1000".into()));
+    }
+    let after = q.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::BadRequest("after must be a non-negative sequence number".into()));
+    }
+    let mut conn = state.store.conn().await?;
+    let rows = crate::store::audit::page(&mut conn, after, limit).await?;
+    let items: Vec<_> = rows
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "seq": r.seq, "at": rfc3339(r.at), "actor": r.actor, "action": r.action,
+                "target": r.target, "outcome": r.outcome, "client_addr": r.client_addr,
+                "prev_hash": r.prev_hash, "hash": r.hash,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items })))
+}
+
+/// `GET /v1/audit/verify`
+pub async fn verify(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let report = crate::audit::verify(&state.store, &state.audit_key).await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+#[derive(Serialize)]
+struct CheckpointClaims {
+    seq: i64,
+    hash: String,
+    at: String,
+}
+
+/// `GET /v1/audit/checkpoint`: `{seq, hash, at, signature}`, the signature a compact ES256 JWS
+/// by the current intermediate over `{seq, hash, at}`.
+pub async fn checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.store.conn().await?;
+    let (seq, hash) = crate::store::audit::head(&mut conn).await?;
+    drop(conn);
+    let claims = CheckpointClaims { seq, hash, at: rfc3339(state.now()) };
+    let authority = state.authority();
+    let issuer = authority.active();
+    let key = jsonwebtoken::EncodingKey::from_ec_der(issuer.private_key().expose_secret());
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(issuer.id());
+    let signature = jsonwebtoken::encode(&header, &claims, &key).map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "seq": claims.seq, "hash": claims.hash, "at": claims.at, "signature": signature,
+    })))
+}

@@ -1,0 +1,89 @@
+//! Request extractors: the authenticated principal, client address, and credential parsing.
+
+use std::future::{ready, Ready};
+
+use actix_web::{dev::Payload, FromRequest, HttpMessage as _, HttpRequest};
+
+use super::problem::ApiError;
+use crate::audit::Entry;
+use crate::auth::sas::{authenticate_policy, PolicyAuth};
+use crate::auth::{AuthError, Principal};
+use crate::state::AppState;
+
+/// The principal the guard middleware authenticated for this request.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Principal);
+
+impl FromRequest for Authenticated {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(
+            req.extensions()
+                .get::<Authenticated>()
+                .cloned()
+                .ok_or(ApiError::Unauthorized { detail: "authentication required" }),
+        )
+    }
+}
+
+/// The client's IP address as text.
+pub fn client_ip(req: &HttpRequest) -> Option<String> {
+    req.peer_addr().map(|a| a.ip().to_string())
+}
+
+/// Authenticates the `Authorization` header; on failure audits, counts toward the rate limit
+/// and returns 401 or 429.
+pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Principal, ApiError> {
+    let header =
+        req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let outcome = match header {
+        None => Err(AuthError::Missing),
+        Some(h) if h.starts_with("SharedAccessSignature ") => {
+            match authenticate_policy(
+                &state.store,
+                &state.ring,
+                &state.config.host_name,
+                h,
+                state.now(),
+                state.config.sas_skew_secs,
+            )
+            .await
+            {
+                Ok(PolicyAuth::Ok(p)) => Ok(p),
+                Ok(PolicyAuth::Refused(e)) => Err(e),
+                Err(crate::auth::sas::SasAuthError::Store(e)) => return Err(e.into()),
+                Err(e) => return Err(ApiError::internal(e)),
+            }
+        }
+        Some(_) => Err(AuthError::UnsupportedScheme),
+    };
+    match outcome {
+        Ok(p) => Ok(p),
+        Err(e) => Err(refuse(state, req, e).await),
+    }
+}
+
+/// Records a failed authentication and builds the 401 / 429 answer.
+pub async fn refuse(state: &AppState, req: &HttpRequest, err: AuthError) -> ApiError {
+    let addr = client_ip(req).unwrap_or_else(|| "unknown".into());
+    let (claimed, detail, scheme) = match &err {
+        AuthError::Missing => (None, "authentication required", "none"),
+        AuthError::UnsupportedScheme => (None, "unsupported authorization scheme", "other"),
+        AuthError::Invalid { claimed } => (claimed.clone(), "invalid or expired credential", "sas"),
+    };
+    state.metrics.auth_failures.with_label_values(&[scheme]).inc();
+    let now = state.now();
+    // Requests without credentials count only toward the per-address limit (API.md A23).
+    let limited = state.limiter.fail(claimed.as_deref(), &addr, now);
+    let actor = claimed.as_deref().unwrap_or("anonymous");
+    let entry = Entry::failure(actor, "auth.failure", req.path(), Some(&addr));
+    if let Err(e) = crate::audit::record(&state.store, &state.audit_key, &entry, now).await {
+        tracing::warn!(error = %super::problem::error_chain(&e), "audit append failed");
+    }
+    match limited {
+        Some(retry_after) => ApiError::TooManyRequests { retry_after },
+        None => ApiError::Unauthorized { detail },
+    }
+}

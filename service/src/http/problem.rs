@@ -1,0 +1,177 @@
+//! THE error → HTTP mapping. Every error leaving a handler becomes `application/problem+json`
+//! (RFC 9457) with a stable `type` URI per kind. Client errors carry a safe, actionable detail;
+//! internal errors carry a fixed text and are logged with their full cause chain.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::store::StoreError;
+
+/// Content type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An API error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// 400: invalid input; the text says what to fix.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 409: conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// 403: authenticated but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 410: gone for good.
+    #[error("{0}")]
+    Gone(String),
+    /// 500: fixed text to the client, full chain to the log.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// 405.
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
+    /// 404 (also for objects outside the caller's scope).
+    #[error("{0}")]
+    NotFound(String),
+    /// 501.
+    #[error("{0}")]
+    NotImplemented(String),
+    /// 413.
+    #[error("request body too large (JSON bodies are limited to 1 MiB)")]
+    PayloadTooLarge,
+    /// 412.
+    #[error("precondition failed: the resource changed (etag mismatch)")]
+    PreconditionFailed,
+    /// 429.
+    #[error("too many failed authentications; retry after {retry_after} s")]
+    TooManyRequests {
+        /// seconds
+        retry_after: i64,
+    },
+    /// 401.
+    #[error("{detail}")]
+    Unauthorized {
+        /// what was wrong, without secret detail
+        detail: &'static str,
+    },
+    /// 503.
+    #[error("service unavailable: the database cannot be reached")]
+    Unavailable,
+    /// 415.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+}
+
+impl ApiError {
+    /// Wraps any internal error.
+    pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ApiError::Internal(Box::new(e))
+    }
+
+    fn slug_and_title(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => ("bad-request", "Bad Request"),
+            ApiError::Conflict(_) => ("conflict", "Conflict"),
+            ApiError::Forbidden(_) => ("forbidden", "Forbidden"),
+            ApiError::Gone(_) => ("gone", "Gone"),
+            ApiError::Internal(_) => ("internal", "Internal Server Error"),
+            ApiError::MethodNotAllowed => ("method-not-allowed", "Method Not Allowed"),
+            ApiError::NotFound(_) => ("not-found", "Not Found"),
+            ApiError::NotImplemented(_) => ("not-implemented", "Not Implemented"),
+            ApiError::PayloadTooLarge => ("payload-too-large", "Payload Too Large"),
+            ApiError::PreconditionFailed => ("precondition-failed", "Precondition Failed"),
+            ApiError::TooManyRequests { .. } => ("rate-limited", "Too Many Requests"),
+            ApiError::Unauthorized { .. } => ("unauthorized", "Unauthorized"),
+            ApiError::Unavailable => ("unavailable", "Service Unavailable"),
+            ApiError::UnsupportedMediaType(_) => {
+                ("unsupported-media-type", "Unsupported Media Type")
+            }
+        }
+    }
+}
+
+/// Renders a problem document.
+pub fn problem(status: StatusCode, slug: &str, title: &str, detail: &str) -> HttpResponse {
+    let body = serde_json::json!({
+        "type": format!("urn:provisiond:problem:{slug}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    HttpResponse::build(status)
+        .insert_header((header::CONTENT_TYPE, PROBLEM_JSON))
+        .body(body.to_string())
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(source) = self {
+            tracing::error!(error = %error_chain(source.as_ref()), "internal error");
+        }
+        let (slug, title) = self.slug_and_title();
+        let mut resp = problem(self.status_code(), slug, title, &self.to_string());
+        match self {
+            ApiError::Unauthorized { .. } => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("SharedAccessSignature"),
+                );
+            }
+            ApiError::TooManyRequests { retry_after } => {
+                if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                    resp.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+            }
+            ApiError::Unavailable => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::NotFound("not found".into()),
+            StoreError::Conflict { .. } => ApiError::Conflict("the object already exists".into()),
+            StoreError::Unavailable(_) => ApiError::Unavailable,
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// `e: cause: cause…` for logs.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,47 @@
+//! Shared application state, built once by `Application::build` (the composition root).
+
+use std::sync::{Arc, RwLock};
+
+use crate::audit::AuditKey;
+use crate::auth::ratelimit::FailureLimiter;
+use crate::authority::Authority;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::seal::KeyRing;
+use crate::store::Store;
+
+/// Everything a request handler may need.
+pub struct AppState {
+    /// configuration in effect
+    pub config: Config,
+    /// the database
+    pub store: Store,
+    /// master key ring
+    pub ring: Arc<KeyRing>,
+    /// time source
+    pub clock: Arc<dyn Clock>,
+    /// audit chain key
+    pub audit_key: AuditKey,
+    /// the CA hierarchy (replaced on intermediate rotation)
+    pub authority: RwLock<Arc<Authority>>,
+    /// failed-authentication limiter
+    pub limiter: FailureLimiter,
+    /// Prometheus metrics
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    /// The current CA hierarchy.
+    pub fn authority(&self) -> Arc<Authority> {
+        match self.authority.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Current unix time.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+}

@@ -1,0 +1,90 @@
+//! `audit_log` and its chain head. Appends lock the head row so the chain stays linear across
+//! writers and instances: SQLite's `BEGIN IMMEDIATE` already serializes writers, PostgreSQL uses
+//! `SELECT … FOR UPDATE` — the one query whose text differs by dialect.
+
+use sqlx::AnyConnection;
+
+use super::{Dialect, StoreError};
+
+/// One audit row as stored.
+#[derive(Debug, Clone, sqlx::FromRow, PartialEq, Eq)]
+pub struct AuditRow {
+    /// sequence number, from 1, contiguous
+    pub seq: i64,
+    /// unix seconds
+    pub at: i64,
+    /// who (principal name, `anonymous`, `system`)
+    pub actor: String,
+    /// dotted action (`device.create`)
+    pub action: String,
+    /// object id
+    pub target: String,
+    /// `success` | `failure`
+    pub outcome: String,
+    /// client IP
+    pub client_addr: Option<String>,
+    /// hash of the previous row (64 zeros for the first)
+    pub prev_hash: String,
+    /// HMAC of this row
+    pub hash: String,
+}
+
+/// Locks and reads the chain head `(seq, hash)` inside a write transaction.
+pub async fn lock_head(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+) -> Result<(i64, String), StoreError> {
+    let sql = match dialect {
+        Dialect::Postgres => "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+        Dialect::Sqlite => "SELECT seq, hash FROM audit_head WHERE id = 1",
+    };
+    Ok(sqlx::query_as::<_, (i64, String)>(sql).fetch_one(conn).await?)
+}
+
+/// Inserts a row and moves the head to it.
+pub async fn append(conn: &mut AnyConnection, row: &AuditRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, actor, action, target, outcome, client_addr, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(row.seq)
+    .bind(row.at)
+    .bind(&row.actor)
+    .bind(&row.action)
+    .bind(&row.target)
+    .bind(&row.outcome)
+    .bind(row.client_addr.as_deref())
+    .bind(&row.prev_hash)
+    .bind(&row.hash)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(row.seq)
+        .bind(&row.hash)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Rows with `seq > after`, ascending, at most `limit`.
+pub async fn page(
+    conn: &mut AnyConnection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<AuditRow>, StoreError> {
+    Ok(sqlx::query_as::<_, AuditRow>(
+        "SELECT seq, at, actor, action, target, outcome, client_addr, prev_hash, hash \
+         FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The chain head without locking.
+pub async fn head(conn: &mut AnyConnection) -> Result<(i64, String), StoreError> {
+    Ok(sqlx::query_as::<_, (i64, String)>("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_one(conn)
+        .await?)
+}

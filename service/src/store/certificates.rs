@@ -1,0 +1,65 @@
+//! `certificates`: every certificate provisiond issued, with revocation state.
+
+use sqlx::AnyConnection;
+
+use super::StoreError;
+
+/// One issued certificate.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CertificateRow {
+    /// serial, lowercase hex
+    pub serial: String,
+    /// owning device (None for server certificates)
+    pub device_id: Option<String>,
+    /// issuing CA id
+    pub issuer_id: String,
+    /// `device` | `server`
+    pub profile: String,
+    /// DER
+    pub der: Vec<u8>,
+    /// notBefore
+    pub not_before: i64,
+    /// notAfter
+    pub not_after: i64,
+    /// revocation time
+    pub revoked_at: Option<i64>,
+    /// revocation reason (API name)
+    pub revocation_reason: Option<String>,
+    /// created
+    pub created_at: i64,
+}
+
+/// Records an issued certificate.
+pub async fn insert(conn: &mut AnyConnection, row: &CertificateRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO certificates (serial, device_id, issuer_id, profile, der, not_before, not_after, revoked_at, revocation_reason, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&row.serial)
+    .bind(row.device_id.as_deref())
+    .bind(&row.issuer_id)
+    .bind(&row.profile)
+    .bind(&row.der)
+    .bind(row.not_before)
+    .bind(row.not_after)
+    .bind(row.revoked_at)
+    .bind(row.revocation_reason.as_deref())
+    .bind(row.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Revoked certificates of one issuer (CRL content).
+pub async fn revoked_by_issuer(
+    conn: &mut AnyConnection,
+    issuer_id: &str,
+) -> Result<Vec<CertificateRow>, StoreError> {
+    Ok(sqlx::query_as::<_, CertificateRow>(
+        "SELECT serial, device_id, issuer_id, profile, der, not_before, not_after, revoked_at, revocation_reason, created_at \
+         FROM certificates WHERE issuer_id = $1 AND revoked_at IS NOT NULL ORDER BY serial",
+    )
+    .bind(issuer_id)
+    .fetch_all(conn)
+    .await?)
+}

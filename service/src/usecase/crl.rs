@@ -1,0 +1,112 @@
+//! CRLs: one per intermediate, cached in `crls`, regenerated when older than half its lifetime
+//! (or when a revocation marks it stale). The CRL number only grows: a new CRL is stored with a
+//! compare-and-swap on the previous number, so concurrent instances never publish two CRLs
+//! with the same number.
+
+use ca::revocation::{build_crl, RevocationReason, RevokedEntry};
+
+use crate::authority::CaEntry;
+use crate::store::{certificates, Store, StoreError};
+
+/// Why a CRL could not be produced.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CrlError {
+    /// The issuer has no signing key here (the root is offline).
+    #[error("no CRL is published for this issuer")]
+    NoKey,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Signing failed.
+    #[error(transparent)]
+    Revocation(#[from] ca::revocation::RevocationError),
+}
+
+#[derive(sqlx::FromRow)]
+struct CrlRow {
+    number: i64,
+    this_update: i64,
+    next_update: i64,
+    der: Vec<u8>,
+}
+
+/// The current DER CRL of `entry`, regenerating it when due.
+pub async fn current(
+    store: &Store,
+    entry: &CaEntry,
+    now: i64,
+    validity_secs: i64,
+) -> Result<Vec<u8>, CrlError> {
+    let issuer = entry.issuer.as_ref().ok_or(CrlError::NoKey)?;
+    let mut conn = store.conn().await?;
+    let cached = sqlx::query_as::<_, CrlRow>(
+        "SELECT number, this_update, next_update, der FROM crls WHERE issuer_id = $1",
+    )
+    .bind(&entry.id)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(StoreError::from)?;
+    if let Some(row) = &cached {
+        let half_life = (row.next_update - row.this_update) / 2;
+        if row.next_update > now && now - row.this_update < half_life.max(1) {
+            return Ok(row.der.clone());
+        }
+    }
+    let revoked = certificates::revoked_by_issuer(&mut conn, &entry.id).await?;
+    drop(conn);
+    let entries: Vec<RevokedEntry> = revoked
+        .iter()
+        .map(|c| RevokedEntry {
+            serial: c.serial.clone(),
+            revoked_at: c.revoked_at.unwrap_or(now),
+            reason: c
+                .revocation_reason
+                .as_deref()
+                .and_then(RevocationReason::parse)
+                .unwrap_or_default(),
+        })
+        .collect();
+    let previous = cached.as_ref().map_or(0, |r| r.number);
+    let number = previous + 1;
+    let der = build_crl(issuer, number as u64, now, now + validity_secs, &entries)?;
+    let mut tx = store.begin().await?;
+    let stored = match cached {
+        None => sqlx::query(
+            "INSERT INTO crls (issuer_id, number, this_update, next_update, der) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (issuer_id) DO NOTHING",
+        )
+        .bind(&entry.id)
+        .bind(number)
+        .bind(now)
+        .bind(now + validity_secs)
+        .bind(&der)
+        .execute(&mut *tx)
+        .await,
+        Some(_) => sqlx::query(
+            "UPDATE crls SET number = $2, this_update = $3, next_update = $4, der = $5 \
+             WHERE issuer_id = $1 AND number = $6",
+        )
+        .bind(&entry.id)
+        .bind(number)
+        .bind(now)
+        .bind(now + validity_secs)
+        .bind(&der)
+        .bind(previous)
+        .execute(&mut *tx)
+        .await,
+    }
+    .map_err(StoreError::from)?;
+    if stored.rows_affected() == 1 {
+        tx.commit().await.map_err(StoreError::from)?;
+        return Ok(der);
+    }
+    // Another instance published first: serve theirs (same content, its number).
+    let winner: Vec<u8> = sqlx::query_scalar("SELECT der FROM crls WHERE issuer_id = $1")
+        .bind(&entry.id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(winner)
+}

@@ -1,0 +1,273 @@
+//! `provisiond init`: config, master key, database, CA, default policies, audit and JWT keys.
+//!
+//! Invariants: a second init (same data dir, or an already initialized database) fails and
+//! changes nothing; the root key goes to a 0600 file, never into the database; every other
+//! secret is sealed; the owner key leaves this function exactly once, to the caller.
+
+use std::path::PathBuf;
+
+use ca::authority::{create_intermediate, create_root, CaKeyAlgorithm, Issuer};
+use ca::SasKey;
+use rand::RngCore as _;
+use zeroize::Zeroizing;
+
+use crate::audit::{self, AuditKey, Entry};
+use crate::auth::{Permission, PermissionSet};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::fsutil;
+use crate::seal::{KeyRing, SealContext};
+use crate::store::issuers::IssuerRow;
+use crate::store::policies::PolicyRow;
+use crate::store::{meta, Store, StoreError};
+
+const YEAR: i64 = 365 * 86_400;
+
+/// Why init failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// The data dir or the database is already initialized.
+    #[error("{0} is already initialized; nothing was changed")]
+    AlreadyInitialized(String),
+    /// Storage failed.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// file
+        path: PathBuf,
+        /// cause
+        #[source]
+        source: std::io::Error,
+    },
+    /// CA creation failed.
+    #[error("CA: {0}")]
+    Authority(#[from] ca::AuthorityError),
+    /// Key generation failed.
+    #[error("key generation: {0}")]
+    Issue(#[from] ca::IssueError),
+}
+
+/// What init hands back (once).
+pub struct Initialized {
+    /// `HostName=…;SharedAccessKeyName=owner;SharedAccessKey=…`
+    pub owner_connection_string: Zeroizing<String>,
+    /// the config as written
+    pub config: Config,
+}
+
+/// The default policies of DESIGN.md.
+pub fn default_policies() -> Vec<(&'static str, PermissionSet)> {
+    vec![
+        ("owner", PermissionSet::all()),
+        ("registryRead", [Permission::RegistryRead].into_iter().collect()),
+        ("registryReadWrite", [Permission::RegistryReadWrite].into_iter().collect()),
+        ("service", [Permission::ServiceConnect].into_iter().collect()),
+        ("device", [Permission::DeviceConnect].into_iter().collect()),
+    ]
+}
+
+/// A fresh ID scope: `0ne` + 8 upper-case hex digits.
+pub fn new_id_scope() -> String {
+    let mut b = [0u8; 4];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    format!("0ne{}", hex::encode_upper(b))
+}
+
+/// Initializes `config.data_dir` and the database.
+pub async fn initialize(mut config: Config, clock: &dyn Clock) -> Result<Initialized, InitError> {
+    let dir = config.data_dir.clone();
+    let shown = dir.display().to_string();
+    if config.file_path().exists() || config.master_key_path().exists() {
+        return Err(InitError::AlreadyInitialized(shown));
+    }
+    create_dir(&dir)?;
+    let store = Store::connect(&config.database(), 2).await?;
+    store.migrate().await?;
+    {
+        let mut conn = store.conn().await?;
+        if meta::get(&mut conn, "initialized").await?.is_some() {
+            store.close().await;
+            return Err(InitError::AlreadyInitialized("the database".into()));
+        }
+    }
+    if config.id_scope.is_empty() {
+        config.id_scope = new_id_scope();
+    }
+    let now = clock.now();
+    let ring = KeyRing::generate();
+    let root = create_root(
+        &format!("provisiond Root CA {}", config.id_scope),
+        CaKeyAlgorithm::P256,
+        now,
+        20 * YEAR,
+    )?;
+    let inter = create_intermediate(
+        &root,
+        &format!("provisiond Intermediate CA {}", config.id_scope),
+        CaKeyAlgorithm::P256,
+        now,
+        5 * YEAR,
+    )?;
+    let owner_key = SasKey::generate();
+
+    let mut tx = store.begin().await?;
+    match meta::insert(&mut tx, "initialized", &now.to_string()).await {
+        Err(StoreError::Conflict { .. }) => {
+            return Err(InitError::AlreadyInitialized("the database".into()))
+        }
+        other => other?,
+    }
+    meta::insert(&mut tx, "id_scope", &config.id_scope).await?;
+    store_issuers(&mut tx, &ring, &root, &inter, now).await?;
+    for (name, permissions) in default_policies() {
+        let primary = if name == "owner" { owner_key.clone_secret() } else { SasKey::generate() };
+        insert_policy(&mut tx, &ring, name, &permissions, &primary, &SasKey::generate(), now)
+            .await?;
+    }
+    let mut audit_bytes = Zeroizing::new(vec![0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(&mut audit_bytes);
+    insert_secret(&mut tx, &ring, "audit_key", &audit_bytes, now).await?;
+    let (jwt_key, _) = ca::issue::generate_key(ca::KeyType::P256)?;
+    insert_secret(&mut tx, &ring, "jwt_signing_key", jwt_key.expose_secret(), now).await?;
+    let key = AuditKey::new(audit_bytes);
+    audit::append(
+        &mut tx,
+        store.dialect(),
+        &key,
+        &Entry::success("system", "system.init", &config.id_scope, None),
+        now,
+    )
+    .await?;
+
+    // Files last-but-one: if any write fails the transaction rolls back and what was written is
+    // removed, so a retry starts clean.
+    let written = write_files(&config, &ring, &root, &inter);
+    if let Err(e) = written {
+        for f in [
+            config.master_key_path(),
+            config.root_key_path(),
+            dir.join("ca-chain.pem"),
+            config.file_path(),
+        ] {
+            let _ = std::fs::remove_file(f);
+        }
+        return Err(e);
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    store.close().await;
+    let owner = owner_key.to_base64();
+    let owner_connection_string = Zeroizing::new(format!(
+        "HostName={};SharedAccessKeyName=owner;SharedAccessKey={}",
+        config.host_name, &*owner
+    ));
+    Ok(Initialized { owner_connection_string, config })
+}
+
+fn create_dir(dir: &std::path::Path) -> Result<(), InitError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| InitError::Io { path: dir.to_path_buf(), source })
+}
+
+fn write_files(
+    config: &Config,
+    ring: &KeyRing,
+    root: &Issuer,
+    inter: &Issuer,
+) -> Result<(), InitError> {
+    let io = |path: PathBuf| move |source| InitError::Io { path, source };
+    let key_path = config.master_key_path();
+    fsutil::create_private(&key_path, ring.to_file_text().as_bytes())
+        .map_err(io(key_path.clone()))?;
+    let root_path = config.root_key_path();
+    fsutil::create_private(&root_path, root.private_key().to_pkcs8_pem().as_bytes())
+        .map_err(io(root_path.clone()))?;
+    let chain = config.data_dir.join("ca-chain.pem");
+    std::fs::write(&chain, ca::authority::chain_pem([inter.cert_der(), root.cert_der()]))
+        .map_err(io(chain.clone()))?;
+    config.write_file().map_err(io(config.file_path()))
+}
+
+async fn store_issuers(
+    tx: &mut sqlx::AnyConnection,
+    ring: &KeyRing,
+    root: &Issuer,
+    inter: &Issuer,
+    now: i64,
+) -> Result<(), StoreError> {
+    crate::store::issuers::insert(
+        tx,
+        &IssuerRow {
+            id: root.id(),
+            cert_der: root.cert_der().to_vec(),
+            is_root: 1,
+            active: 0,
+            key_version: None,
+            private_key: None,
+            not_after: root.not_after(),
+            created_at: now,
+        },
+    )
+    .await?;
+    let id = inter.id();
+    let sealed = ring.seal(
+        SealContext { table: "issuers", column: "private_key", row_id: &id },
+        inter.private_key().expose_secret(),
+    );
+    crate::store::issuers::insert(
+        tx,
+        &IssuerRow {
+            id: id.clone(),
+            cert_der: inter.cert_der().to_vec(),
+            is_root: 0,
+            active: 1,
+            key_version: Some(i64::from(ring.current_version())),
+            private_key: Some(sealed),
+            not_after: inter.not_after(),
+            created_at: now,
+        },
+    )
+    .await
+}
+
+/// Inserts a policy with sealed keys.
+pub async fn insert_policy(
+    tx: &mut sqlx::AnyConnection,
+    ring: &KeyRing,
+    name: &str,
+    permissions: &PermissionSet,
+    primary: &SasKey,
+    secondary: &SasKey,
+    now: i64,
+) -> Result<(), StoreError> {
+    let ctx = |column| SealContext { table: "policies", column, row_id: name };
+    let row = PolicyRow {
+        name: name.to_owned(),
+        permissions: serde_json::to_string(&permissions.names()).unwrap_or_else(|_| "[]".into()),
+        scope: None,
+        key_version: i64::from(ring.current_version()),
+        primary_key: ring.seal(ctx("primary_key"), primary.expose_secret()),
+        secondary_key: ring.seal(ctx("secondary_key"), secondary.expose_secret()),
+        created_at: now,
+        updated_at: now,
+    };
+    crate::store::policies::insert(tx, &row).await
+}
+
+async fn insert_secret(
+    tx: &mut sqlx::AnyConnection,
+    ring: &KeyRing,
+    name: &str,
+    plaintext: &[u8],
+    now: i64,
+) -> Result<(), StoreError> {
+    let sealed =
+        ring.seal(SealContext { table: "secrets", column: "value", row_id: name }, plaintext);
+    meta::insert_secret(tx, name, ring.current_version(), &sealed, now).await
+}

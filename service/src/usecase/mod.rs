@@ -1,0 +1,6 @@
+//! Use cases: plain async functions over `&Store` (and a clock), each owning its transaction.
+//! They know nothing of HTTP.
+
+pub mod crl;
+pub mod init;
+pub mod server_cert;

@@ -1,0 +1,119 @@
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::Stdio;
+
+use crate::helpers::{command, fresh_database, spawn_with, DataDir};
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn init_writes_the_data_dir_with_private_modes_and_a_second_init_changes_nothing() {
+    let data = DataDir::init().await;
+    let d = data.path();
+    assert_eq!(mode(&d.join("master.key")), 0o600);
+    assert_eq!(mode(&d.join("root-ca.key")), 0o600);
+    assert_eq!(mode(&data.dir.path().join("owner.txt")), 0o600);
+    let toml = std::fs::read_to_string(d.join("provisiond.toml")).unwrap();
+    assert!(toml.contains("host_name = \"localhost\""));
+    let scope = toml.lines().find(|l| l.starts_with("id_scope")).unwrap();
+    let scope = scope.split('"').nth(1).unwrap();
+    assert!(
+        scope.len() == 11
+            && scope.starts_with("0ne")
+            && scope[3..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase())
+    );
+    let line = std::fs::read_to_string(data.dir.path().join("owner.txt")).unwrap();
+    assert!(line.starts_with("HostName=localhost;SharedAccessKeyName=owner;SharedAccessKey="));
+    assert_eq!(line.lines().count(), 1);
+
+    let snapshot = |p: &std::path::Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.to_string_lossy().contains("provisiond.db"))
+            .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = snapshot(&d);
+    let out = command(&data.database_url).args(["init", "--data-dir"]).arg(&d).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already initialized"));
+    assert!(out.stdout.is_empty(), "no key printed");
+    assert_eq!(before, snapshot(&d));
+}
+
+#[tokio::test]
+async fn init_prints_the_owner_connection_string_once_without_credentials_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database().await;
+    let out = command(&db).args(["init", "--data-dir"]).arg(dir.path().join("d")).output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1);
+    assert!(stdout.starts_with("HostName=localhost;SharedAccessKeyName=owner;SharedAccessKey="));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("SharedAccessKey="));
+}
+
+#[tokio::test]
+async fn serve_initializes_on_first_run_and_writes_the_owner_credentials_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database().await;
+    let d = dir.path().join("fresh");
+    let mut child = command(&db)
+        .args(["serve", "--data-dir"])
+        .arg(&d)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.starts_with("listening on https://127.0.0.1:"), "{line}");
+    let creds = d.join("owner-credentials.txt");
+    assert_eq!(mode(&creds), 0o600);
+    assert!(std::fs::read_to_string(&creds).unwrap().contains("SharedAccessKeyName=owner"));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("owner-credentials.txt"), "logs name the file");
+    assert!(!stderr.contains("SharedAccessKey="), "but not the key");
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_master_key_stops_serve_with_a_clear_error() {
+    let data = DataDir::init().await;
+    let key = data.path().join("master.key");
+    std::fs::write(&key, service::seal::KeyRing::generate().to_file_text().as_bytes()).unwrap();
+    let out = command(&data.database_url)
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("master key does not match"), "{err}");
+    std::fs::remove_file(&key).unwrap();
+    let out = command(&data.database_url)
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("provisiond init"));
+}
+
+#[tokio::test]
+async fn serve_stops_gracefully_on_sigterm() {
+    let data = DataDir::init().await;
+    let mut app = spawn_with(data, &[]).await;
+    app.stop();
+    let status = app.child.wait().unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+}

@@ -1,0 +1,236 @@
+//! Test fixture: a real `provisiond` process per test (zero2prod `spawn_app`, lldap's real-binary
+//! fixture). Each test gets its own data dir and, on PostgreSQL, its own database named by a
+//! UUID. The client trusts only the CA chain the server published (no verification disabled).
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ca::sas::SasToken;
+use ca::SasKey;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_provisiond");
+
+/// Which database the suite runs on (`PROVISIOND_TEST_DB=sqlite|postgres`).
+pub fn backend_is_postgres() -> bool {
+    std::env::var("PROVISIOND_TEST_DB").as_deref() == Ok("postgres")
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("PROVISIOND_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh database URL for one test (None = embedded SQLite in the data dir).
+pub async fn fresh_database() -> Option<String> {
+    if !backend_is_postgres() {
+        return None;
+    }
+    use sqlx::Connection as _;
+    let admin = pg_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL reachable");
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+    Some(format!("{base}/{name}"))
+}
+
+/// A data dir initialized with `provisiond init`.
+pub struct DataDir {
+    pub dir: tempfile::TempDir,
+    pub database_url: Option<String>,
+    pub owner_key: String,
+}
+
+impl DataDir {
+    pub async fn init() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let database_url = fresh_database().await;
+        let creds = dir.path().join("owner.txt");
+        let out = command(&database_url)
+            .args(["init", "--data-dir"])
+            .arg(dir.path().join("d"))
+            .arg("--credentials-out")
+            .arg(&creds)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let line = std::fs::read_to_string(&creds).unwrap();
+        let owner_key = line.trim().rsplit_once("SharedAccessKey=").unwrap().1.to_owned();
+        Self { dir, database_url, owner_key }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("d")
+    }
+
+    /// URL of the database the server uses (SQLite file or the test's PostgreSQL database).
+    pub fn store_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.path().join("provisiond.db").display()))
+    }
+}
+
+/// `provisiond` with the test database selected.
+pub fn command(database_url: &Option<String>) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("DATABASE_URL").env_remove("PROVISIOND_DATABASE_URL");
+    if let Some(url) = database_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    cmd
+}
+
+/// A running server.
+pub struct TestApp {
+    pub child: Child,
+    pub base: String,
+    pub port: u16,
+    pub data: DataDir,
+    pub client: reqwest::Client,
+    pub stderr_path: PathBuf,
+}
+
+impl TestApp {
+    /// Owner policy token (host `localhost`).
+    pub fn owner_token(&self) -> String {
+        policy_token("owner", &self.data.owner_key)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get_as(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).header("Authorization", token).send().await.unwrap()
+    }
+
+    pub fn chain_path(&self) -> PathBuf {
+        self.data.path().join("ca-chain.pem")
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// A policy's primary key, read the way the server does (for policies the test did not
+    /// create and so has no key for).
+    pub async fn policy_key(&self, name: &str) -> String {
+        let ring = service::seal::KeyRing::load(&self.data.path().join("master.key")).unwrap();
+        let store = store(&self.data).await;
+        let mut conn = store.conn().await.unwrap();
+        let row = service::store::policies::get(&mut conn, name).await.unwrap().unwrap();
+        let keys = service::auth::sas::unseal_policy_keys(&ring, &row).unwrap();
+        keys.primary.to_base64().to_string()
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn policy_token(name: &str, key_b64: &str) -> String {
+    let key = SasKey::from_base64(key_b64).unwrap();
+    SasToken::build("localhost", &key, now() + 3600, Some(name))
+}
+
+pub fn now() -> i64 {
+    #[allow(clippy::disallowed_methods)]
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    d.as_secs() as i64
+}
+
+/// A store handle on the test's database (for tampering and inspection).
+pub async fn store(data: &DataDir) -> service::store::Store {
+    let url = service::config::DatabaseUrl::new(data.store_url());
+    service::store::Store::connect(&url, 2).await.unwrap()
+}
+
+/// Init + serve.
+pub async fn spawn_app() -> TestApp {
+    spawn_with(DataDir::init().await, &[]).await
+}
+
+/// Serves an initialized data dir, with extra environment.
+pub async fn spawn_with(data: DataDir, env: &[(&str, &str)]) -> TestApp {
+    let stderr_path = data.dir.path().join(format!("stderr-{}.log", uuid::Uuid::new_v4().simple()));
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let mut cmd = command(&data.database_url);
+    cmd.args(["serve", "--data-dir"]).arg(data.path()).args(["--listen", "127.0.0.1:0"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+        panic!(
+            "server did not print its address: {}",
+            std::fs::read_to_string(&stderr_path).unwrap_or_default()
+        )
+    });
+    let base = line.strip_prefix("listening on ").expect("listening line").to_owned();
+    let port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
+    let client = client_trusting(&data.path().join("ca-chain.pem"));
+    let app = TestApp { child, base, port, data, client, stderr_path };
+    for _ in 0..100 {
+        if let Ok(r) = app.client.get(app.url("/readyz")).send().await {
+            if r.status().is_success() {
+                return app;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server never became ready: {}", app.logs());
+}
+
+/// A reqwest client that trusts only the given PEM chain.
+pub fn client_trusting(chain: &Path) -> reqwest::Client {
+    let pem = std::fs::read(chain).unwrap();
+    let mut builder = reqwest::Client::builder().tls_built_in_root_certs(false).use_rustls_tls();
+    for cert in reqwest::Certificate::from_pem_bundle(&pem).unwrap() {
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().unwrap()
+}
+
+/// Asserts a problem+json response and returns its body.
+pub async fn assert_problem(resp: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status, "unexpected status");
+    let ct = resp.headers().get("content-type").unwrap().to_str().unwrap().to_owned();
+    assert!(ct.starts_with("application/problem+json"), "content-type {ct}");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    for member in ["type", "title", "status", "detail"] {
+        assert!(body.get(member).is_some(), "problem lacks {member}: {body}");
+    }
+    assert_eq!(body["status"], status);
+    body
+}

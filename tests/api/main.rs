@@ -1,0 +1,12 @@
+//! Black-box suite: starts the real `provisiond` binary per test and talks HTTPS to it.
+//! Runs on SQLite by default and on PostgreSQL with `PROVISIOND_TEST_DB=postgres`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
+#![allow(unreachable_pub)]
+
+mod audit;
+mod auth;
+mod cli;
+mod helpers;
+mod ops;
+mod storage;
+mod tls;

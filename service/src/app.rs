@@ -57,6 +57,9 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// How often a running server re-reads the master key file (online rotation).
+pub const KEY_RELOAD_SECS: u64 = 5;
+
 /// A built, bound, not yet running server.
 pub struct Application {
     server: actix_web::dev::Server,
@@ -87,7 +90,7 @@ pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
     Ok(AppState {
         config,
         store,
-        ring: Arc::new(ring),
+        ring: RwLock::new(Arc::new(ring)),
         clock,
         audit_key: AuditKey::new(audit_key),
         authority: RwLock::new(Arc::new(authority)),
@@ -113,6 +116,14 @@ impl Application {
         let tls = crate::tls::server_config(&cred)?;
         let listen = state.config.listen.clone();
         let state = web::Data::new(state);
+        let reloader = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(KEY_RELOAD_SECS));
+            loop {
+                tick.tick().await;
+                reloader.reload_ring();
+            }
+        });
         let data = state.clone();
         let server = HttpServer::new(move || {
             App::new()

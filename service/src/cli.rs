@@ -42,6 +42,19 @@ enum Command {
     },
     /// Apply database migrations.
     Migrate,
+    /// Rotate the master key: add a new version, re-seal every secret in batches, then retire
+    /// the old version. Safe to run while servers run; resumable if interrupted.
+    RotateMasterKey {
+        /// Rows re-sealed per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch_size: i64,
+        /// Seconds to wait after adding the new key so running servers pick it up.
+        #[arg(long, default_value_t = 12)]
+        grace_secs: u64,
+        /// Testing aid: stop (as if interrupted) after this many batches.
+        #[arg(long, hide = true)]
+        stop_after_batches: Option<u64>,
+    },
     /// Audit trail tools.
     Audit {
         #[command(subcommand)]
@@ -93,6 +106,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Init { credentials_out } => init(config, credentials_out).await,
         Command::Serve { .. } => serve(config).await,
         Command::Migrate => migrate(config).await,
+        Command::RotateMasterKey { batch_size, grace_secs, stop_after_batches } => {
+            let opts = crate::usecase::rotate_master_key::RotateOptions {
+                batch_size: batch_size.clamp(1, 10_000),
+                grace: std::time::Duration::from_secs(grace_secs),
+                stop_after_batches,
+            };
+            rotate_master_key(config, opts).await
+        }
         Command::Audit { command: AuditCommand::Verify } => audit_verify(config).await,
     }
 }
@@ -145,6 +166,36 @@ async fn migrate(config: Config) -> Result<ExitCode, String> {
         crate::store::Store::connect(&config.database(), 2).await.map_err(|e| error_chain(&e))?;
     store.migrate().await.map_err(|e| error_chain(&e))?;
     eprintln!("migrations applied");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `provisiond rotate-master-key`
+async fn rotate_master_key(
+    config: Config,
+    opts: crate::usecase::rotate_master_key::RotateOptions,
+) -> Result<ExitCode, String> {
+    let store =
+        crate::store::Store::connect(&config.database(), 2).await.map_err(|e| error_chain(&e))?;
+    store.migrate().await.map_err(|e| error_chain(&e))?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("re-sealing {bar:40} {pos}/{len} rows")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let result = crate::usecase::rotate_master_key::rotate(
+        &store,
+        &config.master_key_path(),
+        &opts,
+        &progress,
+    )
+    .await;
+    bar.finish_and_clear();
+    let done = result.map_err(|e| error_chain(&e))?;
+    eprintln!("master key rotated to version {} ({} rows re-sealed)", done.version, done.resealed);
     Ok(ExitCode::SUCCESS)
 }
 

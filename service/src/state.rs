@@ -17,8 +17,8 @@ pub struct AppState {
     pub config: Config,
     /// the database
     pub store: Store,
-    /// master key ring
-    pub ring: Arc<KeyRing>,
+    /// master key ring (re-read from the key file while running, for online rotation)
+    pub ring: RwLock<Arc<KeyRing>>,
     /// time source
     pub clock: Arc<dyn Clock>,
     /// audit chain key
@@ -37,6 +37,29 @@ impl AppState {
         match self.authority.read() {
             Ok(a) => a.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The current master key ring.
+    pub fn ring(&self) -> Arc<KeyRing> {
+        match self.ring.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the master key file; keeps the old ring when the file cannot be read.
+    pub fn reload_ring(&self) {
+        match KeyRing::load(&self.config.master_key_path()) {
+            Ok(new) if new.versions() != self.ring().versions() => {
+                tracing::info!(versions = ?new.versions(), "master key ring reloaded");
+                match self.ring.write() {
+                    Ok(mut r) => *r = Arc::new(new),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "master key file not reloaded"),
         }
     }
 

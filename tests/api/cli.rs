@@ -117,3 +117,37 @@ async fn serve_stops_gracefully_on_sigterm() {
     let status = app.child.wait().unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
 }
+
+#[tokio::test]
+async fn master_key_rotation_interrupted_halfway_and_resumed_keeps_every_secret_readable() {
+    let mut app = crate::helpers::spawn_app().await;
+    let key_file = app.data.path().join("master.key");
+    let rotate = |extra: &[&str]| {
+        command(&app.data.database_url)
+            .args(["rotate-master-key", "--grace-secs", "0", "--batch-size", "1", "--data-dir"])
+            .arg(app.data.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = rotate(&["--stop-after-batches", "3"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run rotate-master-key again to resume"));
+    let text = std::fs::read_to_string(&key_file).unwrap();
+    assert!(text.contains("v1:") && text.contains("v2:"), "both versions kept while unfinished");
+    // The running server reads values sealed under either version.
+    assert_eq!(app.get_as("/v1/audit", &app.owner_token()).await.status(), 200);
+
+    let out = rotate(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&key_file).unwrap();
+    assert!(!text.contains("v1:") && text.contains("v2:"), "old version retired: {text}");
+    assert_eq!(mode(&key_file), 0o600);
+    assert_eq!(app.get_as("/v1/audit", &app.owner_token()).await.status(), 200);
+    // A fresh start opens everything (CA key, audit key, policies) with the new key alone.
+    app.restart().await;
+    assert_eq!(app.get_as("/v1/audit", &app.owner_token()).await.status(), 200);
+    let v: serde_json::Value =
+        app.get_as("/v1/audit/verify", &app.owner_token()).await.json().await.unwrap();
+    assert_eq!(v["ok"], true);
+}

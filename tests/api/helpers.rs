@@ -130,6 +130,28 @@ impl TestApp {
         keys.primary.to_base64().to_string()
     }
 
+    /// Stops the server and starts it again on the same data dir (new port).
+    pub async fn restart(&mut self) {
+        self.stop();
+        let (child, base, port) = start_server(&self.data, &self.stderr_path, &[]).await;
+        self.child = child;
+        self.base = base;
+        self.port = port;
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..100 {
+            if let Ok(r) = self.client.get(self.url("/readyz")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server never became ready: {}", self.logs());
+    }
+
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
@@ -176,7 +198,19 @@ pub async fn spawn_app() -> TestApp {
 /// Serves an initialized data dir, with extra environment.
 pub async fn spawn_with(data: DataDir, env: &[(&str, &str)]) -> TestApp {
     let stderr_path = data.dir.path().join(format!("stderr-{}.log", uuid::Uuid::new_v4().simple()));
-    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let (child, base, port) = start_server(&data, &stderr_path, env).await;
+    let client = client_trusting(&data.path().join("ca-chain.pem"));
+    let app = TestApp { child, base, port, data, client, stderr_path };
+    app.wait_ready().await;
+    app
+}
+
+async fn start_server(
+    data: &DataDir,
+    stderr_path: &Path,
+    env: &[(&str, &str)],
+) -> (Child, String, u16) {
+    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(stderr_path).unwrap();
     let mut cmd = command(&data.database_url);
     cmd.args(["serve", "--data-dir"]).arg(data.path()).args(["--listen", "127.0.0.1:0"]);
     for (k, v) in env {
@@ -194,22 +228,12 @@ pub async fn spawn_with(data: DataDir, env: &[(&str, &str)]) -> TestApp {
     let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
         panic!(
             "server did not print its address: {}",
-            std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            std::fs::read_to_string(stderr_path).unwrap_or_default()
         )
     });
     let base = line.strip_prefix("listening on ").expect("listening line").to_owned();
     let port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
-    let client = client_trusting(&data.path().join("ca-chain.pem"));
-    let app = TestApp { child, base, port, data, client, stderr_path };
-    for _ in 0..100 {
-        if let Ok(r) = app.client.get(app.url("/readyz")).send().await {
-            if r.status().is_success() {
-                return app;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server never became ready: {}", app.logs());
+    (child, base, port)
 }
 
 /// A reqwest client that trusts only the given PEM chain.

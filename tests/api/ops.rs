@@ -35,6 +35,25 @@ async fn openapi_document_is_served_as_json() {
     let doc: serde_json::Value =
         app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    // Valid per openapi-spec-validator (a tool nobody here wrote), when installed.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), doc.to_string()).unwrap();
+    let script = format!(
+        "import json; from openapi_spec_validator import validate; validate(json.load(open('{}')))",
+        file.path().display()
+    );
+    match std::process::Command::new("python3").args(["-c", &script]).output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named") => {
+            assert_ne!(
+                std::env::var("PROVISIOND_REQUIRE_INTEROP").as_deref(),
+                Ok("1"),
+                "openapi-spec-validator missing"
+            );
+        }
+        Ok(out) => panic!("invalid OpenAPI: {}", String::from_utf8_lossy(&out.stderr)),
+        Err(_) => {}
+    }
 }
 
 #[tokio::test]

@@ -76,7 +76,8 @@ mod tests {
         // Another address failing as owner is not affected by the first one.
         assert_eq!(l.fail(Some("owner"), "10.0.0.2", 110), None);
         // Per-address limit catches rotating principal names.
-        assert_eq!(l.fail(Some("a"), "10.0.0.1", 111), Some(49));
+        assert_eq!(l.fail(Some("a"), "10.0.0.1", 111), None, "5th failure from the address");
+        assert_eq!(l.fail(Some("b"), "10.0.0.1", 111), Some(49), "6th is over the address limit");
         assert_eq!(l.fail(Some("owner"), "10.0.0.1", 161), None, "new window");
     }
 }

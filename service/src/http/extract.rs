@@ -6,8 +6,9 @@ use actix_web::{dev::Payload, FromRequest, HttpMessage as _, HttpRequest};
 
 use super::problem::ApiError;
 use crate::audit::Entry;
-use crate::auth::sas::{authenticate_policy, PolicyAuth};
+use crate::auth::sas::{authenticate_policy, PolicyAuth, SasAuthError};
 use crate::auth::{AuthError, Principal};
+use crate::seal::SealError;
 use crate::state::AppState;
 
 /// The principal the guard middleware authenticated for this request.
@@ -41,19 +42,20 @@ pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Princip
     let outcome = match header {
         None => Err(AuthError::Missing),
         Some(h) if h.starts_with("SharedAccessSignature ") => {
-            match authenticate_policy(
-                &state.store,
-                &state.ring,
-                &state.config.host_name,
-                h,
-                state.now(),
-                state.config.sas_skew_secs,
-            )
-            .await
-            {
+            let (host, now, skew) =
+                (&state.config.host_name, state.now(), state.config.sas_skew_secs);
+            let ring = state.ring();
+            let mut result = authenticate_policy(&state.store, &ring, host, h, now, skew).await;
+            if let Err(SasAuthError::Seal(SealError::UnknownVersion(_))) = &result {
+                // A rotation added a key version this instance has not read yet.
+                state.reload_ring();
+                let ring = state.ring();
+                result = authenticate_policy(&state.store, &ring, host, h, now, skew).await;
+            }
+            match result {
                 Ok(PolicyAuth::Ok(p)) => Ok(p),
                 Ok(PolicyAuth::Refused(e)) => Err(e),
-                Err(crate::auth::sas::SasAuthError::Store(e)) => return Err(e.into()),
+                Err(SasAuthError::Store(e)) => return Err(e.into()),
                 Err(e) => return Err(ApiError::internal(e)),
             }
         }

@@ -214,3 +214,39 @@ pub async fn measure(
     }
     res
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_in_the_table_is_in_the_openapi_contract() {
+        let doc: serde_json::Value = serde_json::from_str(ops::openapi_json().unwrap()).unwrap();
+        for rule in ROUTES {
+            let op = &doc["paths"][rule.path][rule.method.to_ascii_lowercase()];
+            assert!(
+                op.is_object(),
+                "{} {} missing from openapi/openapi.yaml",
+                rule.method,
+                rule.path
+            );
+        }
+    }
+
+    #[test]
+    fn routes_are_unique_and_protected_routes_name_a_permission() {
+        for (i, a) in ROUTES.iter().enumerate() {
+            for b in &ROUTES[i + 1..] {
+                assert!(
+                    !(a.path == b.path && a.method == b.method),
+                    "duplicate {} {}",
+                    a.method,
+                    a.path
+                );
+            }
+            if a.path.starts_with("/v1/audit") {
+                assert_eq!(a.access, Requires(Permission::AuditRead));
+            }
+        }
+    }
+}

@@ -12,6 +12,7 @@ pub mod issuers;
 pub mod leases;
 pub mod meta;
 pub mod policies;
+pub mod sealed;
 
 use std::time::Duration;
 

@@ -3,4 +3,5 @@
 
 pub mod crl;
 pub mod init;
+pub mod rotate_master_key;
 pub mod server_cert;

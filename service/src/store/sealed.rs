@@ -1,0 +1,105 @@
+//! The inventory of sealed columns and the batch re-sealing used by `rotate-master-key`.
+//!
+//! Every table with a secret column is listed in [`SEALED`]; adding a secret column without an
+//! entry here would leave it behind on rotation, so the list sits next to the SQL that walks it.
+//! Table and column names are compile-time constants, never input.
+
+use sqlx::{AnyConnection, AssertSqlSafe};
+
+use super::StoreError;
+
+/// A table with sealed columns.
+#[derive(Debug)]
+pub struct SealedTable {
+    /// table name (also the seal context's table)
+    pub table: &'static str,
+    /// primary key column (the seal context's row id)
+    pub id: &'static str,
+    /// sealed columns (nullable ones are skipped when NULL)
+    pub columns: &'static [&'static str],
+}
+
+/// Every sealed column of the schema.
+pub const SEALED: &[SealedTable] = &[
+    SealedTable { table: "secrets", id: "name", columns: &["value"] },
+    SealedTable { table: "issuers", id: "id", columns: &["private_key"] },
+    SealedTable { table: "policies", id: "name", columns: &["primary_key", "secondary_key"] },
+];
+
+/// A row to re-seal: id, version, one blob per column (None when NULL).
+#[derive(Debug)]
+pub struct SealedRow {
+    /// primary key
+    pub id: String,
+    /// current key version
+    pub key_version: i64,
+    /// blobs in `columns` order
+    pub blobs: Vec<Option<Vec<u8>>>,
+}
+
+/// Rows of `t` sealed below `target`, at most `limit`.
+pub async fn below(
+    conn: &mut AnyConnection,
+    t: &SealedTable,
+    target: i64,
+    limit: i64,
+) -> Result<Vec<SealedRow>, StoreError> {
+    use sqlx::Row as _;
+    let sql = format!(
+        "SELECT {id}, key_version, {cols} FROM {table} \
+         WHERE key_version IS NOT NULL AND key_version < $1 ORDER BY {id} LIMIT $2",
+        id = t.id,
+        cols = t.columns.join(", "),
+        table = t.table
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql)).bind(target).bind(limit).fetch_all(conn).await?;
+    rows.into_iter()
+        .map(|r| {
+            let blobs = (0..t.columns.len())
+                .map(|i| r.try_get::<Option<Vec<u8>>, _>(i + 2))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(SealedRow { id: r.try_get(0)?, key_version: r.try_get(1)?, blobs })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(StoreError::from)
+}
+
+/// Writes re-sealed blobs, conditional on the row still having `old_version` (a concurrent
+/// writer that re-sealed or replaced it wins). Returns whether the row was updated.
+pub async fn update(
+    conn: &mut AnyConnection,
+    t: &SealedTable,
+    id: &str,
+    old_version: i64,
+    new_version: i64,
+    blobs: &[Option<Vec<u8>>],
+) -> Result<bool, StoreError> {
+    let sets: Vec<String> =
+        t.columns.iter().enumerate().map(|(i, c)| format!("{c} = ${}", i + 4)).collect();
+    let sql = format!(
+        "UPDATE {table} SET key_version = $1, {sets} WHERE {id} = $2 AND key_version = $3",
+        table = t.table,
+        sets = sets.join(", "),
+        id = t.id
+    );
+    let mut q = sqlx::query(AssertSqlSafe(sql)).bind(new_version).bind(id).bind(old_version);
+    for b in blobs {
+        q = q.bind(b.clone());
+    }
+    Ok(q.execute(conn).await?.rows_affected() == 1)
+}
+
+/// Rows still sealed below `target`, over every table.
+pub async fn count_below(conn: &mut AnyConnection, target: i64) -> Result<i64, StoreError> {
+    let mut total = 0;
+    for t in SEALED {
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE key_version IS NOT NULL AND key_version < $1",
+            t.table
+        );
+        let n: i64 =
+            sqlx::query_scalar(AssertSqlSafe(sql)).bind(target).fetch_one(&mut *conn).await?;
+        total += n;
+    }
+    Ok(total)
+}

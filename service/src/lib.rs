@@ -22,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod fsutil;
 pub mod http;
+pub mod ids;
 pub mod metrics;
 pub mod seal;
 pub mod state;

@@ -6,7 +6,9 @@
 mod audit;
 mod auth;
 mod cli;
+mod devices;
 mod helpers;
 mod ops;
+mod policies;
 mod storage;
 mod tls;

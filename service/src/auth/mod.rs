@@ -56,3 +56,21 @@ impl Principal {
         self.permissions.allows(p)
     }
 }
+
+impl Principal {
+    /// Whether a device is within the principal's scope (unscoped principals see everything).
+    pub fn sees_device(&self, device_id: &str, group: Option<&str>) -> bool {
+        let Some(scope) = &self.scope else { return true };
+        let prefix_ok = scope.device_id_prefix.as_deref().is_none_or(|p| device_id.starts_with(p));
+        let group_ok = scope
+            .enrollment_group_ids
+            .as_ref()
+            .is_none_or(|ids| group.is_some_and(|g| ids.iter().any(|i| i == g)));
+        prefix_ok && group_ok
+    }
+
+    /// The device-id prefix lists are filtered by, if any.
+    pub fn device_prefix(&self) -> Option<&str> {
+        self.scope.as_ref().and_then(|s| s.device_id_prefix.as_deref())
+    }
+}

@@ -7,9 +7,13 @@
 
 pub mod audit;
 pub mod ca;
+pub mod certificates;
+pub mod devices;
 pub mod extract;
 pub mod ops;
+pub mod policies;
 pub mod problem;
+pub mod respond;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,75 +53,43 @@ pub struct RouteRule {
 use Access::{Public, Requires};
 use Permission::*;
 
-/// THE route table.
+/// THE route table: one line per route — method, path, who may call it, handler.
+#[rustfmt::skip]
 pub const ROUTES: &[RouteRule] = &[
-    RouteRule {
-        method: "GET",
-        path: "/healthz",
-        access: Public,
-        route: || web::get().to(ops::healthz),
-    },
-    RouteRule {
-        method: "GET",
-        path: "/readyz",
-        access: Public,
-        route: || web::get().to(ops::readyz),
-    },
-    RouteRule {
-        method: "GET",
-        path: "/metrics",
-        access: Public,
-        route: || web::get().to(ops::metrics),
-    },
-    RouteRule {
-        method: "GET",
-        path: "/openapi.json",
-        access: Public,
-        route: || web::get().to(ops::openapi),
-    },
-    RouteRule {
-        method: "GET",
-        path: "/v1/ca/chain",
-        access: Public,
-        route: || web::get().to(ca::chain),
-    },
-    RouteRule {
-        method: "GET",
-        path: "/v1/ca/crl",
-        access: Public,
-        route: || web::get().to(ca::crl_current),
-    },
-    RouteRule {
-        method: "GET",
-        path: "/v1/ca/crls.pem",
-        access: Public,
-        route: || web::get().to(ca::crls_pem),
-    },
-    RouteRule {
-        method: "GET",
-        path: "/v1/ca/crl/{issuer_id}",
-        access: Public,
-        route: || web::get().to(ca::crl_of),
-    },
-    RouteRule {
-        method: "GET",
-        path: "/v1/audit",
-        access: Requires(AuditRead),
-        route: || web::get().to(audit::list),
-    },
-    RouteRule {
-        method: "GET",
-        path: "/v1/audit/verify",
-        access: Requires(AuditRead),
-        route: || web::get().to(audit::verify),
-    },
-    RouteRule {
-        method: "GET",
-        path: "/v1/audit/checkpoint",
-        access: Requires(AuditRead),
-        route: || web::get().to(audit::checkpoint),
-    },
+    rule("GET",    "/healthz",                         Public,                       || web::get().to(ops::healthz)),
+    rule("GET",    "/readyz",                          Public,                       || web::get().to(ops::readyz)),
+    rule("GET",    "/metrics",                         Public,                       || web::get().to(ops::metrics)),
+    rule("GET",    "/openapi.json",                    Public,                       || web::get().to(ops::openapi)),
+    rule("GET",    "/v1/ca/chain",                     Public,                       || web::get().to(ca::chain)),
+    rule("GET",    "/v1/ca/crl",                       Public,                       || web::get().to(ca::crl_current)),
+    rule("GET",    "/v1/ca/crls.pem",                  Public,                       || web::get().to(ca::crls_pem)),
+    rule("GET",    "/v1/ca/crl/{issuer_id}",           Public,                       || web::get().to(ca::crl_of)),
+    rule("GET",    "/v1/devices",                      Requires(RegistryRead),       || web::get().to(devices::list)),
+    rule("PUT",    "/v1/devices/{id}",                 Requires(RegistryReadWrite),  || web::put().to(devices::put)),
+    rule("GET",    "/v1/devices/{id}",                 Requires(RegistryRead),       || web::get().to(devices::get)),
+    rule("DELETE", "/v1/devices/{id}",                 Requires(RegistryReadWrite),  || web::delete().to(devices::delete)),
+    rule("POST",   "/v1/devices/{id}/keys/rotate",     Requires(RegistryReadWrite),  || web::post().to(devices::rotate)),
+    rule("POST",   "/v1/devices/{id}/certificates",    Requires(RegistryReadWrite),  || web::post().to(devices::issue_certificate)),
+    rule("POST",   "/v1/devices/{id}/sas-token",       Requires(DeviceConnect),      || web::post().to(devices::sas_token)),
+    rule("POST",   "/v1/sas/verify",                   Requires(ServiceConnect),     || web::post().to(devices::verify)),
+    rule("GET",    "/v1/certificates",                 Requires(RegistryRead),       || web::get().to(certificates::list)),
+    rule("PUT",    "/v1/policies/{name}",              Requires(PolicyAdmin),        || web::put().to(policies::put)),
+    rule("GET",    "/v1/policies/{name}",              Requires(PolicyAdmin),        || web::get().to(policies::get)),
+    rule("DELETE", "/v1/policies/{name}",              Requires(PolicyAdmin),        || web::delete().to(policies::delete)),
+    rule("POST",   "/v1/policies/{name}/keys/rotate",  Requires(PolicyAdmin),        || web::post().to(policies::rotate)),
+    rule("GET",    "/v1/audit",                        Requires(AuditRead),          || web::get().to(audit::list)),
+    rule("GET",    "/v1/audit/verify",                 Requires(AuditRead),          || web::get().to(audit::verify)),
+    rule("GET",    "/v1/audit/checkpoint",             Requires(AuditRead),          || web::get().to(audit::checkpoint)),
 ];
+
+const fn rule(
+    method: &'static str,
+    path: &'static str,
+    access: Access,
+    route: fn() -> Route,
+) -> RouteRule {
+    RouteRule { method, path, access, route }
+}
 
 /// Registers every route of [`ROUTES`], grouping methods per path.
 pub fn configure(cfg: &mut web::ServiceConfig) {

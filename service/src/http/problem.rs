@@ -175,3 +175,40 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+impl From<crate::usecase::devices::DeviceError> for ApiError {
+    fn from(e: crate::usecase::devices::DeviceError) -> Self {
+        use crate::usecase::devices::DeviceError as E;
+        match e {
+            E::Invalid(m) => ApiError::BadRequest(m),
+            E::NotFound => ApiError::NotFound("device not found".into()),
+            E::PreconditionFailed => ApiError::PreconditionFailed,
+            E::Store(s) => s.into(),
+            E::Seal(s) => ApiError::internal(s),
+        }
+    }
+}
+
+impl From<crate::usecase::certificates::CertificateError> for ApiError {
+    fn from(e: crate::usecase::certificates::CertificateError) -> Self {
+        use crate::usecase::certificates::CertificateError as E;
+        match e {
+            E::Csr(c) => ApiError::BadRequest(format!("CSR rejected: {c}")),
+            E::DeviceNotFound => ApiError::NotFound("device not found".into()),
+            E::Store(s) => s.into(),
+            E::Issue(i) => ApiError::internal(i),
+        }
+    }
+}
+
+impl From<crate::usecase::policies::PolicyError> for ApiError {
+    fn from(e: crate::usecase::policies::PolicyError) -> Self {
+        use crate::usecase::policies::PolicyError as E;
+        match e {
+            E::Protected(m) => ApiError::Conflict(m),
+            E::NotFound => ApiError::NotFound("policy not found".into()),
+            E::Store(s) => s.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}

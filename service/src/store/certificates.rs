@@ -63,3 +63,21 @@ pub async fn revoked_by_issuer(
     .fetch_all(conn)
     .await?)
 }
+
+/// A page of certificates in serial order after `after`, optionally of one device.
+pub async fn page(
+    conn: &mut AnyConnection,
+    device_id: Option<&str>,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<CertificateRow>, StoreError> {
+    Ok(sqlx::query_as::<_, CertificateRow>(
+        "SELECT serial, device_id, issuer_id, profile, der, not_before, not_after, revoked_at, revocation_reason, created_at \
+         FROM certificates WHERE ($1 IS NULL OR device_id = $1) AND serial > $2 ORDER BY serial LIMIT $3",
+    )
+    .bind(device_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}

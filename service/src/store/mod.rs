@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod certificates;
+pub mod devices;
 pub mod issuers;
 pub mod leases;
 pub mod meta;

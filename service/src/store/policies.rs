@@ -54,3 +54,31 @@ pub async fn get(conn: &mut AnyConnection, name: &str) -> Result<Option<PolicyRo
     .fetch_optional(conn)
     .await?)
 }
+
+/// Replaces a policy's mutable columns.
+pub async fn update(conn: &mut AnyConnection, row: &PolicyRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE policies SET permissions = $2, scope = $3, key_version = $4, primary_key = $5, \
+         secondary_key = $6, updated_at = $7 WHERE name = $1",
+    )
+    .bind(&row.name)
+    .bind(&row.permissions)
+    .bind(row.scope.as_deref())
+    .bind(row.key_version)
+    .bind(&row.primary_key)
+    .bind(&row.secondary_key)
+    .bind(row.updated_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes a policy; false when it did not exist.
+pub async fn delete(conn: &mut AnyConnection, name: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query("DELETE FROM policies WHERE name = $1")
+        .bind(name)
+        .execute(conn)
+        .await?
+        .rows_affected()
+        == 1)
+}

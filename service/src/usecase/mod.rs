@@ -1,7 +1,72 @@
-//! Use cases: plain async functions over `&Store` (and a clock), each owning its transaction.
-//! They know nothing of HTTP.
+//! Use cases: plain async functions over `&Store` (and the time), each owning its transaction.
+//! They know nothing of HTTP; handlers map their typed errors in `http::problem`.
 
+pub mod certificates;
 pub mod crl;
+pub mod devices;
 pub mod init;
+pub mod policies;
 pub mod rotate_master_key;
+pub mod sas;
 pub mod server_cert;
+
+use crate::audit::{AuditKey, Entry};
+use crate::seal::KeyRing;
+use crate::store::{Dialect, StoreError};
+
+/// Who is acting, for the audit trail.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// principal name
+    pub name: String,
+    /// client IP
+    pub addr: Option<String>,
+}
+
+impl Actor {
+    /// An audit entry for a successful `action` on `target` by this actor.
+    pub fn did(&self, action: &str, target: &str) -> Entry {
+        Entry::success(&self.name, action, target, self.addr.as_deref())
+    }
+}
+
+/// What every writing use case needs besides the store.
+pub struct Ctx<'a> {
+    /// master key ring (to seal / open)
+    pub ring: &'a KeyRing,
+    /// audit chain key
+    pub audit_key: &'a AuditKey,
+    /// unix seconds
+    pub now: i64,
+    /// who
+    pub actor: &'a Actor,
+}
+
+impl Ctx<'_> {
+    /// Appends an audit row for `action` on `target` inside `tx`.
+    pub async fn audit(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        dialect: Dialect,
+        action: &str,
+        target: &str,
+    ) -> Result<(), StoreError> {
+        crate::audit::append(
+            tx,
+            dialect,
+            self.audit_key,
+            &self.actor.did(action, target),
+            self.now,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// A random opaque token of `bytes` bytes, lowercase hex (etags, generation ids).
+pub fn random_hex(bytes: usize) -> String {
+    use rand::RngCore as _;
+    let mut b = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}

@@ -1,0 +1,58 @@
+//! `/v1/certificates`: listing.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::extract::Authenticated;
+use super::problem::ApiError;
+use super::respond::{decode_cursor, encode_cursor, limit, ts};
+use crate::state::AppState;
+
+/// `?device_id=&limit=&cursor=`
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    device_id: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/certificates`
+pub async fn list(
+    state: web::Data<AppState>,
+    who: Authenticated,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = limit(q.limit)?;
+    let after = decode_cursor(q.cursor.as_deref())?;
+    let now = state.now();
+    let mut conn = state.store.conn().await?;
+    let rows =
+        crate::store::certificates::page(&mut conn, q.device_id.as_deref(), &after, limit + 1)
+            .await?;
+    let more = rows.len() as i64 > limit;
+    let mut items = Vec::new();
+    let mut last = None;
+    for r in rows.into_iter().take(limit as usize) {
+        last = Some(r.serial.clone());
+        // Scoped principals see certificates of devices in their prefix scope only.
+        if who.0.scope.is_some()
+            && !r.device_id.as_deref().is_some_and(|d| who.0.sees_device(d, None))
+        {
+            continue;
+        }
+        let status = if r.revoked_at.is_some() {
+            "revoked"
+        } else if r.not_after <= now {
+            "expired"
+        } else {
+            "valid"
+        };
+        items.push(json!({
+            "serial": r.serial, "device_id": r.device_id, "issuer_id": r.issuer_id, "status": status,
+            "not_before": ts(r.not_before), "not_after": ts(r.not_after), "revoked_at": r.revoked_at.map(ts),
+        }));
+    }
+    let next = if more { last.map(|l| encode_cursor(&l)) } else { None };
+    Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
+}

@@ -1,0 +1,448 @@
+//! `/v1/devices`: registry CRUD, key rotation, admin certificate issuance, device tokens.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::extract::Authenticated;
+use super::problem::ApiError;
+use super::respond::{
+    decode_cursor, encode_cursor, etag_header, limit, path_id, secret_json, ts, RequestCtx,
+};
+use crate::auth::Permission;
+use crate::state::AppState;
+use crate::usecase::devices::{
+    self, AuthInput, Authentication, Device, DeviceInput, KeyChoice, Precondition,
+};
+
+const KIND: &str = "device id";
+
+fn double<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Status {
+    Enabled,
+    Disabled,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum AuthType {
+    Sas,
+    X509Ca,
+    X509Thumbprint,
+}
+
+#[derive(Debug, Deserialize)]
+struct KeysBody {
+    primary_key: Option<String>,
+    secondary_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ThumbprintsBody {
+    primary_thumbprint: Option<String>,
+    secondary_thumbprint: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AuthBody {
+    #[serde(rename = "type")]
+    kind: Option<AuthType>,
+    symmetric_key: Option<KeysBody>,
+    x509_thumbprint: Option<ThumbprintsBody>,
+}
+
+/// PUT body: the device representation, every member optional; read-only members ignored.
+#[derive(Debug, Deserialize)]
+pub struct DeviceBody {
+    device_id: Option<String>,
+    status: Option<Status>,
+    #[serde(default, deserialize_with = "double")]
+    status_reason: Option<Option<String>>,
+    authentication: Option<AuthBody>,
+    tags: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "double")]
+    parent_id: Option<Option<String>>,
+}
+
+fn key(text: Option<String>, which: &str) -> Result<Option<ca::SasKey>, ApiError> {
+    text.map(|t| {
+        ca::SasKey::from_base64(&t)
+            .map_err(|e| ApiError::BadRequest(format!("authentication.symmetric_key.{which}: {e}")))
+    })
+    .transpose()
+}
+
+fn thumbprint(t: String, which: &str) -> Result<String, ApiError> {
+    let t = t.to_ascii_lowercase().replace(':', "");
+    if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(t)
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "authentication.x509_thumbprint.{which} must be a hex SHA-256 thumbprint"
+        )))
+    }
+}
+
+fn validate(id: &str, body: DeviceBody) -> Result<DeviceInput, ApiError> {
+    if let Some(body_id) = &body.device_id {
+        if body_id != id {
+            return Err(ApiError::BadRequest(
+                "device_id in the body must equal the id in the path".into(),
+            ));
+        }
+    }
+    if let Some(Some(reason)) = &body.status_reason {
+        if reason.len() > 256 {
+            return Err(ApiError::BadRequest(
+                "status_reason must be at most 256 characters".into(),
+            ));
+        }
+    }
+    if let Some(tags) = &body.tags {
+        if Value::Object(tags.clone()).to_string().len() > devices::MAX_TAGS_BYTES {
+            return Err(ApiError::BadRequest(format!(
+                "tags must be at most {} bytes",
+                devices::MAX_TAGS_BYTES
+            )));
+        }
+    }
+    if let Some(Some(parent)) = &body.parent_id {
+        crate::ids::validate("parent_id", parent)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    let auth = match body.authentication {
+        None => None,
+        Some(a) => Some(match a.kind.unwrap_or(AuthType::Sas) {
+            AuthType::Sas => {
+                let (p, s) =
+                    a.symmetric_key.map_or((None, None), |k| (k.primary_key, k.secondary_key));
+                AuthInput::Sas {
+                    primary: key(p, "primary_key")?,
+                    secondary: key(s, "secondary_key")?,
+                }
+            }
+            AuthType::X509Ca => AuthInput::X509Ca,
+            AuthType::X509Thumbprint => {
+                let t = a.x509_thumbprint.ok_or_else(|| {
+                    ApiError::BadRequest(
+                        "authentication.x509_thumbprint is required for type x509_thumbprint"
+                            .into(),
+                    )
+                })?;
+                let primary = thumbprint(
+                    t.primary_thumbprint.ok_or_else(|| {
+                        ApiError::BadRequest(
+                            "authentication.x509_thumbprint.primary_thumbprint is required".into(),
+                        )
+                    })?,
+                    "primary_thumbprint",
+                )?;
+                let secondary = t
+                    .secondary_thumbprint
+                    .map(|s| thumbprint(s, "secondary_thumbprint"))
+                    .transpose()?;
+                AuthInput::X509Thumbprint { primary, secondary }
+            }
+        }),
+    };
+    Ok(DeviceInput {
+        enabled: body.status.map(|s| s == Status::Enabled),
+        status_reason: body.status_reason,
+        auth,
+        tags: body.tags,
+        parent_id: body.parent_id,
+    })
+}
+
+/// The API representation; keys only when `with_keys`.
+pub fn device_json(d: &Device, with_keys: bool) -> Value {
+    let r = &d.row;
+    let authentication = match &d.auth {
+        Authentication::Sas { primary, secondary } if with_keys => json!({
+            "type": "sas",
+            "symmetric_key": {"primary_key": *primary.to_base64(), "secondary_key": *secondary.to_base64()},
+        }),
+        Authentication::Sas { .. } => json!({"type": "sas"}),
+        Authentication::X509Thumbprint { primary, secondary } => json!({
+            "type": "x509_thumbprint",
+            "x509_thumbprint": {"primary_thumbprint": primary, "secondary_thumbprint": secondary},
+        }),
+        Authentication::X509Ca => json!({"type": "x509_ca"}),
+    };
+    json!({
+        "device_id": r.device_id,
+        "status": r.status,
+        "status_reason": r.status_reason,
+        "authentication": authentication,
+        "etag": r.etag,
+        "generation_id": r.generation_id,
+        "tags": serde_json::from_str::<Value>(&r.tags).unwrap_or_else(|_| json!({})),
+        "parent_id": r.parent_id,
+        "enrollment_group_id": r.enrollment_group_id,
+        "created_at": ts(r.created_at),
+        "updated_at": ts(r.updated_at),
+    })
+}
+
+fn respond(status: StatusCode, d: &Device, who: &Authenticated) -> HttpResponse {
+    let mut resp = secret_json(status, &device_json(d, who.0.has(Permission::RegistryReadWrite)));
+    if let Ok(v) = header::HeaderValue::from_str(&format!("\"{}\"", d.row.etag)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+fn precondition(req: &HttpRequest) -> Result<Precondition, ApiError> {
+    Ok(Precondition {
+        if_match: etag_header(req, header::IF_MATCH)?,
+        if_none_match_any: etag_header(req, header::IF_NONE_MATCH)?.as_deref() == Some("*"),
+    })
+}
+
+async fn visible(state: &AppState, who: &Authenticated, id: &str) -> Result<Device, ApiError> {
+    let d = devices::get(&state.store, &state.ring(), id).await?;
+    if !who.0.sees_device(id, d.row.enrollment_group_id.as_deref()) {
+        return Err(ApiError::NotFound("device not found".into()));
+    }
+    Ok(d)
+}
+
+/// `PUT /v1/devices/{id}`
+pub async fn put(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+    body: web::Json<DeviceBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id", KIND)?;
+    let input = validate(&id, body.into_inner())?;
+    // Scoped principals create and replace only devices inside their scope.
+    let in_scope = match devices::get(&state.store, &state.ring(), &id).await {
+        Ok(d) => who.0.sees_device(&id, d.row.enrollment_group_id.as_deref()),
+        Err(devices::DeviceError::NotFound) => who.0.sees_device(&id, None),
+        Err(e) => return Err(e.into()),
+    };
+    if !in_scope {
+        return Err(ApiError::NotFound("device not found".into()));
+    }
+    let pre = precondition(&req)?;
+    let rc = RequestCtx::new(&state, &req, &who);
+    let (device, created) = devices::put(&state.store, &rc.cx(&state), &id, input, &pre).await?;
+    Ok(respond(if created { StatusCode::CREATED } else { StatusCode::OK }, &device, &who))
+}
+
+/// `GET /v1/devices/{id}`
+pub async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id", KIND)?;
+    let d = visible(&state, &who, &id).await?;
+    Ok(respond(StatusCode::OK, &d, &who))
+}
+
+/// `DELETE /v1/devices/{id}`
+pub async fn delete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id", KIND)?;
+    visible(&state, &who, &id).await?;
+    let pre = precondition(&req)?;
+    let rc = RequestCtx::new(&state, &req, &who);
+    devices::delete(&state.store, &rc.cx(&state), &id, &pre).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `?cursor=&limit=&status=`
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    cursor: Option<String>,
+    limit: Option<i64>,
+    status: Option<Status>,
+}
+
+/// `GET /v1/devices`
+pub async fn list(
+    state: web::Data<AppState>,
+    who: Authenticated,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = limit(q.limit)?;
+    let after = decode_cursor(q.cursor.as_deref())?;
+    let status = q.status.map(|s| if s == Status::Enabled { "enabled" } else { "disabled" });
+    let with_keys = who.0.has(Permission::RegistryReadWrite);
+    let ring = state.ring();
+    let mut conn = state.store.conn().await?;
+    let mut items = Vec::new();
+    let mut cursor = after;
+    let mut next = None;
+    // Group scopes filter after the query; keep reading until the page is full.
+    'pages: loop {
+        let rows = crate::store::devices::page(
+            &mut conn,
+            &cursor,
+            status,
+            who.0.device_prefix(),
+            limit + 1,
+        )
+        .await?;
+        let exhausted = rows.len() as i64 <= limit;
+        for row in rows {
+            if items.len() as i64 == limit {
+                next = Some(encode_cursor(&cursor));
+                break 'pages;
+            }
+            cursor = row.device_id.clone();
+            if who.0.sees_device(&row.device_id, row.enrollment_group_id.as_deref()) {
+                items.push(device_json(&devices::open(&ring, row)?, with_keys));
+            }
+        }
+        if exhausted {
+            break;
+        }
+    }
+    Ok(secret_json(StatusCode::OK, &json!({"items": items, "next_cursor": next})))
+}
+
+/// `{"key": "primary" | "secondary" | "swap"}`
+#[derive(Debug, Deserialize)]
+pub struct RotateBody {
+    key: String,
+}
+
+/// Parses a rotation choice.
+pub fn key_choice(body: &RotateBody) -> Result<KeyChoice, ApiError> {
+    match body.key.as_str() {
+        "primary" => Ok(KeyChoice::Primary),
+        "secondary" => Ok(KeyChoice::Secondary),
+        "swap" => Ok(KeyChoice::Swap),
+        _ => Err(ApiError::BadRequest("key must be `primary`, `secondary` or `swap`".into())),
+    }
+}
+
+/// `POST /v1/devices/{id}/keys/rotate`
+pub async fn rotate(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+    body: web::Json<RotateBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id", KIND)?;
+    let which = key_choice(&body)?;
+    visible(&state, &who, &id).await?;
+    let rc = RequestCtx::new(&state, &req, &who);
+    let d = devices::rotate_keys(&state.store, &rc.cx(&state), &id, which).await?;
+    Ok(respond(StatusCode::OK, &d, &who))
+}
+
+/// `{"csr": PEM}`
+#[derive(Debug, Deserialize)]
+pub struct CsrBody {
+    csr: String,
+}
+
+/// `POST /v1/devices/{id}/certificates`
+pub async fn issue_certificate(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+    body: web::Json<CsrBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id", KIND)?;
+    visible(&state, &who, &id).await?;
+    let rc = RequestCtx::new(&state, &req, &who);
+    let authority = state.authority();
+    let base = state.config.public_base_url();
+    let issued = crate::usecase::certificates::issue_for_device(
+        &state.store,
+        &rc.cx(&state),
+        &authority,
+        &base,
+        &id,
+        body.csr.as_bytes(),
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(json!({
+        "serial": issued.cert.serial,
+        "certificate": issued.cert.pem(),
+        "certificate_chain": issued.chain_pem,
+        "not_before": ts(issued.cert.not_before),
+        "not_after": ts(issued.cert.not_after),
+    })))
+}
+
+/// `{"ttl_secs": n}`
+#[derive(Debug, Deserialize)]
+pub struct TokenBody {
+    ttl_secs: Option<i64>,
+}
+
+/// `POST /v1/devices/{id}/sas-token`
+pub async fn sas_token(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+    body: web::Json<TokenBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id", KIND)?;
+    let ttl = body.ttl_secs.unwrap_or(3600);
+    if !(1..=crate::usecase::sas::MAX_TTL_SECS).contains(&ttl) {
+        return Err(ApiError::BadRequest(format!(
+            "ttl_secs must be between 1 and {}",
+            crate::usecase::sas::MAX_TTL_SECS
+        )));
+    }
+    visible(&state, &who, &id).await?;
+    let (token, expires) = crate::usecase::sas::mint(
+        &state.store,
+        &state.ring(),
+        &state.config.host_name,
+        &id,
+        ttl,
+        state.now(),
+    )
+    .await?;
+    Ok(secret_json(StatusCode::OK, &json!({"token": token, "expires_at": ts(expires)})))
+}
+
+/// `{"token": string}`
+#[derive(Debug, Deserialize)]
+pub struct VerifyBody {
+    token: Value,
+}
+
+/// `POST /v1/sas/verify`: 200 for any string (RFC 7662-style introspection).
+pub async fn verify(
+    state: web::Data<AppState>,
+    body: web::Json<VerifyBody>,
+) -> Result<HttpResponse, ApiError> {
+    let Value::String(token) = &body.token else {
+        return Err(ApiError::BadRequest("token must be a string".into()));
+    };
+    let verdict = crate::usecase::sas::verify(
+        &state.store,
+        &state.ring(),
+        &state.config.host_name,
+        token,
+        state.now(),
+        state.config.sas_skew_secs,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(match verdict {
+        crate::usecase::sas::Verdict::Valid { device_id, expires_at } => {
+            json!({"valid": true, "device_id": device_id, "expires_at": ts(expires_at)})
+        }
+        crate::usecase::sas::Verdict::Invalid(reason) => json!({"valid": false, "reason": reason}),
+    }))
+}

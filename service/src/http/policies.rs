@@ -1,0 +1,122 @@
+//! `/v1/policies`: shared access policies.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::devices::{key_choice, RotateBody};
+use super::extract::Authenticated;
+use super::problem::ApiError;
+use super::respond::{path_id, secret_json, ts, RequestCtx};
+use crate::auth::{PermissionSet, Scope};
+use crate::state::AppState;
+use crate::usecase::policies::{self, Policy, PolicyInput};
+
+const KIND: &str = "policy name";
+
+/// PUT body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    permissions: Vec<String>,
+    scope: Option<Scope>,
+    primary_key: Option<String>,
+    secondary_key: Option<String>,
+    // Read-only members of a GET body, accepted and ignored so it can be PUT back.
+    #[serde(default, rename = "name")]
+    _name: Option<Value>,
+    #[serde(default, rename = "created_at")]
+    _created_at: Option<Value>,
+    #[serde(default, rename = "updated_at")]
+    _updated_at: Option<Value>,
+}
+
+fn policy_json(p: &Policy) -> Value {
+    json!({
+        "name": p.name,
+        "permissions": p.permissions.names(),
+        "scope": p.scope,
+        "primary_key": *p.primary.to_base64(),
+        "secondary_key": *p.secondary.to_base64(),
+        "created_at": ts(p.created_at),
+        "updated_at": ts(p.updated_at),
+    })
+}
+
+fn key(text: Option<String>, which: &str) -> Result<Option<ca::SasKey>, ApiError> {
+    text.map(|t| {
+        ca::SasKey::from_base64(&t).map_err(|e| ApiError::BadRequest(format!("{which}: {e}")))
+    })
+    .transpose()
+}
+
+/// `PUT /v1/policies/{name}`
+pub async fn put(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+    body: web::Json<PolicyBody>,
+) -> Result<HttpResponse, ApiError> {
+    let name = path_id(&req, "name", KIND)?;
+    let body = body.into_inner();
+    let permissions = PermissionSet::parse(body.permissions.iter().map(String::as_str))
+        .map_err(|bad| ApiError::BadRequest(format!("unknown permission `{bad}`")))?;
+    if let Some(scope) = &body.scope {
+        if let Some(ids) = &scope.enrollment_group_ids {
+            for id in ids {
+                crate::ids::validate("enrollment group id", id)
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            }
+        }
+        if let Some(p) = &scope.device_id_prefix {
+            if p.len() > 128 {
+                return Err(ApiError::BadRequest(
+                    "device_id_prefix must be at most 128 characters".into(),
+                ));
+            }
+        }
+    }
+    let input = PolicyInput {
+        permissions,
+        scope: body.scope,
+        primary: key(body.primary_key, "primary_key")?,
+        secondary: key(body.secondary_key, "secondary_key")?,
+    };
+    let rc = RequestCtx::new(&state, &req, &who);
+    let (p, created) = policies::put(&state.store, &rc.cx(&state), &name, input).await?;
+    Ok(secret_json(if created { StatusCode::CREATED } else { StatusCode::OK }, &policy_json(&p)))
+}
+
+/// `GET /v1/policies/{name}`
+pub async fn get(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let name = path_id(&req, "name", KIND)?;
+    let p = policies::get(&state.store, &state.ring(), &name).await?;
+    Ok(secret_json(StatusCode::OK, &policy_json(&p)))
+}
+
+/// `DELETE /v1/policies/{name}`
+pub async fn delete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    let name = path_id(&req, "name", KIND)?;
+    let rc = RequestCtx::new(&state, &req, &who);
+    policies::delete(&state.store, &rc.cx(&state), &name).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /v1/policies/{name}/keys/rotate`
+pub async fn rotate(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+    body: web::Json<RotateBody>,
+) -> Result<HttpResponse, ApiError> {
+    let name = path_id(&req, "name", KIND)?;
+    let which = key_choice(&body)?;
+    let rc = RequestCtx::new(&state, &req, &who);
+    let p = policies::rotate_keys(&state.store, &rc.cx(&state), &name, which).await?;
+    Ok(secret_json(StatusCode::OK, &policy_json(&p)))
+}

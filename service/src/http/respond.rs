@@ -1,0 +1,106 @@
+//! Response and request helpers shared by handlers: the one no-store responder, path ids,
+//! the acting principal, the use-case context.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpRequest, HttpResponse};
+
+use super::extract::{client_ip, Authenticated};
+use super::problem::ApiError;
+use crate::state::AppState;
+use crate::usecase::Actor;
+
+/// A JSON response carrying secret material: `Cache-Control: no-store`.
+pub fn secret_json(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"))
+        .json(body)
+}
+
+/// A path parameter validated as an IoT Hub–style id (decoded exactly once).
+pub fn path_id(req: &HttpRequest, name: &str, kind: &'static str) -> Result<String, ApiError> {
+    let raw =
+        req.match_info().get(name).ok_or_else(|| ApiError::NotFound("no such route".into()))?;
+    crate::ids::from_path(kind, raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// What a writing handler hands to its use case: the ring snapshot, the time and the actor.
+pub struct RequestCtx {
+    ring: std::sync::Arc<crate::seal::KeyRing>,
+    now: i64,
+    actor: Actor,
+}
+
+impl RequestCtx {
+    /// Captures the context of `req` made by `who`.
+    pub fn new(state: &AppState, req: &HttpRequest, who: &Authenticated) -> Self {
+        Self {
+            ring: state.ring(),
+            now: state.now(),
+            actor: Actor { name: who.0.name.clone(), addr: client_ip(req) },
+        }
+    }
+
+    /// The use-case context.
+    pub fn cx<'a>(&'a self, state: &'a AppState) -> crate::usecase::Ctx<'a> {
+        crate::usecase::Ctx {
+            ring: &self.ring,
+            audit_key: &state.audit_key,
+            now: self.now,
+            actor: &self.actor,
+        }
+    }
+}
+
+/// Unquoted value of an `If-Match` / `If-None-Match` header.
+pub fn etag_header(
+    req: &HttpRequest,
+    name: header::HeaderName,
+) -> Result<Option<String>, ApiError> {
+    match req.headers().get(name) {
+        None => Ok(None),
+        Some(v) => {
+            let v = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("malformed precondition header".into()))?
+                .trim();
+            let v = v.strip_prefix("W/").unwrap_or(v);
+            Ok(Some(v.trim_matches('"').to_owned()))
+        }
+    }
+}
+
+/// RFC 3339 for unix seconds.
+pub fn ts(unix: i64) -> String {
+    crate::clock::rfc3339(unix)
+}
+
+/// Opaque paging cursor: base64url of the last key.
+pub fn encode_cursor(last: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last)
+}
+
+/// Decodes a cursor; malformed → 400.
+pub fn decode_cursor(cursor: Option<&str>) -> Result<String, ApiError> {
+    use base64::Engine as _;
+    match cursor {
+        None => Ok(String::new()),
+        Some(c) => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(c)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .ok_or_else(|| ApiError::BadRequest("malformed cursor".into())),
+    }
+}
+
+/// Checks a `limit` query parameter (1..=1000, default 100).
+pub fn limit(v: Option<i64>) -> Result<i64, ApiError> {
+    let l = v.unwrap_or(100);
+    if (1..=1000).contains(&l) {
+        Ok(l)
+    } else {
+        Err(ApiError::BadRequest("limit must be between 1 and 1000".into()))
+    }
+}

@@ -1,0 +1,375 @@
+//! The device registry: create/replace with optimistic concurrency, read, delete (revoking the
+//! device's certificates), list, and SAS key rotation. Keys are sealed per row; every change and
+//! its audit row commit together.
+
+use ca::SasKey;
+use serde_json::{Map, Value};
+
+use super::{random_hex, Ctx};
+use crate::seal::{KeyRing, SealContext, SealError};
+use crate::store::devices::{self as rows, DeviceRow};
+use crate::store::{Store, StoreError};
+
+/// Largest accepted tags object, serialized.
+pub const MAX_TAGS_BYTES: usize = 8 * 1024;
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// invalid input; the text says what to fix
+    #[error("{0}")]
+    Invalid(String),
+    /// unknown device
+    #[error("device not found")]
+    NotFound,
+    /// If-Match / If-None-Match did not hold
+    #[error("precondition failed")]
+    PreconditionFailed,
+    /// storage
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// a sealed key did not open
+    #[error(transparent)]
+    Seal(#[from] SealError),
+}
+
+/// Authentication of a device.
+#[derive(Debug)]
+pub enum Authentication {
+    /// shared access keys
+    Sas {
+        /// primary
+        primary: SasKey,
+        /// secondary
+        secondary: SasKey,
+    },
+    /// self-signed / pinned certificates by SHA-256 thumbprint
+    X509Thumbprint {
+        /// hex SHA-256
+        primary: String,
+        /// hex SHA-256
+        secondary: Option<String>,
+    },
+    /// certificates from a CA (provisiond's or a group's)
+    X509Ca,
+}
+
+impl Authentication {
+    fn kind(&self) -> &'static str {
+        match self {
+            Authentication::Sas { .. } => "sas",
+            Authentication::X509Thumbprint { .. } => "x509_thumbprint",
+            Authentication::X509Ca => "x509_ca",
+        }
+    }
+}
+
+/// A device with its keys unsealed.
+#[derive(Debug)]
+pub struct Device {
+    /// stored row (sealed blobs included, never rendered)
+    pub row: DeviceRow,
+    /// unsealed authentication
+    pub auth: Authentication,
+}
+
+/// Requested authentication in a PUT.
+#[derive(Debug)]
+pub enum AuthInput {
+    /// sas, keys generated when absent
+    Sas {
+        /// primary
+        primary: Option<SasKey>,
+        /// secondary
+        secondary: Option<SasKey>,
+    },
+    /// thumbprints
+    X509Thumbprint {
+        /// primary
+        primary: String,
+        /// secondary
+        secondary: Option<String>,
+    },
+    /// CA-signed
+    X509Ca,
+}
+
+/// A PUT body, validated. `None` = keep the current value (or default on create);
+/// `Some(None)` = clear.
+#[derive(Debug, Default)]
+pub struct DeviceInput {
+    /// enabled?
+    pub enabled: Option<bool>,
+    /// reason
+    pub status_reason: Option<Option<String>>,
+    /// authentication
+    pub auth: Option<AuthInput>,
+    /// tags
+    pub tags: Option<Map<String, Value>>,
+    /// gateway
+    pub parent_id: Option<Option<String>>,
+}
+
+/// Conditions of a PUT / DELETE.
+#[derive(Debug, Default, Clone)]
+pub struct Precondition {
+    /// `If-Match` (unquoted etag, or `*`)
+    pub if_match: Option<String>,
+    /// `If-None-Match: *`
+    pub if_none_match_any: bool,
+}
+
+impl Precondition {
+    fn check(&self, current: Option<&DeviceRow>) -> Result<(), DeviceError> {
+        match (current, &self.if_match) {
+            (Some(_), _) if self.if_none_match_any => Err(DeviceError::PreconditionFailed),
+            (None, Some(_)) => Err(DeviceError::PreconditionFailed),
+            (Some(row), Some(tag)) if tag != "*" && *tag != row.etag => {
+                Err(DeviceError::PreconditionFailed)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn ctx<'a>(column: &'a str, id: &'a str) -> SealContext<'a> {
+    SealContext { table: "devices", column, row_id: id }
+}
+
+/// Unseals a row's authentication.
+pub fn open(ring: &KeyRing, row: DeviceRow) -> Result<Device, DeviceError> {
+    let auth = match row.auth_type.as_str() {
+        "sas" => {
+            let (Some(p), Some(s)) = (&row.primary_key, &row.secondary_key) else {
+                return Err(DeviceError::Invalid("stored device has no keys".into()));
+            };
+            Authentication::Sas {
+                primary: SasKey::from_bytes(
+                    ring.open(ctx("primary_key", &row.device_id), p)?.to_vec(),
+                ),
+                secondary: SasKey::from_bytes(
+                    ring.open(ctx("secondary_key", &row.device_id), s)?.to_vec(),
+                ),
+            }
+        }
+        "x509_thumbprint" => Authentication::X509Thumbprint {
+            primary: row.primary_thumbprint.clone().unwrap_or_default(),
+            secondary: row.secondary_thumbprint.clone(),
+        },
+        _ => Authentication::X509Ca,
+    };
+    Ok(Device { row, auth })
+}
+
+fn apply_auth(row: &mut DeviceRow, ring: &KeyRing, auth: &Authentication) {
+    row.auth_type = auth.kind().to_owned();
+    (row.key_version, row.primary_key, row.secondary_key) = (None, None, None);
+    (row.primary_thumbprint, row.secondary_thumbprint) = (None, None);
+    match auth {
+        Authentication::Sas { primary, secondary } => {
+            row.key_version = Some(i64::from(ring.current_version()));
+            row.primary_key =
+                Some(ring.seal(ctx("primary_key", &row.device_id), primary.expose_secret()));
+            row.secondary_key =
+                Some(ring.seal(ctx("secondary_key", &row.device_id), secondary.expose_secret()));
+        }
+        Authentication::X509Thumbprint { primary, secondary } => {
+            row.primary_thumbprint = Some(primary.clone());
+            row.secondary_thumbprint = secondary.clone();
+        }
+        Authentication::X509Ca => {}
+    }
+}
+
+/// Reads one device.
+pub async fn get(store: &Store, ring: &KeyRing, id: &str) -> Result<Device, DeviceError> {
+    let mut conn = store.conn().await?;
+    let row = rows::get(&mut conn, id).await?.ok_or(DeviceError::NotFound)?;
+    open(ring, row)
+}
+
+/// Creates or replaces a device. Returns the device and whether it was created.
+pub async fn put(
+    store: &Store,
+    cx: &Ctx<'_>,
+    id: &str,
+    input: DeviceInput,
+    pre: &Precondition,
+) -> Result<(Device, bool), DeviceError> {
+    let mut tx = store.begin().await?;
+    let current = rows::get(&mut tx, id).await?;
+    pre.check(current.as_ref())?;
+    if let Some(Some(parent)) = &input.parent_id {
+        if parent == id {
+            return Err(DeviceError::Invalid("parent_id must not be the device itself".into()));
+        }
+        if !rows::exists(&mut tx, parent).await? {
+            return Err(DeviceError::Invalid(format!("parent device `{parent}` does not exist")));
+        }
+    }
+    let created = current.is_none();
+    let was_enabled = current.as_ref().is_some_and(|r| r.status == "enabled");
+    let existing_auth = match current.clone() {
+        Some(row) => Some(open(cx.ring, row)?.auth),
+        None => None,
+    };
+    let mut row = current.unwrap_or_else(|| DeviceRow {
+        device_id: id.to_owned(),
+        status: "enabled".into(),
+        status_reason: None,
+        auth_type: "sas".into(),
+        key_version: None,
+        primary_key: None,
+        secondary_key: None,
+        primary_thumbprint: None,
+        secondary_thumbprint: None,
+        etag: String::new(),
+        generation_id: random_hex(8),
+        tags: "{}".into(),
+        parent_id: None,
+        enrollment_group_id: None,
+        created_at: cx.now,
+        updated_at: cx.now,
+    });
+    let old_etag = row.etag.clone();
+    if let Some(enabled) = input.enabled {
+        row.status = if enabled { "enabled" } else { "disabled" }.into();
+    }
+    if let Some(reason) = input.status_reason {
+        row.status_reason = reason;
+    }
+    if let Some(tags) = input.tags {
+        row.tags = Value::Object(tags).to_string();
+    }
+    if let Some(parent) = input.parent_id {
+        row.parent_id = parent;
+    }
+    let auth = match (input.auth, existing_auth) {
+        (Some(AuthInput::Sas { primary, secondary }), existing) => {
+            let (old_p, old_s) = match existing {
+                Some(Authentication::Sas { primary, secondary }) => {
+                    (Some(primary), Some(secondary))
+                }
+                _ => (None, None),
+            };
+            Authentication::Sas {
+                primary: primary.or(old_p).unwrap_or_else(SasKey::generate),
+                secondary: secondary.or(old_s).unwrap_or_else(SasKey::generate),
+            }
+        }
+        (Some(AuthInput::X509Thumbprint { primary, secondary }), _) => {
+            Authentication::X509Thumbprint { primary, secondary }
+        }
+        (Some(AuthInput::X509Ca), _) => Authentication::X509Ca,
+        (None, Some(existing)) => existing,
+        (None, None) => {
+            Authentication::Sas { primary: SasKey::generate(), secondary: SasKey::generate() }
+        }
+    };
+    apply_auth(&mut row, cx.ring, &auth);
+    row.etag = random_hex(8);
+    row.updated_at = cx.now;
+    if created {
+        rows::insert(&mut tx, &row).await?;
+        cx.audit(&mut tx, store.dialect(), "device.create", id).await?;
+    } else {
+        if !rows::replace(&mut tx, &row, &old_etag).await? {
+            return Err(DeviceError::PreconditionFailed);
+        }
+        cx.audit(&mut tx, store.dialect(), "device.update", id).await?;
+        if was_enabled && row.status == "disabled" {
+            revoke_certificates(&mut tx, id, "privilege_withdrawn", cx.now).await?;
+        }
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok((Device { row, auth }, created))
+}
+
+/// Deletes a device and revokes its certificates.
+pub async fn delete(
+    store: &Store,
+    cx: &Ctx<'_>,
+    id: &str,
+    pre: &Precondition,
+) -> Result<(), DeviceError> {
+    let mut tx = store.begin().await?;
+    let current = rows::get(&mut tx, id).await?.ok_or(DeviceError::NotFound)?;
+    pre.check(Some(&current))?;
+    if !rows::delete(&mut tx, id, &current.etag).await? {
+        return Err(DeviceError::PreconditionFailed);
+    }
+    revoke_certificates(&mut tx, id, "cessation_of_operation", cx.now).await?;
+    cx.audit(&mut tx, store.dialect(), "device.delete", id).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Which key to rotate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChoice {
+    /// new primary
+    Primary,
+    /// new secondary
+    Secondary,
+    /// exchange primary and secondary
+    Swap,
+}
+
+/// Rotates a device's SAS keys; the old key stops working at once.
+pub async fn rotate_keys(
+    store: &Store,
+    cx: &Ctx<'_>,
+    id: &str,
+    which: KeyChoice,
+) -> Result<Device, DeviceError> {
+    let mut tx = store.begin().await?;
+    let row = rows::get(&mut tx, id).await?.ok_or(DeviceError::NotFound)?;
+    let old_etag = row.etag.clone();
+    let mut device = open(cx.ring, row)?;
+    let Authentication::Sas { primary, secondary } = device.auth else {
+        return Err(DeviceError::Invalid("the device does not authenticate with SAS keys".into()));
+    };
+    let (primary, secondary) = match which {
+        KeyChoice::Primary => (SasKey::generate(), secondary),
+        KeyChoice::Secondary => (primary, SasKey::generate()),
+        KeyChoice::Swap => (secondary, primary),
+    };
+    device.auth = Authentication::Sas { primary, secondary };
+    apply_auth(&mut device.row, cx.ring, &device.auth);
+    device.row.etag = random_hex(8);
+    device.row.updated_at = cx.now;
+    if !rows::replace(&mut tx, &device.row, &old_etag).await? {
+        return Err(DeviceError::PreconditionFailed);
+    }
+    cx.audit(&mut tx, store.dialect(), "device.keys.rotate", id).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(device)
+}
+
+/// Revokes every unrevoked certificate of a device and marks the affected CRLs stale, inside
+/// the caller's transaction.
+pub async fn revoke_certificates(
+    tx: &mut sqlx::AnyConnection,
+    device_id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE crls SET next_update = 0 WHERE issuer_id IN \
+         (SELECT issuer_id FROM certificates WHERE device_id = $1 AND revoked_at IS NULL)",
+    )
+    .bind(device_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE certificates SET revoked_at = $2, revocation_reason = $3 \
+         WHERE device_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(device_id)
+    .bind(now)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

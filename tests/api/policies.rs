@@ -1,0 +1,196 @@
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_problem, policy_token, spawn_app};
+
+#[tokio::test]
+async fn policy_crud_rotation_and_owner_protection() {
+    let app = spawn_app().await;
+    let owner = app.owner_token();
+    let r = app
+        .client
+        .put(app.url("/v1/policies/line-1"))
+        .header("Authorization", &owner)
+        .json(&json!({"permissions": ["RegistryWrite", "AuditRead"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["permissions"], json!(["RegistryReadWrite", "AuditRead"]));
+    let token = policy_token("line-1", p["primary_key"].as_str().unwrap());
+    assert_eq!(app.get_as("/v1/audit", &token).await.status(), 200);
+    assert_eq!(
+        app.get_as("/v1/devices", &token).await.status(),
+        200,
+        "RegistryReadWrite implies RegistryRead"
+    );
+    assert_problem(app.get_as("/v1/policies/line-1", &token).await, 403).await;
+
+    let rotated: Value = app
+        .client
+        .post(app.url("/v1/policies/line-1/keys/rotate"))
+        .header("Authorization", &owner)
+        .json(&json!({"key": "primary"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(rotated["primary_key"], p["primary_key"]);
+    assert_problem(app.get_as("/v1/audit", &token).await, 401).await;
+    let token2 = policy_token("line-1", rotated["secondary_key"].as_str().unwrap());
+    assert_eq!(app.get_as("/v1/audit", &token2).await.status(), 200, "secondary still works");
+
+    let r = app
+        .client
+        .delete(app.url("/v1/policies/line-1"))
+        .header("Authorization", &owner)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_problem(app.get_as("/v1/audit", &token2).await, 401).await;
+
+    let bad = app
+        .client
+        .put(app.url("/v1/policies/x"))
+        .header("Authorization", &owner)
+        .json(&json!({"permissions": ["Everything"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(bad, 400).await;
+    let del_owner = app
+        .client
+        .delete(app.url("/v1/policies/owner"))
+        .header("Authorization", &owner)
+        .send()
+        .await
+        .unwrap();
+    assert!([400, 403, 409].contains(&del_owner.status().as_u16()));
+    let demote = app
+        .client
+        .put(app.url("/v1/policies/owner"))
+        .header("Authorization", &owner)
+        .json(&json!({"permissions": ["RegistryRead"]}))
+        .send()
+        .await
+        .unwrap();
+    assert!([400, 403, 409].contains(&demote.status().as_u16()));
+    assert_eq!(app.get_as("/v1/policies/owner", &owner).await.status(), 200, "owner intact");
+    let rows: Value = app.get_as("/v1/audit?limit=1000", &owner).await.json().await.unwrap();
+    let actions: Vec<&str> =
+        rows["items"].as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+    for a in ["policy.create", "policy.keys.rotate", "policy.delete"] {
+        assert!(actions.contains(&a), "{a} audited");
+    }
+}
+
+#[tokio::test]
+async fn scoped_policies_see_only_their_devices() {
+    let app = spawn_app().await;
+    let owner = app.owner_token();
+    let p: Value = app.client.put(app.url("/v1/policies/plant-a")).header("Authorization", &owner)
+        .json(&json!({"permissions": ["RegistryReadWrite"], "scope": {"device_id_prefix": "plant-a-"}}))
+        .send().await.unwrap().json().await.unwrap();
+    let scoped = policy_token("plant-a", p["primary_key"].as_str().unwrap());
+    for id in ["plant-a-1", "plant-a-2", "plant-b-1"] {
+        app.client
+            .put(app.url(&format!("/v1/devices/{id}")))
+            .header("Authorization", &owner)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let list: Value = app.get_as("/v1/devices", &scoped).await.json().await.unwrap();
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["plant-a-1", "plant-a-2"]);
+    assert_problem(app.get_as("/v1/devices/plant-b-1", &scoped).await, 404).await;
+    let del = app
+        .client
+        .delete(app.url("/v1/devices/plant-b-1"))
+        .header("Authorization", &scoped)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(del, 404).await;
+    let create = app
+        .client
+        .put(app.url("/v1/devices/plant-b-9"))
+        .header("Authorization", &scoped)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(create, 404).await;
+    let ok = app
+        .client
+        .put(app.url("/v1/devices/plant-a-9"))
+        .header("Authorization", &scoped)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 201);
+}
+
+/// Every route of the table × every default policy: allowed routes never answer 401/403,
+/// refused ones answer 403 (the route table drives both).
+#[tokio::test]
+async fn default_policies_are_allowed_exactly_their_routes() {
+    let app = spawn_app().await;
+    let mut tokens = vec![("owner".to_string(), app.owner_token())];
+    for name in ["registryRead", "registryReadWrite", "service", "device"] {
+        tokens.push((name.to_string(), policy_token(name, &app.policy_key(name).await)));
+    }
+    let grants = |policy: &str| -> Vec<&str> {
+        match policy {
+            "owner" => vec!["*"],
+            "registryRead" => vec!["RegistryRead"],
+            "registryReadWrite" => vec!["RegistryRead", "RegistryReadWrite"],
+            "service" => vec!["ServiceConnect"],
+            "device" => vec!["DeviceConnect"],
+            _ => vec![],
+        }
+    };
+    for rule in service::http::ROUTES {
+        let service::http::Access::Requires(perm) = rule.access else { continue };
+        let path = rule
+            .path
+            .replace("{id}", "authz-probe")
+            .replace("{name}", "authz-probe")
+            .replace("{issuer_id}", "00");
+        for (policy, token) in &tokens {
+            let allowed = grants(policy).iter().any(|g| *g == "*" || *g == perm.as_str());
+            let method = reqwest::Method::from_bytes(rule.method.as_bytes()).unwrap();
+            let r = app
+                .client
+                .request(method, app.url(&path))
+                .header("Authorization", token)
+                .header("Content-Type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            if allowed {
+                assert!(
+                    status != 401 && status != 403,
+                    "{policy} {} {} → {status}",
+                    rule.method,
+                    rule.path
+                );
+            } else {
+                assert_eq!(status, 403, "{policy} {} {}", rule.method, rule.path);
+            }
+        }
+    }
+}

@@ -84,6 +84,15 @@ pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
             &audit_row.value,
         )
         .map_err(|e| StartError::WrongMasterKey(e.to_string()))?;
+    let jwt_row = meta::secret(&mut conn, "jwt_signing_key").await?;
+    let jwt_key = ring
+        .open(
+            SealContext { table: "secrets", column: "value", row_id: "jwt_signing_key" },
+            &jwt_row.value,
+        )
+        .map_err(|e| StartError::WrongMasterKey(e.to_string()))?;
+    let jwt = crate::auth::jwt::JwtKeys::from_pkcs8(&jwt_key)
+        .map_err(|e| StartError::WrongMasterKey(e.to_string()))?;
     let issuers = crate::store::issuers::list(&mut conn).await?;
     drop(conn);
     let authority = Authority::load(issuers, &ring)?;
@@ -93,6 +102,7 @@ pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
         ring: RwLock::new(Arc::new(ring)),
         clock,
         audit_key: AuditKey::new(audit_key),
+        jwt,
         authority: RwLock::new(Arc::new(authority)),
         limiter: FailureLimiter::default(),
         metrics: Metrics::new()?,

@@ -23,6 +23,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// audit chain key
     pub audit_key: AuditKey,
+    /// JWT signing / verification (operator sessions, enrollment tokens)
+    pub jwt: crate::auth::jwt::JwtKeys,
     /// the CA hierarchy (replaced on intermediate rotation)
     pub authority: RwLock<Arc<Authority>>,
     /// failed-authentication limiter

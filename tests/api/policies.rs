@@ -194,3 +194,63 @@ async fn default_policies_are_allowed_exactly_their_routes() {
         }
     }
 }
+
+#[tokio::test]
+async fn operators_log_in_with_passwords_and_carry_their_permissions() {
+    let app = spawn_app().await;
+    let owner = app.owner_token();
+    let r = app
+        .client
+        .put(app.url("/v1/operators/alice"))
+        .header("Authorization", &owner)
+        .json(&json!({"password": "correct horse battery staple", "permissions": ["AuditRead"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let body = r.text().await.unwrap();
+    assert!(!body.contains("correct horse"), "password never echoed");
+    assert_problem(
+        app.client
+            .put(app.url("/v1/operators/bob"))
+            .header("Authorization", &owner)
+            .json(&json!({"password": "short", "permissions": []}))
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+
+    let login = |u: &str, p: &str| {
+        app.client
+            .post(app.url("/v1/auth/login"))
+            .json(&json!({"username": u, "password": p}))
+            .send()
+    };
+    let r = login("alice", "correct horse battery staple").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let session: Value = r.json().await.unwrap();
+    let bearer = format!("Bearer {}", session["access_token"].as_str().unwrap());
+    assert!(session["expires_at"].is_string());
+    assert_eq!(app.get_as("/v1/audit", &bearer).await.status(), 200);
+    assert_problem(app.get_as("/v1/devices", &bearer).await, 403).await;
+    assert_problem(login("alice", "wrong password!").await.unwrap(), 401).await;
+    assert_problem(login("nobody", "whatever123").await.unwrap(), 401).await;
+    assert_problem(app.get_as("/v1/audit", "Bearer not.a.jwt").await, 401).await;
+
+    let audit: Value = app.get_as("/v1/audit?limit=1000", &owner).await.json().await.unwrap();
+    assert!(!audit.to_string().contains("correct horse"));
+    assert!(!app.logs().contains("correct horse"));
+
+    let r = app
+        .client
+        .delete(app.url("/v1/operators/alice"))
+        .header("Authorization", &owner)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_problem(app.get_as("/v1/audit", &bearer).await, 401).await;
+}

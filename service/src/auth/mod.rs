@@ -3,6 +3,8 @@
 //! tokens and client certificates. Failed authentications are rate-limited per (principal,
 //! address) and per address, never per principal alone.
 
+pub mod jwt;
+pub mod password;
 pub mod permissions;
 pub mod ratelimit;
 pub mod sas;

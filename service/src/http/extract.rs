@@ -59,6 +59,20 @@ pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Princip
                 Err(e) => return Err(ApiError::internal(e)),
             }
         }
+        Some(h) if h.starts_with("Bearer ") => {
+            let token = h["Bearer ".len()..].trim();
+            match crate::usecase::operators::authenticate(
+                &state.store,
+                &state.jwt,
+                token,
+                state.now(),
+            )
+            .await?
+            {
+                Some(p) => Ok(p),
+                None => Err(AuthError::Invalid { claimed: None }),
+            }
+        }
         Some(_) => Err(AuthError::UnsupportedScheme),
     };
     match outcome {

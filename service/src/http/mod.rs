@@ -10,6 +10,7 @@ pub mod ca;
 pub mod certificates;
 pub mod devices;
 pub mod extract;
+pub mod operators;
 pub mod ops;
 pub mod policies;
 pub mod problem;
@@ -77,6 +78,9 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET",    "/v1/policies/{name}",              Requires(PolicyAdmin),        || web::get().to(policies::get)),
     rule("DELETE", "/v1/policies/{name}",              Requires(PolicyAdmin),        || web::delete().to(policies::delete)),
     rule("POST",   "/v1/policies/{name}/keys/rotate",  Requires(PolicyAdmin),        || web::post().to(policies::rotate)),
+    rule("PUT",    "/v1/operators/{name}",             Requires(PolicyAdmin),        || web::put().to(operators::put)),
+    rule("DELETE", "/v1/operators/{name}",             Requires(PolicyAdmin),        || web::delete().to(operators::delete)),
+    rule("POST",   "/v1/auth/login",                   Public,                       || web::post().to(operators::login)),
     rule("GET",    "/v1/audit",                        Requires(AuditRead),          || web::get().to(audit::list)),
     rule("GET",    "/v1/audit/verify",                 Requires(AuditRead),          || web::get().to(audit::verify)),
     rule("GET",    "/v1/audit/checkpoint",             Requires(AuditRead),          || web::get().to(audit::checkpoint)),

@@ -12,6 +12,7 @@ pub mod devices;
 pub mod issuers;
 pub mod leases;
 pub mod meta;
+pub mod operators;
 pub mod policies;
 pub mod sealed;
 

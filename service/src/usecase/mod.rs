@@ -5,6 +5,7 @@ pub mod certificates;
 pub mod crl;
 pub mod devices;
 pub mod init;
+pub mod operators;
 pub mod policies;
 pub mod rotate_master_key;
 pub mod sas;

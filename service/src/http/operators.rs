@@ -1,0 +1,130 @@
+//! `/v1/operators` and `/v1/auth/login`.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::extract::{client_ip, Authenticated};
+use super::problem::ApiError;
+use super::respond::{path_id, secret_json, ts, RequestCtx};
+use crate::audit::Entry;
+use crate::auth::password::Password;
+use crate::auth::PermissionSet;
+use crate::state::AppState;
+use crate::usecase::operators::{self, OperatorError};
+
+/// Shortest accepted operator password.
+pub const MIN_PASSWORD_LEN: usize = 8;
+
+/// PUT body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorBody {
+    password: String,
+    permissions: Vec<String>,
+}
+
+impl From<OperatorError> for ApiError {
+    fn from(e: OperatorError) -> Self {
+        match e {
+            OperatorError::NotFound => ApiError::NotFound("operator not found".into()),
+            OperatorError::BadCredentials => {
+                ApiError::Unauthorized { detail: "invalid user name or password" }
+            }
+            OperatorError::Store(s) => s.into(),
+            OperatorError::Internal(m) => ApiError::internal(std::io::Error::other(m)),
+        }
+    }
+}
+
+/// `PUT /v1/operators/{name}`
+pub async fn put(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+    body: web::Json<OperatorBody>,
+) -> Result<HttpResponse, ApiError> {
+    let name = path_id(&req, "name", "operator name")?;
+    let body = body.into_inner();
+    let password = Password::new(body.password);
+    let permissions = PermissionSet::parse(body.permissions.iter().map(String::as_str))
+        .map_err(|bad| ApiError::BadRequest(format!("unknown permission `{bad}`")))?;
+    if !(MIN_PASSWORD_LEN..=1024).contains(&password.len()) {
+        return Err(ApiError::BadRequest(format!(
+            "password must be {MIN_PASSWORD_LEN} to 1024 characters"
+        )));
+    }
+    let rc = RequestCtx::new(&state, &req, &who);
+    let created =
+        operators::put(&state.store, &rc.cx(&state), &name, password, &permissions).await?;
+    let now = state.now();
+    Ok(HttpResponse::build(if created { StatusCode::CREATED } else { StatusCode::OK })
+        .json(json!({"name": name, "permissions": permissions.names(), "updated_at": ts(now)})))
+}
+
+/// `DELETE /v1/operators/{name}`
+pub async fn delete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    let name = path_id(&req, "name", "operator name")?;
+    let rc = RequestCtx::new(&state, &req, &who);
+    operators::delete(&state.store, &rc.cx(&state), &name).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Login body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    username: String,
+    password: String,
+}
+
+/// `POST /v1/auth/login`
+pub async fn login(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<LoginBody>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let now = state.now();
+    let addr = client_ip(&req).unwrap_or_else(|| "unknown".into());
+    match operators::login(
+        &state.store,
+        &state.jwt,
+        &body.username,
+        Password::new(body.password),
+        now,
+    )
+    .await
+    {
+        Ok((token, exp)) => {
+            let entry = Entry::success(&body.username, "auth.login", &body.username, Some(&addr));
+            crate::audit::record(&state.store, &state.audit_key, &entry, now).await?;
+            Ok(secret_json(
+                StatusCode::OK,
+                &json!({"access_token": token, "token_type": "Bearer", "expires_at": ts(exp)}),
+            ))
+        }
+        Err(OperatorError::BadCredentials) => {
+            let claimed =
+                if body.username.len() <= 128 { Some(body.username.as_str()) } else { None };
+            let entry = Entry::failure(
+                claimed.unwrap_or("anonymous"),
+                "auth.failure",
+                "/v1/auth/login",
+                Some(&addr),
+            );
+            crate::audit::record(&state.store, &state.audit_key, &entry, now).await?;
+            state.metrics.auth_failures.with_label_values(&["password"]).inc();
+            match state.limiter.fail(claimed, &addr, now) {
+                Some(retry_after) => Err(ApiError::TooManyRequests { retry_after }),
+                None => Err(ApiError::Unauthorized { detail: "invalid user name or password" }),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,118 @@
+//! Operators (humans): create/replace, delete, login. Passwords are argon2id-hashed on the
+//! blocking pool; login returns a short-lived ES256 JWT (audience `provisiond-operator`).
+
+use super::{random_hex, Ctx};
+use crate::auth::jwt::{Claims, JwtKeys, OPERATOR_AUDIENCE};
+use crate::auth::password::{self, Password};
+use crate::auth::{PermissionSet, Principal};
+use crate::store::operators::{self as rows, OperatorRow};
+use crate::store::{Store, StoreError};
+
+/// Lifetime of an operator session token.
+pub const SESSION_SECS: i64 = 15 * 60;
+
+/// Why an operator operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OperatorError {
+    /// unknown operator
+    #[error("operator not found")]
+    NotFound,
+    /// wrong user name or password
+    #[error("invalid user name or password")]
+    BadCredentials,
+    /// storage
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// hashing / signing
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Creates or replaces an operator; true when created.
+pub async fn put(
+    store: &Store,
+    cx: &Ctx<'_>,
+    name: &str,
+    password: Password,
+    permissions: &PermissionSet,
+) -> Result<bool, OperatorError> {
+    let hash =
+        password::hash(password).await.map_err(|e| OperatorError::Internal(e.to_string()))?;
+    let row = OperatorRow {
+        name: name.to_owned(),
+        password_hash: hash,
+        permissions: serde_json::Value::from(permissions.names()).to_string(),
+        created_at: cx.now,
+        updated_at: cx.now,
+    };
+    let mut tx = store.begin().await?;
+    let created = rows::upsert(&mut tx, &row).await?;
+    cx.audit(
+        &mut tx,
+        store.dialect(),
+        if created { "operator.create" } else { "operator.update" },
+        name,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(created)
+}
+
+/// Deletes an operator; its sessions stop working at once (every request re-reads it).
+pub async fn delete(store: &Store, cx: &Ctx<'_>, name: &str) -> Result<(), OperatorError> {
+    let mut tx = store.begin().await?;
+    if !rows::delete(&mut tx, name).await? {
+        return Err(OperatorError::NotFound);
+    }
+    cx.audit(&mut tx, store.dialect(), "operator.delete", name).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Checks a password and issues a session token `(token, expires_at)`.
+pub async fn login(
+    store: &Store,
+    jwt: &JwtKeys,
+    name: &str,
+    password: Password,
+    now: i64,
+) -> Result<(String, i64), OperatorError> {
+    let row = {
+        let mut conn = store.conn().await?;
+        rows::get(&mut conn, name).await?
+    };
+    if !password::verify(row.as_ref().map(|r| r.password_hash.clone()), password).await {
+        return Err(OperatorError::BadCredentials);
+    }
+    let exp = now + SESSION_SECS;
+    let claims = Claims {
+        aud: OPERATOR_AUDIENCE.into(),
+        sub: Some(name.to_owned()),
+        grp: None,
+        jti: random_hex(16),
+        iat: now,
+        exp,
+    };
+    let token = jwt.sign(&claims).map_err(|e| OperatorError::Internal(e.to_string()))?;
+    Ok((token, exp))
+}
+
+/// Authenticates a session token: valid signature, audience, expiry, and the operator still
+/// exists (its current permissions apply).
+pub async fn authenticate(
+    store: &Store,
+    jwt: &JwtKeys,
+    token: &str,
+    now: i64,
+) -> Result<Option<Principal>, StoreError> {
+    let Ok(claims) = jwt.verify(token, OPERATOR_AUDIENCE, now, 0) else { return Ok(None) };
+    let Some(name) = claims.sub else { return Ok(None) };
+    let mut conn = store.conn().await?;
+    let Some(row) = rows::get(&mut conn, &name).await? else { return Ok(None) };
+    let names: Vec<String> = serde_json::from_str(&row.permissions).unwrap_or_default();
+    let Ok(permissions) = PermissionSet::parse(names.iter().map(String::as_str)) else {
+        return Ok(None);
+    };
+    Ok(Some(Principal { name: row.name, permissions, scope: None }))
+}

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     /// failed authentications by scheme
     pub auth_failures: IntCounterVec,
+    /// registrations by enrollment group and outcome
+    pub registrations: IntCounterVec,
 }
 
 impl Metrics {
@@ -37,10 +39,18 @@ impl Metrics {
             Opts::new("provisiond_auth_failures_total", "Failed authentications by scheme"),
             &["scheme"],
         )?;
+        let registrations = IntCounterVec::new(
+            Opts::new(
+                "provisiond_registrations_total",
+                "Registrations by enrollment group and outcome",
+            ),
+            &["group", "outcome"],
+        )?;
+        registry.register(Box::new(registrations.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
-        Ok(Self { registry, http_requests, http_duration, auth_failures })
+        Ok(Self { registry, http_requests, http_duration, auth_failures, registrations })
     }
 
     /// Text exposition format.

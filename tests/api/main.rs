@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod cli;
 mod devices;
+mod enrollment;
 mod helpers;
 mod ops;
 mod policies;

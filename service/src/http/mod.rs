@@ -9,11 +9,13 @@ pub mod audit;
 pub mod ca;
 pub mod certificates;
 pub mod devices;
+pub mod enrollment;
 pub mod extract;
 pub mod operators;
 pub mod ops;
 pub mod policies;
 pub mod problem;
+pub mod registrations;
 pub mod respond;
 
 use std::collections::BTreeMap;
@@ -37,6 +39,9 @@ pub enum Access {
     Public,
     /// A policy or operator holding this permission.
     Requires(Permission),
+    /// The handler authenticates the device itself (SAS attestation, enrollment JWT, client
+    /// certificate, bundle token): there is no principal with permissions.
+    Attestation,
 }
 
 /// One row of the route table.
@@ -51,7 +56,7 @@ pub struct RouteRule {
     pub route: fn() -> Route,
 }
 
-use Access::{Public, Requires};
+use Access::{Attestation, Public, Requires};
 use Permission::*;
 
 /// THE route table: one line per route — method, path, who may call it, handler.
@@ -81,6 +86,18 @@ pub const ROUTES: &[RouteRule] = &[
     rule("PUT",    "/v1/operators/{name}",             Requires(PolicyAdmin),        || web::put().to(operators::put)),
     rule("DELETE", "/v1/operators/{name}",             Requires(PolicyAdmin),        || web::delete().to(operators::delete)),
     rule("POST",   "/v1/auth/login",                   Public,                       || web::post().to(operators::login)),
+    rule("PUT",    "/v1/enrollment-groups/{id}",       Requires(EnrollmentWrite),    || web::put().to(enrollment::put_group)),
+    rule("GET",    "/v1/enrollment-groups/{id}",       Requires(EnrollmentRead),     || web::get().to(enrollment::get_group)),
+    rule("DELETE", "/v1/enrollment-groups/{id}",       Requires(EnrollmentWrite),    || web::delete().to(enrollment::delete_group)),
+    rule("POST",   "/v1/enrollment-groups/{id}/tokens", Requires(EnrollmentWrite),   || web::post().to(enrollment::tokens)),
+    rule("POST",   "/v1/enrollment-groups/{id}/registrations", Requires(Enroll),     || web::post().to(enrollment::registrations)),
+    rule("PUT",    "/v1/enrollments/{registration_id}", Requires(EnrollmentWrite),   || web::put().to(enrollment::put_enrollment)),
+    rule("GET",    "/v1/enrollments/{registration_id}", Requires(EnrollmentRead),    || web::get().to(enrollment::get_enrollment)),
+    rule("DELETE", "/v1/enrollments/{registration_id}", Requires(EnrollmentWrite),   || web::delete().to(enrollment::delete_enrollment)),
+    rule("POST",   "/v1/registrations/{registration_id}", Attestation,               || web::post().to(registrations::self_register)),
+    rule("PUT",    "/{id_scope}/registrations/{registration_id}/register", Attestation, || web::put().to(registrations::dps_register)),
+    rule("GET",    "/{id_scope}/registrations/{registration_id}/operations/{operation_id}", Attestation, || web::get().to(registrations::dps_operation)),
+    rule("POST",   "/{id_scope}/registrations/{registration_id}", Attestation,       || web::post().to(registrations::dps_status)),
     rule("GET",    "/v1/audit",                        Requires(AuditRead),          || web::get().to(audit::list)),
     rule("GET",    "/v1/audit/verify",                 Requires(AuditRead),          || web::get().to(audit::verify)),
     rule("GET",    "/v1/audit/checkpoint",             Requires(AuditRead),          || web::get().to(audit::checkpoint)),

@@ -212,3 +212,50 @@ impl From<crate::usecase::policies::PolicyError> for ApiError {
         }
     }
 }
+
+impl ApiError {
+    /// The problem document as a JSON value (for NDJSON error lines).
+    pub fn to_problem_value(&self) -> serde_json::Value {
+        let (slug, title) = self.slug_and_title();
+        if let ApiError::Internal(source) = self {
+            tracing::error!(error = %error_chain(source.as_ref()), "internal error");
+        }
+        serde_json::json!({
+            "type": format!("urn:provisiond:problem:{slug}"),
+            "title": title,
+            "status": self.status_code().as_u16(),
+            "detail": self.to_string(),
+        })
+    }
+}
+
+impl From<crate::usecase::groups::GroupError> for ApiError {
+    fn from(e: crate::usecase::groups::GroupError) -> Self {
+        use crate::usecase::groups::GroupError as E;
+        match e {
+            E::Invalid(m) => ApiError::BadRequest(m),
+            E::NotFound => ApiError::NotFound("enrollment not found".into()),
+            E::Store(s) => s.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<crate::usecase::register::RegisterError> for ApiError {
+    fn from(e: crate::usecase::register::RegisterError) -> Self {
+        use crate::usecase::register::RegisterError as E;
+        match e {
+            E::Conflict(m) => ApiError::Conflict(m),
+            E::Csr(c) => ApiError::BadRequest(format!("CSR rejected: {c}")),
+            E::Disabled => {
+                ApiError::Forbidden("provisioning is disabled for this enrollment".into())
+            }
+            E::Invalid(m) => ApiError::BadRequest(m),
+            E::TokenUsed => {
+                ApiError::Unauthorized { detail: "enrollment token already used or expired" }
+            }
+            E::Store(s) => s.into(),
+            E::Issue(i) => ApiError::internal(i),
+        }
+    }
+}

@@ -81,3 +81,40 @@ pub async fn page(
     .fetch_all(conn)
     .await?)
 }
+
+/// Reads one certificate.
+pub async fn get(
+    conn: &mut AnyConnection,
+    serial: &str,
+) -> Result<Option<CertificateRow>, StoreError> {
+    Ok(sqlx::query_as::<_, CertificateRow>(
+        "SELECT serial, device_id, issuer_id, profile, der, not_before, not_after, revoked_at, revocation_reason, created_at \
+         FROM certificates WHERE serial = $1",
+    )
+    .bind(serial)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Revokes one certificate (if not yet revoked) and marks its issuer's CRL stale. Returns
+/// whether this call revoked it.
+pub async fn revoke(
+    conn: &mut AnyConnection,
+    serial: &str,
+    reason: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE certificates SET revoked_at = $2, revocation_reason = $3 WHERE serial = $1 AND revoked_at IS NULL",
+    )
+    .bind(serial)
+    .bind(now)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE crls SET next_update = 0 WHERE issuer_id IN (SELECT issuer_id FROM certificates WHERE serial = $1)")
+        .bind(serial)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod certificates;
 pub mod devices;
+pub mod enrollment;
 pub mod issuers;
 pub mod leases;
 pub mod meta;

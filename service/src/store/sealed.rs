@@ -25,6 +25,16 @@ pub const SEALED: &[SealedTable] = &[
     SealedTable { table: "issuers", id: "id", columns: &["private_key"] },
     SealedTable { table: "policies", id: "name", columns: &["primary_key", "secondary_key"] },
     SealedTable { table: "devices", id: "device_id", columns: &["primary_key", "secondary_key"] },
+    SealedTable {
+        table: "enrollment_groups",
+        id: "id",
+        columns: &["primary_key", "secondary_key"],
+    },
+    SealedTable {
+        table: "enrollments",
+        id: "registration_id",
+        columns: &["primary_key", "secondary_key"],
+    },
 ];
 
 /// A row to re-seal: id, version, one blob per column (None when NULL).

@@ -4,9 +4,11 @@
 pub mod certificates;
 pub mod crl;
 pub mod devices;
+pub mod groups;
 pub mod init;
 pub mod operators;
 pub mod policies;
+pub mod register;
 pub mod rotate_master_key;
 pub mod sas;
 pub mod server_cert;

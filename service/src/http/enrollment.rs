@@ -1,0 +1,567 @@
+//! Enrollment configuration (groups, individual enrollments, one-time tokens) and the
+//! factory-line registration endpoint (single JSON or streaming NDJSON).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::web::Bytes;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::extract::Authenticated;
+use super::problem::ApiError;
+use super::respond::{path_id, secret_json, ts, RequestCtx};
+use crate::auth::Principal;
+use crate::state::AppState;
+use crate::usecase::groups::{self, Attestation, Credential, Group, Reprovisioning};
+use crate::usecase::register::{self, Registered, RegistrationRequest};
+
+/// Largest NDJSON batch, in lines and bytes (API.md A10).
+pub const MAX_BATCH_LINES: usize = 100_000;
+/// Largest NDJSON batch in bytes.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+/// Largest single NDJSON line.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Deserialize)]
+struct KeysBody {
+    primary_key: Option<String>,
+    secondary_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CaBody {
+    ca_certificates: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AttestationBody {
+    #[serde(rename = "type")]
+    kind: String,
+    symmetric_key: Option<KeysBody>,
+    x509_ca: Option<CaBody>,
+}
+
+/// PUT body of a group or individual enrollment.
+#[derive(Debug, Deserialize)]
+pub struct GroupBody {
+    attestation: Option<AttestationBody>,
+    credential: Option<String>,
+    provisioning_status: Option<String>,
+    certificate_validity_days: Option<i64>,
+    allowed_key_types: Option<Vec<String>>,
+    registration_id_pattern: Option<String>,
+    initial_tags: Option<Map<String, Value>>,
+    reprovisioning: Option<String>,
+}
+
+type Keys = (Option<ca::SasKey>, Option<ca::SasKey>);
+
+fn parse_group(id: &str, body: GroupBody, individual: bool) -> Result<(Group, Keys), ApiError> {
+    let bad = |m: String| ApiError::BadRequest(m);
+    let att = body.attestation.unwrap_or(AttestationBody {
+        kind: "symmetric_key".into(),
+        symmetric_key: None,
+        x509_ca: None,
+    });
+    let mut keys: Keys = (None, None);
+    if let Some(k) = att.symmetric_key {
+        let decode = |t: Option<String>, which: &str| {
+            t.map(|t| {
+                ca::SasKey::from_base64(&t)
+                    .map_err(|e| bad(format!("attestation.symmetric_key.{which}: {e}")))
+            })
+            .transpose()
+        };
+        keys = (decode(k.primary_key, "primary_key")?, decode(k.secondary_key, "secondary_key")?);
+    }
+    let attestation = match att.kind.as_str() {
+        "symmetric_key" => Attestation::SymmetricKey,
+        "token" if !individual => Attestation::Token,
+        "x509_ca" => {
+            let pems = att.x509_ca.map(|c| c.ca_certificates).unwrap_or_default();
+            if pems.is_empty() {
+                return Err(bad(
+                    "attestation.x509_ca.ca_certificates must list at least one CA certificate"
+                        .into(),
+                ));
+            }
+            for (i, pem) in pems.iter().enumerate() {
+                let ders = ca::authority::certs_from_pem(pem).unwrap_or_default();
+                let ok = ders.len() == 1
+                    && x509_parser::parse_x509_certificate(&ders[0]).is_ok_and(|(_, c)| c.is_ca());
+                if !ok {
+                    return Err(bad(format!(
+                        "attestation.x509_ca.ca_certificates[{i}] is not a PEM CA certificate"
+                    )));
+                }
+            }
+            Attestation::X509Ca(pems)
+        }
+        "tpm" => {
+            return Err(ApiError::NotImplemented("TPM attestation is not supported yet".into()))
+        }
+        other => return Err(bad(format!("unknown attestation type `{other}`"))),
+    };
+    let credential = match body.credential.as_deref() {
+        None => Credential::X509,
+        Some(c) => Credential::parse(c)
+            .ok_or_else(|| bad("credential must be x509, sas or both".into()))?,
+    };
+    let enabled = match body.provisioning_status.as_deref() {
+        None | Some("enabled") => true,
+        Some("disabled") => false,
+        Some(_) => return Err(bad("provisioning_status must be enabled or disabled".into())),
+    };
+    let validity_days = body.certificate_validity_days.unwrap_or(365);
+    if !(1..=3650).contains(&validity_days) {
+        return Err(bad("certificate_validity_days must be between 1 and 3650".into()));
+    }
+    let allowed_keys: BTreeSet<ca::KeyType> = match body.allowed_key_types {
+        None => ca::KeyType::ALL.into_iter().collect(),
+        Some(list) => list
+            .iter()
+            .map(|k| ca::KeyType::parse(k).ok_or_else(|| bad(format!("unknown key type `{k}`"))))
+            .collect::<Result<_, _>>()?,
+    };
+    if allowed_keys.is_empty() {
+        return Err(bad("allowed_key_types must not be empty".into()));
+    }
+    if let Some(p) = &body.registration_id_pattern {
+        groups::compile(p)?;
+    }
+    let reprovisioning = match body.reprovisioning.as_deref() {
+        None => Reprovisioning::Reissue,
+        Some(r) => Reprovisioning::parse(r)
+            .ok_or_else(|| bad("reprovisioning must be reissue, keep or deny".into()))?,
+    };
+    let tags = body.initial_tags.unwrap_or_default();
+    if Value::Object(tags.clone()).to_string().len() > crate::usecase::devices::MAX_TAGS_BYTES {
+        return Err(bad("initial_tags too large".into()));
+    }
+    let group = Group {
+        id: id.to_owned(),
+        individual,
+        attestation,
+        credential,
+        enabled,
+        validity_days,
+        allowed_keys,
+        pattern: body.registration_id_pattern,
+        initial_tags: tags,
+        reprovisioning,
+        primary: ca::SasKey::generate(),
+        secondary: ca::SasKey::generate(),
+        etag: String::new(),
+        created_at: 0,
+        updated_at: 0,
+    };
+    Ok((group, keys))
+}
+
+fn attestation_json(g: &Group) -> Value {
+    let keys =
+        json!({"primary_key": *g.primary.to_base64(), "secondary_key": *g.secondary.to_base64()});
+    match &g.attestation {
+        Attestation::SymmetricKey => json!({"type": "symmetric_key", "symmetric_key": keys}),
+        Attestation::X509Ca(pems) => {
+            json!({"type": "x509_ca", "x509_ca": {"ca_certificates": pems}, "symmetric_key": keys})
+        }
+        Attestation::Token => json!({"type": "token", "symmetric_key": keys}),
+    }
+}
+
+fn group_json(g: &Group) -> Value {
+    let id_member = if g.individual { "registration_id" } else { "enrollment_group_id" };
+    let mut v = json!({
+        id_member: g.id,
+        "attestation": attestation_json(g),
+        "credential": g.credential.as_str(),
+        "provisioning_status": if g.enabled { "enabled" } else { "disabled" },
+        "etag": g.etag,
+        "created_at": ts(g.created_at),
+        "updated_at": ts(g.updated_at),
+    });
+    if !g.individual {
+        v["certificate_validity_days"] = json!(g.validity_days);
+        v["allowed_key_types"] =
+            json!(g.allowed_keys.iter().map(|k| k.as_str()).collect::<Vec<_>>());
+        v["registration_id_pattern"] = json!(g.pattern);
+        v["initial_tags"] = Value::Object(g.initial_tags.clone());
+        v["reprovisioning"] = json!(g.reprovisioning.as_str());
+    }
+    v
+}
+
+fn sees_group(p: &Principal, id: &str) -> bool {
+    p.scope
+        .as_ref()
+        .and_then(|s| s.enrollment_group_ids.as_ref())
+        .is_none_or(|ids| ids.iter().any(|g| g == id))
+}
+
+async fn put_any(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+    body: web::Json<GroupBody>,
+    individual: bool,
+) -> Result<HttpResponse, ApiError> {
+    let (param, kind) = if individual {
+        ("registration_id", "registration id")
+    } else {
+        ("id", "enrollment group id")
+    };
+    let id = path_id(&req, param, kind)?;
+    if !individual && !sees_group(&who.0, &id) {
+        return Err(ApiError::NotFound("enrollment group not found".into()));
+    }
+    let (group, keys) = parse_group(&id, body.into_inner(), individual)?;
+    let rc = RequestCtx::new(&state, &req, &who);
+    let (g, created) = groups::put(&state.store, &rc.cx(&state), group, keys).await?;
+    Ok(secret_json(if created { StatusCode::CREATED } else { StatusCode::OK }, &group_json(&g)))
+}
+
+async fn get_any(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+    individual: bool,
+) -> Result<HttpResponse, ApiError> {
+    let (param, kind) = if individual {
+        ("registration_id", "registration id")
+    } else {
+        ("id", "enrollment group id")
+    };
+    let id = path_id(&req, param, kind)?;
+    if !individual && !sees_group(&who.0, &id) {
+        return Err(ApiError::NotFound("enrollment group not found".into()));
+    }
+    let g = groups::get(&state.store, &state.ring(), &id, individual).await?;
+    Ok(secret_json(StatusCode::OK, &group_json(&g)))
+}
+
+async fn delete_any(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+    individual: bool,
+) -> Result<HttpResponse, ApiError> {
+    let (param, kind) = if individual {
+        ("registration_id", "registration id")
+    } else {
+        ("id", "enrollment group id")
+    };
+    let id = path_id(&req, param, kind)?;
+    if !individual && !sees_group(&who.0, &id) {
+        return Err(ApiError::NotFound("enrollment group not found".into()));
+    }
+    let rc = RequestCtx::new(&state, &req, &who);
+    groups::delete(&state.store, &rc.cx(&state), &id, individual).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `PUT /v1/enrollment-groups/{id}`
+pub async fn put_group(
+    s: web::Data<AppState>,
+    r: HttpRequest,
+    w: Authenticated,
+    b: web::Json<GroupBody>,
+) -> Result<HttpResponse, ApiError> {
+    put_any(s, r, w, b, false).await
+}
+/// `GET /v1/enrollment-groups/{id}`
+pub async fn get_group(
+    s: web::Data<AppState>,
+    r: HttpRequest,
+    w: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    get_any(s, r, w, false).await
+}
+/// `DELETE /v1/enrollment-groups/{id}`
+pub async fn delete_group(
+    s: web::Data<AppState>,
+    r: HttpRequest,
+    w: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    delete_any(s, r, w, false).await
+}
+/// `PUT /v1/enrollments/{registration_id}`
+pub async fn put_enrollment(
+    s: web::Data<AppState>,
+    r: HttpRequest,
+    w: Authenticated,
+    b: web::Json<GroupBody>,
+) -> Result<HttpResponse, ApiError> {
+    put_any(s, r, w, b, true).await
+}
+/// `GET /v1/enrollments/{registration_id}`
+pub async fn get_enrollment(
+    s: web::Data<AppState>,
+    r: HttpRequest,
+    w: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    get_any(s, r, w, true).await
+}
+/// `DELETE /v1/enrollments/{registration_id}`
+pub async fn delete_enrollment(
+    s: web::Data<AppState>,
+    r: HttpRequest,
+    w: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    delete_any(s, r, w, true).await
+}
+
+/// `{"count", "ttl_secs"}`
+#[derive(Debug, Deserialize)]
+pub struct TokensBody {
+    count: Option<i64>,
+    ttl_secs: Option<i64>,
+}
+
+/// `POST /v1/enrollment-groups/{id}/tokens`
+pub async fn tokens(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+    body: web::Json<TokensBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id", "enrollment group id")?;
+    if !sees_group(&who.0, &id) {
+        return Err(ApiError::NotFound("enrollment group not found".into()));
+    }
+    let count = body.count.unwrap_or(1);
+    let ttl = body.ttl_secs.unwrap_or(86_400);
+    if !(1..=1000).contains(&count) {
+        return Err(ApiError::BadRequest("count must be between 1 and 1000".into()));
+    }
+    if !(1..=30 * 86_400).contains(&ttl) {
+        return Err(ApiError::BadRequest("ttl_secs must be between 1 and 2592000".into()));
+    }
+    let rc = RequestCtx::new(&state, &req, &who);
+    let (tokens, exp) =
+        groups::mint_tokens(&state.store, &rc.cx(&state), &state.jwt, &id, count as usize, ttl)
+            .await?;
+    Ok(secret_json(StatusCode::CREATED, &json!({"tokens": tokens, "expires_at": ts(exp)})))
+}
+
+/// A registration result in the A13 shape.
+pub fn registration_json(r: &Registered) -> Value {
+    let mut v = json!({"device_id": r.device_id, "status": "assigned"});
+    if let Some(chain) = r.chain_pem() {
+        v["certificate_chain"] = json!(chain);
+    }
+    if let Some((p, s)) = &r.device_keys {
+        v["device_key"] = json!({"primary_key": *p.to_base64(), "secondary_key": *s.to_base64()});
+    }
+    v
+}
+
+/// One registration request line / body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationBody {
+    registration_id: String,
+    csr: Option<String>,
+    tags: Option<Map<String, Value>>,
+}
+
+impl RegistrationBody {
+    fn into_request(self) -> RegistrationRequest {
+        RegistrationRequest {
+            registration_id: self.registration_id,
+            csr: self.csr.map(String::into_bytes),
+            tags: self.tags,
+            payload: None,
+        }
+    }
+}
+
+/// Everything one registration needs, owned (batches run on a spawned task).
+struct Registrar {
+    state: web::Data<AppState>,
+    rc: RequestCtx,
+    group: Group,
+    authority: Arc<crate::authority::Authority>,
+    base_url: String,
+}
+
+impl Registrar {
+    async fn run(&self, req: RegistrationRequest) -> Result<Registered, ApiError> {
+        let group_id = self.group.id.clone();
+        let result = register::register(
+            &self.state.store,
+            &self.rc.cx(&self.state),
+            &self.authority,
+            &self.base_url,
+            &self.group,
+            req,
+            None,
+        )
+        .await;
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        self.state.metrics.registrations.with_label_values(&[&group_id, outcome]).inc();
+        Ok(result?)
+    }
+}
+
+/// `POST /v1/enrollment-groups/{id}/registrations`: JSON (one) or NDJSON (a streamed batch).
+pub async fn registrations(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id", "enrollment group id")?;
+    if !sees_group(&who.0, &id) {
+        return Err(ApiError::NotFound("enrollment group not found".into()));
+    }
+    let mime = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = mime.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ndjson = match essence.as_str() {
+        "application/json" => false,
+        "application/x-ndjson" | "application/ndjson" => true,
+        _ => {
+            return Err(ApiError::UnsupportedMediaType(
+                "send application/json or application/x-ndjson".into(),
+            ))
+        }
+    };
+    let group =
+        groups::get(&state.store, &state.ring(), &id, false).await.map_err(|e| match e {
+            groups::GroupError::NotFound => ApiError::NotFound("enrollment group not found".into()),
+            other => other.into(),
+        })?;
+    if !group.enabled {
+        return Err(ApiError::Forbidden(
+            "provisioning is disabled for this enrollment group".into(),
+        ));
+    }
+    let registrar = Registrar {
+        rc: RequestCtx::new(&state, &req, &who),
+        authority: state.authority(),
+        base_url: state.config.public_base_url(),
+        state,
+        group,
+    };
+    if !ndjson {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::BadRequest(format!("cannot read body: {e}")))?;
+            if body.len() + chunk.len() > 1024 * 1024 {
+                return Err(ApiError::PayloadTooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let parsed: RegistrationBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+        let r = registrar.run(parsed.into_request()).await?;
+        let status = if r.created { StatusCode::CREATED } else { StatusCode::OK };
+        return Ok(secret_json(status, &registration_json(&r)));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    actix_web::rt::spawn(async move {
+        let mut buf: Vec<u8> = Vec::new();
+        let (mut lines, mut bytes) = (0usize, 0usize);
+        let mut done = false;
+        while !done {
+            let chunk = match payload.next().await {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    let _ = tx
+                        .send(error_line(
+                            None,
+                            &ApiError::BadRequest(format!("cannot read body: {e}")),
+                        ))
+                        .await;
+                    return;
+                }
+                None => {
+                    done = true;
+                    Bytes::from_static(b"\n")
+                }
+            };
+            bytes += chunk.len();
+            if bytes > MAX_BATCH_BYTES {
+                let _ = tx.send(error_line(None, &ApiError::PayloadTooLarge)).await;
+                return;
+            }
+            buf.extend_from_slice(&chunk);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let line = line.trim_ascii();
+                if line.is_empty() {
+                    continue;
+                }
+                lines += 1;
+                if lines > MAX_BATCH_LINES {
+                    let _ = tx
+                        .send(error_line(
+                            None,
+                            &ApiError::BadRequest(format!("batch exceeds {MAX_BATCH_LINES} lines")),
+                        ))
+                        .await;
+                    return;
+                }
+                let out = registrar.line(line).await;
+                if tx.send(out).await.is_err() {
+                    return; // client went away
+                }
+            }
+            if buf.len() > MAX_LINE_BYTES {
+                let _ = tx
+                    .send(error_line(None, &ApiError::BadRequest("NDJSON line too long".into())))
+                    .await;
+                return;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx))
+    });
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .content_type("application/x-ndjson")
+        .streaming(stream))
+}
+
+impl Registrar {
+    /// Processes one NDJSON line into one result line.
+    async fn line(&self, line: &[u8]) -> Bytes {
+        let parsed: RegistrationBody = match serde_json::from_slice(line) {
+            Ok(p) => p,
+            Err(e) => {
+                let id = serde_json::from_slice::<Value>(line).ok().and_then(|v| {
+                    v.get("registration_id").and_then(Value::as_str).map(str::to_owned)
+                });
+                return error_line(
+                    id.as_deref(),
+                    &ApiError::BadRequest(format!("invalid line: {e}")),
+                );
+            }
+        };
+        let id = parsed.registration_id.clone();
+        match self.run(parsed.into_request()).await {
+            Ok(r) => {
+                let mut v = registration_json(&r);
+                v["registration_id"] = json!(id);
+                json_line(&v)
+            }
+            Err(e) => error_line(Some(&id), &e),
+        }
+    }
+}
+
+fn json_line(v: &Value) -> Bytes {
+    let mut s = v.to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+fn error_line(registration_id: Option<&str>, e: &ApiError) -> Bytes {
+    json_line(&json!({"registration_id": registration_id, "error": e.to_problem_value()}))
+}

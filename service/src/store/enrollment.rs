@@ -1,0 +1,300 @@
+//! Enrollment tables: groups, individual enrollments, one-time tokens, registrations.
+
+use sqlx::AnyConnection;
+
+use super::StoreError;
+
+/// An enrollment group (or, with `id` = registration id, an individual enrollment).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GroupRow {
+    /// group id / registration id
+    pub id: String,
+    /// symmetric_key | x509_ca | token
+    pub attestation_type: String,
+    /// JSON array of PEM
+    pub ca_certificates: Option<String>,
+    /// x509 | sas | both
+    pub credential: String,
+    /// enabled | disabled
+    pub provisioning_status: String,
+    /// days
+    pub certificate_validity_days: i64,
+    /// JSON array
+    pub allowed_key_types: String,
+    /// regex
+    pub registration_id_pattern: Option<String>,
+    /// JSON object
+    pub initial_tags: String,
+    /// reissue | keep | deny
+    pub reprovisioning: String,
+    /// master key version
+    pub key_version: i64,
+    /// sealed group primary key
+    pub primary_key: Vec<u8>,
+    /// sealed group secondary key
+    pub secondary_key: Vec<u8>,
+    /// etag
+    pub etag: String,
+    /// created
+    pub created_at: i64,
+    /// updated
+    pub updated_at: i64,
+}
+
+/// Reads a group.
+pub async fn group(conn: &mut AnyConnection, id: &str) -> Result<Option<GroupRow>, StoreError> {
+    Ok(sqlx::query_as::<_, GroupRow>(
+        "SELECT id, attestation_type, ca_certificates, credential, provisioning_status, certificate_validity_days, \
+         allowed_key_types, registration_id_pattern, initial_tags, reprovisioning, key_version, primary_key, \
+         secondary_key, etag, created_at, updated_at FROM enrollment_groups WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Enabled groups with the given attestation type.
+pub async fn groups_by_attestation(
+    conn: &mut AnyConnection,
+    attestation: &str,
+) -> Result<Vec<GroupRow>, StoreError> {
+    Ok(sqlx::query_as::<_, GroupRow>(
+        "SELECT id, attestation_type, ca_certificates, credential, provisioning_status, certificate_validity_days, \
+         allowed_key_types, registration_id_pattern, initial_tags, reprovisioning, key_version, primary_key, \
+         secondary_key, etag, created_at, updated_at FROM enrollment_groups \
+         WHERE attestation_type = $1 AND provisioning_status = 'enabled' ORDER BY id",
+    )
+    .bind(attestation)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Inserts or replaces a group; true when created.
+pub async fn upsert_group(conn: &mut AnyConnection, g: &GroupRow) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE enrollment_groups SET attestation_type = $2, ca_certificates = $3, credential = $4, \
+         provisioning_status = $5, certificate_validity_days = $6, allowed_key_types = $7, \
+         registration_id_pattern = $8, initial_tags = $9, reprovisioning = $10, key_version = $11, \
+         primary_key = $12, secondary_key = $13, etag = $14, updated_at = $15 WHERE id = $1",
+    )
+    .bind(&g.id)
+    .bind(&g.attestation_type)
+    .bind(g.ca_certificates.as_deref())
+    .bind(&g.credential)
+    .bind(&g.provisioning_status)
+    .bind(g.certificate_validity_days)
+    .bind(&g.allowed_key_types)
+    .bind(g.registration_id_pattern.as_deref())
+    .bind(&g.initial_tags)
+    .bind(&g.reprovisioning)
+    .bind(g.key_version)
+    .bind(&g.primary_key)
+    .bind(&g.secondary_key)
+    .bind(&g.etag)
+    .bind(g.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    if updated.rows_affected() == 1 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO enrollment_groups (id, attestation_type, ca_certificates, credential, provisioning_status, \
+         certificate_validity_days, allowed_key_types, registration_id_pattern, initial_tags, reprovisioning, \
+         key_version, primary_key, secondary_key, etag, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(&g.id)
+    .bind(&g.attestation_type)
+    .bind(g.ca_certificates.as_deref())
+    .bind(&g.credential)
+    .bind(&g.provisioning_status)
+    .bind(g.certificate_validity_days)
+    .bind(&g.allowed_key_types)
+    .bind(g.registration_id_pattern.as_deref())
+    .bind(&g.initial_tags)
+    .bind(&g.reprovisioning)
+    .bind(g.key_version)
+    .bind(&g.primary_key)
+    .bind(&g.secondary_key)
+    .bind(&g.etag)
+    .bind(g.created_at)
+    .bind(g.updated_at)
+    .execute(conn)
+    .await?;
+    Ok(true)
+}
+
+/// Deletes a group.
+pub async fn delete_group(conn: &mut AnyConnection, id: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query("DELETE FROM enrollment_groups WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?
+        .rows_affected()
+        == 1)
+}
+
+/// Reads an individual enrollment (mapped onto the group shape; group-only columns defaulted).
+pub async fn enrollment(
+    conn: &mut AnyConnection,
+    id: &str,
+) -> Result<Option<GroupRow>, StoreError> {
+    Ok(sqlx::query_as::<_, GroupRow>(
+        "SELECT registration_id AS id, attestation_type, ca_certificates, credential, provisioning_status, \
+         CAST(365 AS BIGINT) AS certificate_validity_days, '[]' AS allowed_key_types, \
+         CAST(NULL AS TEXT) AS registration_id_pattern, \
+         '{}' AS initial_tags, 'reissue' AS reprovisioning, key_version, primary_key, secondary_key, etag, \
+         created_at, updated_at FROM enrollments WHERE registration_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Inserts or replaces an individual enrollment; true when created.
+pub async fn upsert_enrollment(conn: &mut AnyConnection, g: &GroupRow) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE enrollments SET attestation_type = $2, ca_certificates = $3, credential = $4, \
+         provisioning_status = $5, key_version = $6, primary_key = $7, secondary_key = $8, etag = $9, \
+         updated_at = $10 WHERE registration_id = $1",
+    )
+    .bind(&g.id)
+    .bind(&g.attestation_type)
+    .bind(g.ca_certificates.as_deref())
+    .bind(&g.credential)
+    .bind(&g.provisioning_status)
+    .bind(g.key_version)
+    .bind(&g.primary_key)
+    .bind(&g.secondary_key)
+    .bind(&g.etag)
+    .bind(g.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    if updated.rows_affected() == 1 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO enrollments (registration_id, attestation_type, ca_certificates, credential, \
+         provisioning_status, key_version, primary_key, secondary_key, etag, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&g.id)
+    .bind(&g.attestation_type)
+    .bind(g.ca_certificates.as_deref())
+    .bind(&g.credential)
+    .bind(&g.provisioning_status)
+    .bind(g.key_version)
+    .bind(&g.primary_key)
+    .bind(&g.secondary_key)
+    .bind(&g.etag)
+    .bind(g.created_at)
+    .bind(g.updated_at)
+    .execute(conn)
+    .await?;
+    Ok(true)
+}
+
+/// Deletes an individual enrollment.
+pub async fn delete_enrollment(conn: &mut AnyConnection, id: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query("DELETE FROM enrollments WHERE registration_id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?
+        .rows_affected()
+        == 1)
+}
+
+/// Records minted one-time tokens.
+pub async fn insert_token(
+    conn: &mut AnyConnection,
+    jti: &str,
+    group_id: &str,
+    expires_at: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO enrollment_tokens (jti, group_id, expires_at) VALUES ($1, $2, $3)")
+        .bind(jti)
+        .bind(group_id)
+        .bind(expires_at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Consumes a one-time token: one conditional UPDATE, so exactly one caller wins, on any
+/// instance. True when this call consumed it.
+pub async fn consume_token(
+    conn: &mut AnyConnection,
+    jti: &str,
+    group_id: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE enrollment_tokens SET used_at = $3 WHERE jti = $1 AND group_id = $2 AND used_at IS NULL AND expires_at > $3",
+    )
+    .bind(jti)
+    .bind(group_id)
+    .bind(now)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// A completed registration (idempotency record).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RegistrationRow {
+    /// registration id (= device id)
+    pub registration_id: String,
+    /// group (None for individual enrollments)
+    pub group_id: Option<String>,
+    /// SHA-256 of the CSR DER, hex
+    pub csr_sha256: Option<String>,
+    /// certificate issued for it
+    pub serial: Option<String>,
+    /// DPS operation id
+    pub operation_id: String,
+    /// DPS payload (JSON text)
+    pub payload: Option<String>,
+    /// first registration
+    pub created_at: i64,
+    /// last registration
+    pub updated_at: i64,
+}
+
+/// Reads a registration.
+pub async fn registration(
+    conn: &mut AnyConnection,
+    id: &str,
+) -> Result<Option<RegistrationRow>, StoreError> {
+    Ok(sqlx::query_as::<_, RegistrationRow>(
+        "SELECT registration_id, group_id, csr_sha256, serial, operation_id, payload, created_at, updated_at \
+         FROM registrations WHERE registration_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Inserts or replaces a registration record.
+pub async fn upsert_registration(
+    conn: &mut AnyConnection,
+    r: &RegistrationRow,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO registrations (registration_id, group_id, csr_sha256, serial, operation_id, payload, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (registration_id) DO UPDATE SET group_id = $2, csr_sha256 = $3, serial = $4, \
+         operation_id = $5, payload = $6, updated_at = $8",
+    )
+    .bind(&r.registration_id)
+    .bind(r.group_id.as_deref())
+    .bind(r.csr_sha256.as_deref())
+    .bind(r.serial.as_deref())
+    .bind(&r.operation_id)
+    .bind(r.payload.as_deref())
+    .bind(r.created_at)
+    .bind(r.updated_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,399 @@
+//! Enrollment groups and individual enrollments: configuration of who may register and what
+//! they receive. Group keys are sealed; for `symmetric_key` attestation they are the attestation
+//! secret, and whenever the credential includes `sas` device keys are derived from them.
+
+use std::collections::BTreeSet;
+
+use ca::{KeyType, SasKey};
+use serde_json::{Map, Value};
+
+use super::{random_hex, Ctx};
+use crate::auth::jwt::{Claims, JwtKeys, ENROLLMENT_AUDIENCE};
+use crate::seal::{KeyRing, SealContext, SealError};
+use crate::store::enrollment::{self as rows, GroupRow};
+use crate::store::{Store, StoreError};
+
+/// Longest accepted registration id pattern.
+pub const MAX_PATTERN_LEN: usize = 512;
+
+/// Why a group operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    /// invalid input
+    #[error("{0}")]
+    Invalid(String),
+    /// unknown group / enrollment
+    #[error("not found")]
+    NotFound,
+    /// storage
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// sealed key did not open
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// token signing
+    #[error("token signing failed")]
+    Sign,
+}
+
+/// How devices prove who they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attestation {
+    /// a key derived from (group) or equal to (individual) the enrollment's symmetric key
+    SymmetricKey,
+    /// a manufacturer certificate chaining to one of these CAs (PEM)
+    X509Ca(Vec<String>),
+    /// a one-time enrollment JWT
+    Token,
+}
+
+impl Attestation {
+    /// Wire name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Attestation::SymmetricKey => "symmetric_key",
+            Attestation::X509Ca(_) => "x509_ca",
+            Attestation::Token => "token",
+        }
+    }
+}
+
+/// What a registration receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// a certificate from the CSR
+    X509,
+    /// derived SAS keys
+    Sas,
+    /// both
+    Both,
+}
+
+impl Credential {
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "x509" => Some(Credential::X509),
+            "sas" => Some(Credential::Sas),
+            "both" => Some(Credential::Both),
+            _ => None,
+        }
+    }
+
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Credential::X509 => "x509",
+            Credential::Sas => "sas",
+            Credential::Both => "both",
+        }
+    }
+
+    /// Issues a certificate?
+    pub fn x509(self) -> bool {
+        matches!(self, Credential::X509 | Credential::Both)
+    }
+
+    /// Issues SAS keys?
+    pub fn sas(self) -> bool {
+        matches!(self, Credential::Sas | Credential::Both)
+    }
+}
+
+/// Reprovisioning policy for a registration id that registered before with another CSR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reprovisioning {
+    /// issue a new certificate, revoke the previous one, reset tags to the group's
+    Reissue,
+    /// issue a new certificate, keep the device as it is (previous certificate stays valid)
+    Keep,
+    /// refuse (409)
+    Deny,
+}
+
+impl Reprovisioning {
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reissue" => Some(Reprovisioning::Reissue),
+            "keep" => Some(Reprovisioning::Keep),
+            "deny" => Some(Reprovisioning::Deny),
+            _ => None,
+        }
+    }
+
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reprovisioning::Reissue => "reissue",
+            Reprovisioning::Keep => "keep",
+            Reprovisioning::Deny => "deny",
+        }
+    }
+}
+
+/// An enrollment group or individual enrollment, keys unsealed.
+#[derive(Debug)]
+pub struct Group {
+    /// group id, or registration id for an individual enrollment
+    pub id: String,
+    /// individual enrollment?
+    pub individual: bool,
+    /// attestation
+    pub attestation: Attestation,
+    /// credential issued
+    pub credential: Credential,
+    /// provisioning enabled?
+    pub enabled: bool,
+    /// certificate lifetime
+    pub validity_days: i64,
+    /// accepted device key types
+    pub allowed_keys: BTreeSet<KeyType>,
+    /// registration id pattern (anchored)
+    pub pattern: Option<String>,
+    /// tags every device starts with
+    pub initial_tags: Map<String, Value>,
+    /// reprovisioning policy
+    pub reprovisioning: Reprovisioning,
+    /// primary symmetric key
+    pub primary: SasKey,
+    /// secondary symmetric key
+    pub secondary: SasKey,
+    /// etag
+    pub etag: String,
+    /// created
+    pub created_at: i64,
+    /// updated
+    pub updated_at: i64,
+}
+
+impl Group {
+    /// Checks a registration id against the pattern.
+    pub fn admits(&self, registration_id: &str) -> Result<(), GroupError> {
+        if let Some(p) = &self.pattern {
+            let re = compile(p)?;
+            if !re.is_match(registration_id) {
+                return Err(GroupError::Invalid(format!(
+                    "registration id does not match the group's registration_id_pattern `{p}`"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The device keys a registration receives: derived from the group keys, or the individual
+    /// enrollment's own keys.
+    pub fn device_keys(&self, registration_id: &str) -> (SasKey, SasKey) {
+        if self.individual {
+            (self.primary.clone_secret(), self.secondary.clone_secret())
+        } else {
+            (
+                ca::sas::derive_device_key(&self.primary, registration_id),
+                ca::sas::derive_device_key(&self.secondary, registration_id),
+            )
+        }
+    }
+
+    fn table(&self) -> &'static str {
+        if self.individual {
+            "enrollments"
+        } else {
+            "enrollment_groups"
+        }
+    }
+}
+
+/// Compiles an anchored registration id pattern with bounded size.
+pub fn compile(pattern: &str) -> Result<regex::Regex, GroupError> {
+    if pattern.len() > MAX_PATTERN_LEN {
+        return Err(GroupError::Invalid(format!(
+            "registration_id_pattern is longer than {MAX_PATTERN_LEN}"
+        )));
+    }
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$")).size_limit(1 << 20).build().map_err(|e| {
+        GroupError::Invalid(format!("registration_id_pattern is not a valid regex: {e}"))
+    })
+}
+
+/// Decodes a stored row.
+pub fn decode(ring: &KeyRing, row: GroupRow, individual: bool) -> Result<Group, GroupError> {
+    let table = if individual { "enrollments" } else { "enrollment_groups" };
+    let ctx = |column| SealContext { table, column, row_id: &row.id };
+    let primary = SasKey::from_bytes(ring.open(ctx("primary_key"), &row.primary_key)?.to_vec());
+    let secondary =
+        SasKey::from_bytes(ring.open(ctx("secondary_key"), &row.secondary_key)?.to_vec());
+    let corrupt = || GroupError::Invalid("stored enrollment is corrupt".into());
+    let attestation = match row.attestation_type.as_str() {
+        "symmetric_key" => Attestation::SymmetricKey,
+        "token" => Attestation::Token,
+        _ => Attestation::X509Ca(
+            serde_json::from_str(row.ca_certificates.as_deref().unwrap_or("[]"))
+                .map_err(|_| corrupt())?,
+        ),
+    };
+    let allowed: Vec<String> =
+        serde_json::from_str(&row.allowed_key_types).map_err(|_| corrupt())?;
+    let allowed_keys: BTreeSet<KeyType> = if allowed.is_empty() {
+        KeyType::ALL.into_iter().collect()
+    } else {
+        allowed.iter().filter_map(|k| KeyType::parse(k)).collect()
+    };
+    Ok(Group {
+        id: row.id.clone(),
+        individual,
+        attestation,
+        credential: Credential::parse(&row.credential).ok_or_else(corrupt)?,
+        enabled: row.provisioning_status == "enabled",
+        validity_days: row.certificate_validity_days,
+        allowed_keys,
+        pattern: row.registration_id_pattern,
+        initial_tags: serde_json::from_str(&row.initial_tags).map_err(|_| corrupt())?,
+        reprovisioning: Reprovisioning::parse(&row.reprovisioning).ok_or_else(corrupt)?,
+        primary,
+        secondary,
+        etag: row.etag,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
+
+fn encode(ring: &KeyRing, g: &Group) -> GroupRow {
+    let table = g.table();
+    let ctx = |column| SealContext { table, column, row_id: &g.id };
+    GroupRow {
+        id: g.id.clone(),
+        attestation_type: g.attestation.as_str().to_owned(),
+        ca_certificates: match &g.attestation {
+            Attestation::X509Ca(pems) => Some(Value::from(pems.clone()).to_string()),
+            _ => None,
+        },
+        credential: g.credential.as_str().to_owned(),
+        provisioning_status: if g.enabled { "enabled" } else { "disabled" }.to_owned(),
+        certificate_validity_days: g.validity_days,
+        allowed_key_types: Value::from(
+            g.allowed_keys.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+        )
+        .to_string(),
+        registration_id_pattern: g.pattern.clone(),
+        initial_tags: Value::Object(g.initial_tags.clone()).to_string(),
+        reprovisioning: g.reprovisioning.as_str().to_owned(),
+        key_version: i64::from(ring.current_version()),
+        primary_key: ring.seal(ctx("primary_key"), g.primary.expose_secret()),
+        secondary_key: ring.seal(ctx("secondary_key"), g.secondary.expose_secret()),
+        etag: g.etag.clone(),
+        created_at: g.created_at,
+        updated_at: g.updated_at,
+    }
+}
+
+/// Reads a group.
+pub async fn get(
+    store: &Store,
+    ring: &KeyRing,
+    id: &str,
+    individual: bool,
+) -> Result<Group, GroupError> {
+    let mut conn = store.conn().await?;
+    let row = if individual {
+        rows::enrollment(&mut conn, id).await?
+    } else {
+        rows::group(&mut conn, id).await?
+    };
+    decode(ring, row.ok_or(GroupError::NotFound)?, individual)
+}
+
+/// Creates or replaces a group / individual enrollment; true when created. Keys absent from
+/// the input are kept (or generated on create).
+pub async fn put(
+    store: &Store,
+    cx: &Ctx<'_>,
+    mut g: Group,
+    keys: (Option<SasKey>, Option<SasKey>),
+) -> Result<(Group, bool), GroupError> {
+    let mut tx = store.begin().await?;
+    let current = if g.individual {
+        rows::enrollment(&mut tx, &g.id).await?
+    } else {
+        rows::group(&mut tx, &g.id).await?
+    };
+    let current = current.map(|r| decode(cx.ring, r, g.individual)).transpose()?;
+    let (old_p, old_s, created_at) = match current {
+        Some(c) => (Some(c.primary), Some(c.secondary), c.created_at),
+        None => (None, None, cx.now),
+    };
+    g.primary = keys.0.or(old_p).unwrap_or_else(SasKey::generate);
+    g.secondary = keys.1.or(old_s).unwrap_or_else(SasKey::generate);
+    g.created_at = created_at;
+    g.updated_at = cx.now;
+    g.etag = random_hex(8);
+    let row = encode(cx.ring, &g);
+    let created = if g.individual {
+        rows::upsert_enrollment(&mut tx, &row).await?
+    } else {
+        rows::upsert_group(&mut tx, &row).await?
+    };
+    let action = match (g.individual, created) {
+        (false, true) => "enrollment_group.create",
+        (false, false) => "enrollment_group.update",
+        (true, true) => "enrollment.create",
+        (true, false) => "enrollment.update",
+    };
+    cx.audit(&mut tx, store.dialect(), action, &g.id).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok((g, created))
+}
+
+/// Deletes a group / individual enrollment (its devices stay registered).
+pub async fn delete(
+    store: &Store,
+    cx: &Ctx<'_>,
+    id: &str,
+    individual: bool,
+) -> Result<(), GroupError> {
+    let mut tx = store.begin().await?;
+    let gone = if individual {
+        rows::delete_enrollment(&mut tx, id).await?
+    } else {
+        rows::delete_group(&mut tx, id).await?
+    };
+    if !gone {
+        return Err(GroupError::NotFound);
+    }
+    let action = if individual { "enrollment.delete" } else { "enrollment_group.delete" };
+    cx.audit(&mut tx, store.dialect(), action, id).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Mints `count` one-time enrollment JWTs for a group, recording each `jti`.
+pub async fn mint_tokens(
+    store: &Store,
+    cx: &Ctx<'_>,
+    jwt: &JwtKeys,
+    group_id: &str,
+    count: usize,
+    ttl_secs: i64,
+) -> Result<(Vec<String>, i64), GroupError> {
+    let exp = cx.now + ttl_secs;
+    let mut tx = store.begin().await?;
+    if rows::group(&mut tx, group_id).await?.is_none() {
+        return Err(GroupError::NotFound);
+    }
+    let mut tokens = Vec::with_capacity(count);
+    for _ in 0..count {
+        let claims = Claims {
+            aud: ENROLLMENT_AUDIENCE.into(),
+            sub: None,
+            grp: Some(group_id.to_owned()),
+            jti: random_hex(16),
+            iat: cx.now,
+            exp,
+        };
+        rows::insert_token(&mut tx, &claims.jti, group_id, exp).await?;
+        tokens.push(jwt.sign(&claims).map_err(|_| GroupError::Sign)?);
+    }
+    cx.audit(&mut tx, store.dialect(), "enrollment_group.tokens.create", group_id).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok((tokens, exp))
+}

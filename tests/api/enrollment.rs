@@ -1,0 +1,494 @@
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_problem, now, spawn_app, TestApp};
+
+pub fn csr(cn: &str, alg: &'static rcgen::SignatureAlgorithm) -> String {
+    let key = rcgen::KeyPair::generate_for(alg).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+pub fn p256(cn: &str) -> String {
+    csr(cn, &rcgen::PKCS_ECDSA_P256_SHA256)
+}
+
+impl TestApp {
+    pub async fn put_group(&self, id: &str, body: Value) -> Value {
+        let r = self
+            .client
+            .put(self.url(&format!("/v1/enrollment-groups/{id}")))
+            .header("Authorization", self.owner_token())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "group: {}", r.text().await.unwrap());
+        r.json().await.unwrap()
+    }
+
+    pub async fn enroll(&self, group: &str, body: Value) -> reqwest::Response {
+        self.post_json(
+            &format!("/v1/enrollment-groups/{group}/registrations"),
+            &self.owner_token(),
+            body,
+        )
+        .await
+    }
+}
+
+fn openssl_verify(app: &TestApp, chain_pem: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = ::pem::parse_many(chain_pem).unwrap();
+    std::fs::write(dir.path().join("leaf.pem"), ::pem::encode(&certs[0])).unwrap();
+    let rest: String = certs[1..].iter().map(::pem::encode).collect();
+    std::fs::write(dir.path().join("untrusted.pem"), rest).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["verify", "-x509_strict", "-purpose", "sslclient", "-CAfile"])
+        .arg(app.chain_path())
+        .arg("-untrusted")
+        .arg(dir.path().join("untrusted.pem"))
+        .arg(dir.path().join("leaf.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl verify: {}", String::from_utf8_lossy(&out.stdout));
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-ext", "extendedKeyUsage", "-in"])
+        .arg(dir.path().join("leaf.pem"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&text.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn factory_line_registration_issues_verifiable_certificates_idempotently() {
+    let app = spawn_app().await;
+    let g = app.put_group("line-a", json!({"attestation": {"type": "x509_ca", "x509_ca": {"ca_certificates": [std::fs::read_to_string(app.chain_path()).unwrap().split_inclusive("-----END CERTIFICATE-----\n").last().unwrap()]}}})).await;
+    assert_eq!(g["enrollment_group_id"], "line-a");
+    assert_eq!(g["credential"], "x509");
+    let request = p256("dev-001");
+    let r = app.enroll("line-a", json!({"registration_id": "dev-001", "csr": request})).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let first: Value = r.json().await.unwrap();
+    assert_eq!(first["device_id"], "dev-001");
+    assert_eq!(first["status"], "assigned");
+    assert!(first.get("device_key").is_none());
+    let text = openssl_verify(&app, first["certificate_chain"].as_str().unwrap());
+    assert!(text.contains("CN = dev-001") || text.contains("CN=dev-001"), "{text}");
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
+
+    let again = app.enroll("line-a", json!({"registration_id": "dev-001", "csr": request})).await;
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["certificate_chain"], first["certificate_chain"], "same certificate on retry");
+    let certs: Value = app
+        .get_as("/v1/certificates?device_id=dev-001", &app.owner_token())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(certs["items"].as_array().unwrap().len(), 1, "nothing new stored on retry");
+    let device: Value =
+        app.get_as("/v1/devices/dev-001", &app.owner_token()).await.json().await.unwrap();
+    assert_eq!(device["enrollment_group_id"], "line-a");
+    assert_eq!(device["authentication"]["type"], "x509_ca");
+    // A different CSR reissues (default policy) and supersedes the old certificate.
+    let third =
+        app.enroll("line-a", json!({"registration_id": "dev-001", "csr": p256("dev-001")})).await;
+    assert_eq!(third.status(), 201);
+    let certs: Value = app
+        .get_as("/v1/certificates?device_id=dev-001", &app.owner_token())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<&str> =
+        certs["items"].as_array().unwrap().iter().map(|c| c["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == "valid").count(), 1);
+    assert_eq!(statuses.iter().filter(|s| **s == "revoked").count(), 1);
+    let audit: Value =
+        app.get_as("/v1/audit?limit=1000", &app.owner_token()).await.json().await.unwrap();
+    assert!(audit.to_string().contains("registration.create"));
+}
+
+#[tokio::test]
+async fn csr_and_input_violations_are_400_and_store_nothing() {
+    let app = spawn_app().await;
+    app.put_group("strict", json!({"attestation": {"type": "token"}, "allowed_key_types": ["p256"], "registration_id_pattern": "sn-[0-9]+"})).await;
+    let mut der = ::pem::parse(p256("sn-1")).unwrap().into_contents();
+    let i = der.len() - 4;
+    der[i] ^= 0x01;
+    let tampered = ::pem::encode(&::pem::Pem::new("CERTIFICATE REQUEST", der));
+    let cases = [
+        (json!({"registration_id": "sn-1", "csr": p256("sn-2")}), "CN"),
+        (json!({"registration_id": "sn-1", "csr": tampered}), "signature"),
+        (json!({"registration_id": "sn-1", "csr": csr("sn-1", &rcgen::PKCS_ED25519)}), "ed25519"),
+        (json!({"registration_id": "sn-1", "csr": "garbage"}), "CSR"),
+        (json!({"registration_id": "sn-1"}), "csr"),
+        (json!({"registration_id": "bad-1", "csr": p256("bad-1")}), "pattern"),
+        (json!({"registration_id": "a/b", "csr": p256("a/b")}), "registration id"),
+    ];
+    for (body, needle) in cases {
+        let b = assert_problem(app.enroll("strict", body.clone()).await, 400).await;
+        assert!(b["detail"].as_str().unwrap().contains(needle), "{needle}: {b}");
+    }
+    assert_eq!(app.get_as("/v1/devices/sn-1", &app.owner_token()).await.status(), 404);
+    let certs: Value =
+        app.get_as("/v1/certificates", &app.owner_token()).await.json().await.unwrap();
+    assert_eq!(
+        certs["items"].as_array().unwrap().iter().filter(|c| c["device_id"].is_string()).count(),
+        0
+    );
+    assert_problem(app.enroll("nope", json!({"registration_id": "x"})).await, 404).await;
+    app.put_group("off", json!({"provisioning_status": "disabled"})).await;
+    assert_problem(app.enroll("off", json!({"registration_id": "x", "csr": p256("x")})).await, 403)
+        .await;
+    let r = app
+        .client
+        .put(app.url("/v1/enrollment-groups/tpm"))
+        .header("Authorization", app.owner_token())
+        .json(&json!({"attestation": {"type": "tpm"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 501).await;
+}
+
+#[tokio::test]
+async fn a_registration_id_owned_elsewhere_is_409_and_unchanged() {
+    let app = spawn_app().await;
+    app.put_group("g1", json!({})).await;
+    app.put_group("g2", json!({})).await;
+    app.put_device("admin-made", json!({"tags": {"owner": "admin"}})).await;
+    assert_problem(
+        app.enroll("g1", json!({"registration_id": "admin-made", "csr": p256("admin-made")})).await,
+        409,
+    )
+    .await;
+    let d: Value =
+        app.get_as("/v1/devices/admin-made", &app.owner_token()).await.json().await.unwrap();
+    assert_eq!(d["tags"], json!({"owner": "admin"}));
+    assert_eq!(
+        app.enroll("g1", json!({"registration_id": "shared", "csr": p256("shared")}))
+            .await
+            .status(),
+        201
+    );
+    assert_problem(
+        app.enroll("g2", json!({"registration_id": "shared", "csr": p256("shared")})).await,
+        409,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sas_groups_return_derived_keys_that_verify_independently() {
+    let app = spawn_app().await;
+    let g = app.put_group("sas-line", json!({"attestation": {"type": "symmetric_key"}, "credential": "both", "initial_tags": {"fw": "1.0"}})).await;
+    let group_key = g["attestation"]["symmetric_key"]["primary_key"].as_str().unwrap().to_owned();
+    let r: Value = app
+        .enroll(
+            "sas-line",
+            json!({"registration_id": "s-1", "csr": p256("s-1"), "tags": {"line": 3}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    // base64(HMAC-SHA256(base64decode(group_key), registration_id)), computed here.
+    use hmac::Mac as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(&b64.decode(&group_key).unwrap()).unwrap();
+    mac.update(b"s-1");
+    let expected = b64.encode(mac.finalize().into_bytes());
+    assert_eq!(r["device_key"]["primary_key"], expected);
+    assert!(r["certificate_chain"].is_string());
+    let d: Value = app.get_as("/v1/devices/s-1", &app.owner_token()).await.json().await.unwrap();
+    assert_eq!(d["authentication"]["symmetric_key"]["primary_key"], expected);
+    assert_eq!(d["tags"], json!({"fw": "1.0", "line": 3}));
+    let service = crate::helpers::policy_token("service", &app.policy_key("service").await);
+    let token = ca::sas::SasToken::build(
+        "localhost/devices/s-1",
+        &ca::SasKey::from_base64(&expected).unwrap(),
+        now() + 60,
+        None,
+    );
+    let v: Value = app
+        .post_json("/v1/sas/verify", &service, json!({"token": token}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["valid"], true);
+}
+
+#[tokio::test]
+async fn ndjson_batches_answer_one_line_per_input_in_order() {
+    let app = spawn_app().await;
+    app.put_group("batch", json!({"allowed_key_types": ["p256"]})).await;
+    let n = 1000;
+    let mut body = String::new();
+    let mut bad = Vec::new();
+    for i in 0..n {
+        let id = format!("b-{i:04}");
+        let line = match i % 97 {
+            5 => {
+                bad.push(i);
+                json!({"registration_id": id, "csr": p256("wrong-cn")}).to_string()
+            }
+            11 => {
+                bad.push(i);
+                "{not json".to_string()
+            }
+            _ => json!({"registration_id": id, "csr": p256(&id)}).to_string(),
+        };
+        body.push_str(&line);
+        body.push('\n');
+    }
+    let r = app
+        .client
+        .post(app.url("/v1/enrollment-groups/batch/registrations"))
+        .header("Authorization", app.owner_token())
+        .header("Content-Type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let text = r.text().await.unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), n);
+    for (i, line) in lines.iter().enumerate() {
+        if bad.contains(&i) {
+            assert!(line["error"]["status"] == 400, "line {i}: {line}");
+            assert!(line.get("certificate_chain").is_none());
+        } else {
+            assert_eq!(line["device_id"], format!("b-{i:04}"), "order");
+            assert!(line["certificate_chain"]
+                .as_str()
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE-----"));
+        }
+    }
+    let page: Value =
+        app.get_as("/v1/devices?limit=1000", &app.owner_token()).await.json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), n - bad.len());
+}
+
+#[tokio::test]
+async fn one_time_tokens_work_once_and_only_for_enrollment() {
+    let app = spawn_app().await;
+    app.put_group("tok", json!({"attestation": {"type": "token"}})).await;
+    let r = app
+        .post_json(
+            "/v1/enrollment-groups/tok/tokens",
+            &app.owner_token(),
+            json!({"count": 2, "ttl_secs": 600}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let minted: Value = r.json().await.unwrap();
+    let tokens: Vec<String> = minted["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(tokens.len(), 2);
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(tokens[0].split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["alg"], "ES256");
+    let register = |tok: &str, id: &str| {
+        app.client
+            .post(app.url(&format!("/v1/registrations/{id}")))
+            .header("Authorization", format!("Bearer {tok}"))
+            .json(&json!({"registration_id": id, "csr": p256(id)}))
+            .send()
+    };
+    assert_eq!(register(&tokens[0], "t-1").await.unwrap().status(), 201);
+    assert_problem(register(&tokens[0], "t-1").await.unwrap(), 401).await;
+    assert_problem(register(&tokens[0], "t-2").await.unwrap(), 401).await;
+    // A bad CSR does not burn the token.
+    let bad = app
+        .client
+        .post(app.url("/v1/registrations/t-2"))
+        .header("Authorization", format!("Bearer {}", tokens[1]))
+        .json(&json!({"csr": p256("other")}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(bad, 400).await;
+    assert_eq!(register(&tokens[1], "t-2").await.unwrap().status(), 201);
+    // Operator tokens are not enrollment tokens.
+    app.client
+        .put(app.url("/v1/operators/op"))
+        .header("Authorization", app.owner_token())
+        .json(&json!({"password": "long enough pw", "permissions": ["Enroll"]}))
+        .send()
+        .await
+        .unwrap();
+    let session: Value = app
+        .client
+        .post(app.url("/v1/auth/login"))
+        .json(&json!({"username": "op", "password": "long enough pw"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_problem(register(session["access_token"].as_str().unwrap(), "t-3").await.unwrap(), 401)
+        .await;
+    assert_problem(app.get_as("/v1/audit", &format!("Bearer {}", tokens[1])).await, 401).await;
+}
+
+#[tokio::test]
+async fn devices_self_register_with_group_derived_sas_tokens() {
+    let app = spawn_app().await;
+    let g = app
+        .put_group("sym", json!({"attestation": {"type": "symmetric_key"}, "credential": "sas"}))
+        .await;
+    let group_key =
+        ca::SasKey::from_base64(g["attestation"]["symmetric_key"]["primary_key"].as_str().unwrap())
+            .unwrap();
+    let derived = ca::sas::derive_device_key(&group_key, "sr-1");
+    let token =
+        ca::sas::SasToken::build("localhost/registrations/sr-1", &derived, now() + 60, None);
+    let r = app
+        .client
+        .post(app.url("/v1/registrations/sr-1"))
+        .header("Authorization", &token)
+        .json(&json!({"registration_id": "sr-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["device_key"]["primary_key"], *derived.to_base64());
+    let wrong =
+        ca::sas::SasToken::build("localhost/registrations/sr-2", &derived, now() + 60, None);
+    let r = app
+        .client
+        .post(app.url("/v1/registrations/sr-2"))
+        .header("Authorization", &wrong)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 401).await;
+    assert_eq!(app.get_as("/v1/devices/sr-2", &app.owner_token()).await.status(), 404);
+}
+
+#[tokio::test]
+async fn dps_compatible_register_operation_and_status() {
+    let app = spawn_app().await;
+    let toml = std::fs::read_to_string(app.data.path().join("provisiond.toml")).unwrap();
+    let scope = toml
+        .lines()
+        .find(|l| l.starts_with("id_scope"))
+        .unwrap()
+        .split('"')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let g = app
+        .put_group("dps", json!({"attestation": {"type": "symmetric_key"}, "credential": "both"}))
+        .await;
+    let group_key =
+        ca::SasKey::from_base64(g["attestation"]["symmetric_key"]["primary_key"].as_str().unwrap())
+            .unwrap();
+    let derived = ca::sas::derive_device_key(&group_key, "dps-1");
+    let token = ca::sas::SasToken::build(
+        &format!("{scope}/registrations/dps-1"),
+        &derived,
+        now() + 60,
+        Some("registration"),
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let csr_der = ::pem::parse(p256("dps-1")).unwrap().into_contents();
+    let url = app.url(&format!("/{scope}/registrations/dps-1/register?api-version=2019-03-31"));
+    let r = app.client.put(&url).header("Authorization", &token)
+        .json(&json!({"registrationId": "dps-1", "payload": {"model": "x"}, "csr": b64.encode(&csr_der)})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let op: Value = r.json().await.unwrap();
+    assert_eq!(op["status"], "assigned");
+    let st = &op["registrationState"];
+    assert_eq!(st["deviceId"], "dps-1");
+    assert_eq!(st["assignedHub"], "localhost");
+    assert_eq!(st["payload"], json!({"model": "x"}));
+    let chain = st["issuedCertificateChain"].as_array().unwrap();
+    assert_eq!(chain.len(), 2);
+    let leaf = b64.decode(chain[0].as_str().unwrap()).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    assert_eq!(cert.subject().iter_common_name().next().unwrap().as_str().unwrap(), "dps-1");
+
+    let op_id = op["operationId"].as_str().unwrap();
+    let got: Value = app
+        .client
+        .get(app.url(&format!(
+            "/{scope}/registrations/dps-1/operations/{op_id}?api-version=2019-03-31"
+        )))
+        .header("Authorization", &token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["registrationState"]["deviceId"], "dps-1");
+    let status: Value = app
+        .client
+        .post(app.url(&format!("/{scope}/registrations/dps-1?api-version=2019-03-31")))
+        .header("Authorization", &token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["deviceId"], "dps-1");
+
+    let bad = ca::sas::SasToken::build(
+        &format!("{scope}/registrations/dps-1"),
+        &ca::SasKey::generate(),
+        now() + 60,
+        Some("registration"),
+    );
+    let r = app
+        .client
+        .put(&url)
+        .header("Authorization", &bad)
+        .json(&json!({"registrationId": "dps-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["errorCode"].is_u64()
+            && e["trackingId"].is_string()
+            && e["message"].is_string()
+            && e["timestampUtc"].is_string(),
+        "{e}"
+    );
+    let r = app
+        .client
+        .put(app.url("/0neFFFFFFFF/registrations/dps-1/register?api-version=2019-03-31"))
+        .header("Authorization", &token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

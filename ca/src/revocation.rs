@@ -325,6 +325,16 @@ pub fn ocsp_malformed() -> Vec<u8> {
         .unwrap_or_else(|_| vec![0x30, 0x03, 0x0a, 0x01, 0x01])
 }
 
+/// DER of an `OCSPResponse` with status `unauthorized` (RFC 6960 §2.3): the responder is not
+/// authoritative for the requested certificates' issuer.
+pub fn ocsp_unauthorized() -> Vec<u8> {
+    let resp = OcspResponse {
+        response_status: x509_ocsp::OcspResponseStatus::Unauthorized,
+        response_bytes: None,
+    };
+    resp.to_der().unwrap_or_else(|_| vec![0x30, 0x03, 0x0a, 0x01, 0x06])
+}
+
 fn signature_algorithm(signer: &Issuer) -> Result<AlgorithmIdentifierOwned, RevocationError> {
     use const_oid::db::rfc5912::{
         ECDSA_WITH_SHA_256, ECDSA_WITH_SHA_384, SHA_256_WITH_RSA_ENCRYPTION,
@@ -403,6 +413,7 @@ mod tests {
             Err(RevocationError::MalformedRequest)
         ));
         assert_eq!(ocsp_malformed(), vec![0x30, 0x03, 0x0a, 0x01, 0x01]);
+        assert_eq!(ocsp_unauthorized(), vec![0x30, 0x03, 0x0a, 0x01, 0x06]);
     }
 
     #[test]

@@ -132,6 +132,9 @@ impl Application {
             loop {
                 tick.tick().await;
                 reloader.reload_ring();
+                if let Err(e) = reloader.reload_authority().await {
+                    tracing::warn!(error = %e, "CA reload failed");
+                }
             }
         });
         let data = state.clone();

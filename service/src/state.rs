@@ -65,6 +65,25 @@ impl AppState {
         }
     }
 
+    /// Re-reads the CA hierarchy from the database (after a rotation here or elsewhere).
+    pub async fn reload_authority(&self) -> Result<(), crate::store::StoreError> {
+        let rows = {
+            let mut conn = self.store.conn().await?;
+            crate::store::issuers::list(&mut conn).await?
+        };
+        if rows.len() == self.authority().entries().len() {
+            return Ok(());
+        }
+        match Authority::load(rows, &self.ring()) {
+            Ok(a) => match self.authority.write() {
+                Ok(mut w) => *w = Arc::new(a),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(a),
+            },
+            Err(e) => tracing::warn!(error = %e, "CA hierarchy not reloaded"),
+        }
+        Ok(())
+    }
+
     /// Current unix time.
     pub fn now(&self) -> i64 {
         self.clock.now()

@@ -11,5 +11,6 @@ mod enrollment;
 mod helpers;
 mod ops;
 mod policies;
+mod revocation;
 mod storage;
 mod tls;

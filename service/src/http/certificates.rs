@@ -56,3 +56,38 @@ pub async fn list(
     let next = if more { last.map(|l| encode_cursor(&l)) } else { None };
     Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
 }
+
+/// `{"reason"?}`
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    reason: Option<String>,
+}
+
+/// `POST /v1/certificates/{serial}/revoke`
+pub async fn revoke(
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+    who: Authenticated,
+    body: Option<web::Json<RevokeBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let raw = req.match_info().get("serial").unwrap_or_default();
+    let serial = raw.to_ascii_lowercase();
+    if serial.is_empty() || serial.len() > 64 || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest("serial must be hexadecimal".into()));
+    }
+    let serial = serial.trim_start_matches('0').to_owned();
+    let reason = match body.and_then(|b| b.into_inner().reason) {
+        None => ca::revocation::RevocationReason::Unspecified,
+        Some(r) => ca::revocation::RevocationReason::parse(&r)
+            .ok_or_else(|| ApiError::BadRequest(format!("unknown revocation reason `{r}`")))?,
+    };
+    let rc = super::respond::RequestCtx::new(&state, &req, &who);
+    let row = crate::usecase::revoke::revoke(&state.store, &rc.cx(&state), &serial, reason).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "serial": row.serial,
+        "status": "revoked",
+        "revoked_at": row.revoked_at.map(ts),
+        "reason": row.revocation_reason,
+    })))
+}

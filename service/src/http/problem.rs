@@ -259,3 +259,27 @@ impl From<crate::usecase::register::RegisterError> for ApiError {
         }
     }
 }
+
+impl From<crate::usecase::revoke::RevokeError> for ApiError {
+    fn from(e: crate::usecase::revoke::RevokeError) -> Self {
+        match e {
+            crate::usecase::revoke::RevokeError::NotFound => {
+                ApiError::NotFound("certificate not found".into())
+            }
+            crate::usecase::revoke::RevokeError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<crate::usecase::intermediate::CaAdminError> for ApiError {
+    fn from(e: crate::usecase::intermediate::CaAdminError) -> Self {
+        use crate::usecase::intermediate::CaAdminError as E;
+        match e {
+            E::RootKeyMissing(_) | E::RootKeyMismatch => ApiError::Conflict(e.to_string()),
+            E::Csr(c) => ApiError::BadRequest(format!("CSR rejected: {c}")),
+            E::Invalid(m) => ApiError::BadRequest(m),
+            E::Store(s) => s.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Intermediate rotation and server certificates for the fleet's brokers and gateways.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use ca::authority::{create_intermediate, CaKeyAlgorithm, Issuer};
+use ca::csr::{CsrPolicy, VerifiedCsr};
+use ca::issue::{issue_server, ServerProfile};
+use ca::{CsrError, PrivateKey};
+
+use super::certificates::record;
+use super::Ctx;
+use crate::authority::Authority;
+use crate::seal::SealContext;
+use crate::store::issuers::IssuerRow;
+use crate::store::{certificates, Store, StoreError};
+
+/// Lifetime of a new intermediate (capped by the root).
+pub const INTERMEDIATE_SECS: i64 = 5 * 365 * 86_400;
+
+/// Why the operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaAdminError {
+    /// the root key is offline
+    #[error("the root CA key file {0} is not available (moved offline?): rotation needs it")]
+    RootKeyMissing(String),
+    /// the root key does not belong to the stored root
+    #[error("the root CA key file does not match the stored root certificate")]
+    RootKeyMismatch,
+    /// CSR rule
+    #[error("CSR rejected: {0}")]
+    Csr(#[from] CsrError),
+    /// input
+    #[error("{0}")]
+    Invalid(String),
+    /// signing
+    #[error(transparent)]
+    Authority(#[from] ca::AuthorityError),
+    /// signing
+    #[error(transparent)]
+    Issue(#[from] ca::IssueError),
+    /// storage
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Creates a new intermediate under the root (key read from `root_key_file`) and makes it the
+/// active issuer. The old intermediates stay, so their certificates keep verifying and stay
+/// revocable. Returns the new issuer id.
+pub async fn rotate_intermediate(
+    store: &Store,
+    cx: &Ctx<'_>,
+    authority: &Authority,
+    root_key_file: &Path,
+) -> Result<String, CaAdminError> {
+    let shown = root_key_file.display().to_string();
+    let pem = zeroize::Zeroizing::new(
+        std::fs::read_to_string(root_key_file)
+            .map_err(|_| CaAdminError::RootKeyMissing(shown.clone()))?,
+    );
+    let key = PrivateKey::from_pkcs8_pem(&pem).ok_or(CaAdminError::RootKeyMismatch)?;
+    let root = Issuer::from_der(&authority.root().cert_der, &key)
+        .map_err(|_| CaAdminError::RootKeyMismatch)?;
+    let n = authority.entries().len();
+    let inter = create_intermediate(
+        &root,
+        &format!("provisiond Intermediate CA {n}"),
+        CaKeyAlgorithm::P256,
+        cx.now,
+        INTERMEDIATE_SECS,
+    )?;
+    let id = inter.id();
+    let sealed = cx.ring.seal(
+        SealContext { table: "issuers", column: "private_key", row_id: &id },
+        inter.private_key().expose_secret(),
+    );
+    let mut tx = store.begin().await?;
+    sqlx::query("UPDATE issuers SET active = 0 WHERE active = 1")
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+    crate::store::issuers::insert(
+        &mut tx,
+        &IssuerRow {
+            id: id.clone(),
+            cert_der: inter.cert_der().to_vec(),
+            is_root: 0,
+            active: 1,
+            key_version: Some(i64::from(cx.ring.current_version())),
+            private_key: Some(sealed),
+            not_after: inter.not_after(),
+            created_at: cx.now,
+        },
+    )
+    .await?;
+    cx.audit(&mut tx, store.dialect(), "ca.intermediate.rotate", &id).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(id)
+}
+
+/// A server certificate request.
+pub struct ServerCertRequest {
+    /// PEM CSR (CN free, requested SANs ignored)
+    pub csr: Vec<u8>,
+    /// DNS SANs
+    pub dns_names: Vec<String>,
+    /// IP SANs
+    pub ip_addresses: Vec<IpAddr>,
+    /// lifetime
+    pub validity_days: i64,
+}
+
+/// Issues a serverAuth certificate for a broker or gateway.
+pub async fn issue_server_certificate(
+    store: &Store,
+    cx: &Ctx<'_>,
+    authority: &Authority,
+    req: ServerCertRequest,
+) -> Result<(ca::IssuedCertificate, String), CaAdminError> {
+    let csr = VerifiedCsr::parse(&req.csr, &CsrPolicy::server())?;
+    let cn = csr.common_name().unwrap_or("server").to_owned();
+    let issuer = authority.active();
+    let profile = ServerProfile {
+        common_name: &cn,
+        dns_names: &req.dns_names,
+        ip_addresses: &req.ip_addresses,
+        validity_secs: req.validity_days * 86_400,
+    };
+    let cert = issue_server(issuer, csr.subject_key(), &profile, cx.now)?;
+    let mut tx = store.begin().await?;
+    certificates::insert(&mut tx, &record(&cert, None, &issuer.id(), "server", cx.now)).await?;
+    cx.audit(&mut tx, store.dialect(), "certificate.server.issue", &cert.serial).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    let chain = format!("{}{}", cert.pem(), issuer.cert_pem());
+    Ok((cert, chain))
+}

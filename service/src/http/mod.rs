@@ -220,10 +220,10 @@ mod tests {
     #[test]
     fn every_route_in_the_table_is_in_the_openapi_contract() {
         let doc: serde_json::Value = serde_json::from_str(ops::openapi_json().unwrap()).unwrap();
+        let param = regex::Regex::new(r"\{([a-z_]+):[^}]*\}").unwrap();
         for rule in ROUTES {
             // `{name:regex}` in actix is `{name}` in OpenAPI.
-            let path =
-                regex::Regex::new(r"\{([a-z_]+):[^}]*\}").unwrap().replace_all(rule.path, "{$1}");
+            let path = param.replace_all(rule.path, "{$1}");
             let op = &doc["paths"][path.as_ref()][rule.method.to_ascii_lowercase()];
             assert!(
                 op.is_object(),

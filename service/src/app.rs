@@ -127,6 +127,7 @@ impl Application {
         let listen = state.config.listen.clone();
         let state = web::Data::new(state);
         let reloader = state.clone();
+        let holder = crate::usecase::random_hex(8);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(KEY_RELOAD_SECS));
             loop {
@@ -134,6 +135,9 @@ impl Application {
                 reloader.reload_ring();
                 if let Err(e) = reloader.reload_authority().await {
                     tracing::warn!(error = %e, "CA reload failed");
+                }
+                if let Err(e) = periodic_jobs(&reloader, &holder).await {
+                    tracing::warn!(error = %e, "periodic jobs failed");
                 }
             }
         });
@@ -178,6 +182,22 @@ impl Application {
         self.state.store.close().await;
         result
     }
+}
+
+/// Jobs that one instance at a time runs (a lease in the database, DESIGN.md "Scale-out"):
+/// erase the payloads of expired bundles.
+async fn periodic_jobs(state: &AppState, holder: &str) -> Result<(), StoreError> {
+    let now = state.now();
+    let mut conn = state.store.conn().await?;
+    if crate::store::leases::try_claim(&mut conn, "sweep", holder, now, 3 * KEY_RELOAD_SECS as i64)
+        .await?
+    {
+        let erased = crate::store::bundles::sweep_expired(&mut conn, now).await?;
+        if erased > 0 {
+            tracing::info!(erased, "expired bundle payloads erased");
+        }
+    }
+    Ok(())
 }
 
 /// JSON bodies: 1 MiB, `application/json` (parameters allowed), errors as problems.

@@ -5,6 +5,7 @@
 
 mod audit;
 mod auth;
+mod bundles;
 mod cli;
 mod devices;
 mod enrollment;

@@ -6,6 +6,7 @@
 //! case, map the result.
 
 pub mod audit;
+pub mod bundles;
 pub mod ca;
 pub mod certificates;
 pub mod devices;
@@ -103,6 +104,10 @@ pub const ROUTES: &[RouteRule] = &[
     rule("PUT",    "/{id_scope}/registrations/{registration_id}/register", Attestation, || web::put().to(registrations::dps_register)),
     rule("GET",    "/{id_scope}/registrations/{registration_id}/operations/{operation_id}", Attestation, || web::get().to(registrations::dps_operation)),
     rule("POST",   "/{id_scope}/registrations/{registration_id}", Attestation,       || web::post().to(registrations::dps_status)),
+    rule("POST",   "/v1/bundles",                      Requires(BundleCreate),       || web::post().to(bundles::create)),
+    rule("GET",    "/v1/bundles/{id}",                 Requires(BundleCreate),       || web::get().to(bundles::status)),
+    rule("DELETE", "/v1/bundles/{id}",                 Requires(BundleCreate),       || web::delete().to(bundles::cancel)),
+    rule("POST",   "/v1/bundles/{id}/redeem",          Attestation,                  || web::post().to(bundles::redeem)),
     rule("GET",    "/v1/audit",                        Requires(AuditRead),          || web::get().to(audit::list)),
     rule("GET",    "/v1/audit/verify",                 Requires(AuditRead),          || web::get().to(audit::verify)),
     rule("GET",    "/v1/audit/checkpoint",             Requires(AuditRead),          || web::get().to(audit::checkpoint)),

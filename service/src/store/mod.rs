@@ -7,6 +7,7 @@
 //! sees plaintext secrets.
 
 pub mod audit;
+pub mod bundles;
 pub mod certificates;
 pub mod devices;
 pub mod enrollment;

@@ -1,0 +1,109 @@
+//! `bundles`: one-time provisioning bundles. Redemption is exactly-once: the winner is the one
+//! transaction whose conditional UPDATE affects the row.
+
+use sqlx::AnyConnection;
+
+use super::StoreError;
+
+/// One bundle.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BundleRow {
+    /// id
+    pub id: String,
+    /// device
+    pub device_id: String,
+    /// x509 | sas | both
+    pub credential: String,
+    /// json | pem-tar | pkcs12
+    pub format: String,
+    /// SHA-256 of the token, hex
+    pub token_sha256: String,
+    /// sealed payload
+    pub payload: Option<Vec<u8>>,
+    /// created
+    pub created_at: i64,
+    /// deadline
+    pub expires_at: i64,
+    /// when redeemed
+    pub redeemed_at: Option<i64>,
+    /// from where
+    pub redeemed_from: Option<String>,
+    /// when cancelled
+    pub cancelled_at: Option<i64>,
+}
+
+/// Inserts a bundle.
+pub async fn insert(conn: &mut AnyConnection, b: &BundleRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO bundles (id, device_id, credential, format, token_sha256, payload, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&b.id)
+    .bind(&b.device_id)
+    .bind(&b.credential)
+    .bind(&b.format)
+    .bind(&b.token_sha256)
+    .bind(b.payload.as_deref())
+    .bind(b.created_at)
+    .bind(b.expires_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Reads a bundle.
+pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<Option<BundleRow>, StoreError> {
+    Ok(sqlx::query_as::<_, BundleRow>(
+        "SELECT id, device_id, credential, format, token_sha256, payload, created_at, expires_at, redeemed_at, \
+         redeemed_from, cancelled_at FROM bundles WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Marks a pending, unexpired bundle redeemed and erases its payload. True for exactly one
+/// caller.
+pub async fn mark_redeemed(
+    conn: &mut AnyConnection,
+    id: &str,
+    now: i64,
+    from: &str,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE bundles SET redeemed_at = $2, redeemed_from = $3, payload = NULL \
+         WHERE id = $1 AND redeemed_at IS NULL AND cancelled_at IS NULL AND expires_at > $2",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(from)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Cancels a pending bundle and erases its payload.
+pub async fn cancel(conn: &mut AnyConnection, id: &str, now: i64) -> Result<bool, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE bundles SET cancelled_at = $2, payload = NULL \
+         WHERE id = $1 AND redeemed_at IS NULL AND cancelled_at IS NULL AND expires_at > $2",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Erases the payloads of expired bundles; returns how many.
+pub async fn sweep_expired(conn: &mut AnyConnection, now: i64) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE bundles SET payload = NULL WHERE expires_at <= $1 AND payload IS NOT NULL",
+    )
+    .bind(now)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}

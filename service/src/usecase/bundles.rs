@@ -1,0 +1,350 @@
+//! One-time provisioning bundles.
+//!
+//! The token (256 random bits, URL-safe) is shown once and never stored: the database keeps
+//! SHA-256(token), and the payload (for x509: the server-generated private key and its
+//! certificate) is sealed under HKDF-SHA256(token, salt = bundle id). A stolen database plus
+//! master key therefore does not open an unredeemed bundle. Redemption is exactly-once (one
+//! conditional UPDATE); the payload is erased on redeem, cancel and expiry. SAS keys are read
+//! from the registry at redemption time, never copied into the bundle.
+
+use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use base64::Engine as _;
+use ca::issue::{issue_device_for_key, DeviceProfile, RevocationUrls};
+use rand::RngCore as _;
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+use zeroize::Zeroizing;
+
+use super::certificates::{record, DEFAULT_VALIDITY_SECS};
+use super::devices::{self, Authentication};
+use super::groups::Credential;
+use super::{random_hex, Ctx};
+use crate::authority::Authority;
+use crate::seal::KeyRing;
+use crate::store::bundles::{self as rows, BundleRow};
+use crate::store::{certificates, Store, StoreError};
+
+/// Longest bundle lifetime (30 days).
+pub const MAX_TTL_SECS: i64 = 2_592_000;
+
+/// The one-time token: secret, zeroized, never printed.
+pub struct BundleToken(Zeroizing<String>);
+
+impl std::fmt::Debug for BundleToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[secret elided]")
+    }
+}
+
+impl BundleToken {
+    fn generate() -> Self {
+        let mut b = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut *b);
+        Self(Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(*b)))
+    }
+
+    /// Parses the value of `Authorization: Bundle <token>`.
+    pub fn from_header(value: &str) -> Option<Self> {
+        let t = value.strip_prefix("Bundle ")?.trim();
+        (t.len() >= 43
+            && t.len() <= 256
+            && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)))
+        .then(|| Self(Zeroizing::new(t.to_owned())))
+    }
+
+    /// The token text (shown once to the creator; the PKCS#12 password).
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    /// SHA-256 of the token, hex: what the database keeps (public; the token is not derivable).
+    fn digest(&self) -> String {
+        hex::encode(Sha256::digest(self.0.as_bytes()))
+    }
+
+    /// The payload key: HKDF-SHA256(token, salt = bundle id).
+    fn payload_key(&self, id: &str) -> Zeroizing<[u8; 32]> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(id.as_bytes()), self.0.as_bytes());
+        // 32 bytes is far below HKDF-SHA256's 8160-byte output limit.
+        let _ = hk.expand(b"provisiond bundle payload v1", &mut *key);
+        key
+    }
+}
+
+/// Why a bundle operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// invalid input
+    #[error("{0}")]
+    Invalid(String),
+    /// unknown device
+    #[error("device not found")]
+    DeviceNotFound,
+    /// unknown bundle
+    #[error("bundle not found")]
+    NotFound,
+    /// missing or wrong token
+    #[error("missing or invalid bundle token")]
+    Unauthorized,
+    /// redeemed, expired or cancelled
+    #[error("bundle {0}")]
+    Gone(&'static str),
+    /// not pending (cancel)
+    #[error("bundle is {0}, only pending bundles can be cancelled")]
+    NotPending(&'static str),
+    /// storage
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// issuance / crypto
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<devices::DeviceError> for BundleError {
+    fn from(e: devices::DeviceError) -> Self {
+        match e {
+            devices::DeviceError::NotFound => BundleError::DeviceNotFound,
+            devices::DeviceError::Store(s) => BundleError::Store(s),
+            other => BundleError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Status of a bundle.
+pub fn status(b: &BundleRow, now: i64) -> &'static str {
+    if b.redeemed_at.is_some() {
+        "redeemed"
+    } else if b.cancelled_at.is_some() {
+        "cancelled"
+    } else if b.expires_at <= now {
+        "expired"
+    } else {
+        "pending"
+    }
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JSON document
+    Json,
+    /// tar of PEM files
+    PemTar,
+    /// PKCS#12 (PBES2/AES-256, SHA-256 MAC)
+    Pkcs12,
+}
+
+impl Format {
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "json" => Some(Format::Json),
+            "pem-tar" => Some(Format::PemTar),
+            "pkcs12" => Some(Format::Pkcs12),
+            _ => None,
+        }
+    }
+
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::PemTar => "pem-tar",
+            Format::Pkcs12 => "pkcs12",
+        }
+    }
+}
+
+/// A bundle to create.
+pub struct NewBundle {
+    /// device
+    pub device_id: String,
+    /// what to include
+    pub credential: Credential,
+    /// output format
+    pub format: Format,
+    /// lifetime
+    pub ttl_secs: i64,
+}
+
+/// Creates a bundle; returns `(id, token, expires_at)` — the token exists only in this answer.
+pub async fn create(
+    store: &Store,
+    cx: &Ctx<'_>,
+    authority: &Authority,
+    base_url: &str,
+    req: NewBundle,
+) -> Result<(String, BundleToken, i64), BundleError> {
+    let device = devices::get(store, cx.ring, &req.device_id).await?;
+    if req.credential.sas() && !matches!(device.auth, Authentication::Sas { .. }) {
+        return Err(BundleError::Invalid("the device does not authenticate with SAS keys".into()));
+    }
+    let id = random_hex(16);
+    let token = BundleToken::generate();
+    let expires_at = cx.now + req.ttl_secs;
+    let mut tx = store.begin().await?;
+    let mut payload = json!({});
+    if req.credential.x509() {
+        let (key, public) = ca::issue::generate_key(ca::KeyType::P256)
+            .map_err(|e| BundleError::Internal(e.to_string()))?;
+        let issuer = authority.active();
+        let urls = RevocationUrls { base_url: Some(base_url.to_owned()) };
+        let profile = DeviceProfile {
+            device_id: &req.device_id,
+            validity_secs: DEFAULT_VALIDITY_SECS,
+            urls: &urls,
+        };
+        let cert = issue_device_for_key(issuer, &public, &profile, cx.now)
+            .map_err(|e| BundleError::Internal(e.to_string()))?;
+        certificates::insert(
+            &mut tx,
+            &record(&cert, Some(&req.device_id), &issuer.id(), "device", cx.now),
+        )
+        .await?;
+        payload = json!({
+            "private_key": *key.to_pkcs8_pem(),
+            "certificate": cert.pem(),
+            "certificate_chain": format!("{}{}", cert.pem(), issuer.cert_pem()),
+            "ca_chain": authority.chain_pem(cx.now),
+        });
+    }
+    let plaintext = Zeroizing::new(payload.to_string());
+    if let Value::Object(mut m) = payload {
+        if let Some(Value::String(s)) = m.get_mut("private_key") {
+            zeroize::Zeroize::zeroize(s);
+        }
+    }
+    let sealed = seal(&token, &id, plaintext.as_bytes())?;
+    rows::insert(
+        &mut tx,
+        &BundleRow {
+            id: id.clone(),
+            device_id: req.device_id.clone(),
+            credential: req.credential.as_str().to_owned(),
+            format: req.format.as_str().to_owned(),
+            token_sha256: token.digest(),
+            payload: Some(sealed),
+            created_at: cx.now,
+            expires_at,
+            redeemed_at: None,
+            redeemed_from: None,
+            cancelled_at: None,
+        },
+    )
+    .await?;
+    cx.audit(&mut tx, store.dialect(), "bundle.create", &format!("{}/{id}", req.device_id)).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok((id, token, expires_at))
+}
+
+fn seal(token: &BundleToken, id: &str, plaintext: &[u8]) -> Result<Vec<u8>, BundleError> {
+    let key = token.payload_key(id);
+    let cipher = Aes256Gcm::new((&*key).into());
+    let mut nonce = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let aad = format!("bundles:payload:{id}");
+    let ct = cipher
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: aad.as_bytes() })
+        .map_err(|_| BundleError::Internal("payload sealing failed".into()))?;
+    Ok([nonce.as_slice(), &ct].concat())
+}
+
+/// Opens a sealed payload with the token (the only way to open it).
+pub fn open_payload(token: &BundleToken, id: &str, blob: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if blob.len() < 12 + 16 {
+        return None;
+    }
+    let key = token.payload_key(id);
+    let cipher = Aes256Gcm::new((&*key).into());
+    let aad = format!("bundles:payload:{id}");
+    cipher
+        .decrypt(Nonce::from_slice(&blob[..12]), Payload { msg: &blob[12..], aad: aad.as_bytes() })
+        .ok()
+        .map(Zeroizing::new)
+}
+
+/// What a redemption hands out.
+pub struct Redeemed {
+    /// device
+    pub device_id: String,
+    /// credential kind
+    pub credential: Credential,
+    /// format
+    pub format: Format,
+    /// decrypted payload (x509 parts)
+    pub payload: Zeroizing<Vec<u8>>,
+    /// device SAS keys at redemption time (base64)
+    pub sas_keys: Option<(Zeroizing<String>, Zeroizing<String>)>,
+    /// the token, which is the PKCS#12 password
+    pub password: Option<Zeroizing<String>>,
+}
+
+/// Redeems a bundle, exactly once.
+pub async fn redeem(
+    store: &Store,
+    ring: &KeyRing,
+    cx: &Ctx<'_>,
+    id: &str,
+    token: Option<BundleToken>,
+) -> Result<Redeemed, BundleError> {
+    let row = {
+        let mut conn = store.conn().await?;
+        rows::get(&mut conn, id).await?.ok_or(BundleError::NotFound)?
+    };
+    let token = token.ok_or(BundleError::Unauthorized)?;
+    if !bool::from(token.digest().as_bytes().ct_eq(row.token_sha256.as_bytes())) {
+        return Err(BundleError::Unauthorized);
+    }
+    let mut tx = store.begin().await?;
+    let current = rows::get(&mut tx, id).await?.ok_or(BundleError::NotFound)?;
+    let state = status(&current, cx.now);
+    if state != "pending" {
+        return Err(BundleError::Gone(match state {
+            "redeemed" => "already redeemed",
+            "cancelled" => "cancelled",
+            _ => "expired",
+        }));
+    }
+    let credential = Credential::parse(&current.credential).unwrap_or(Credential::X509);
+    let format = Format::parse(&current.format).unwrap_or(Format::Json);
+    let sas_keys = if credential.sas() {
+        let device_row = crate::store::devices::get(&mut tx, &current.device_id)
+            .await?
+            .ok_or(BundleError::Gone("device no longer exists"))?;
+        match devices::open(ring, device_row)?.auth {
+            Authentication::Sas { primary, secondary } => {
+                Some((primary.to_base64(), secondary.to_base64()))
+            }
+            _ => return Err(BundleError::Gone("device no longer uses SAS keys")),
+        }
+    } else {
+        None
+    };
+    let blob = current.payload.clone().ok_or(BundleError::Gone("expired"))?;
+    let payload = open_payload(&token, id, &blob).ok_or(BundleError::Unauthorized)?;
+    let from = cx.actor.addr.clone().unwrap_or_else(|| "unknown".into());
+    if !rows::mark_redeemed(&mut tx, id, cx.now, &from).await? {
+        return Err(BundleError::Gone("already redeemed"));
+    }
+    cx.audit(&mut tx, store.dialect(), "bundle.redeem", &format!("{}/{id}", current.device_id))
+        .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    let password = Some(Zeroizing::new(token.expose_secret().to_owned()));
+    Ok(Redeemed { device_id: current.device_id, credential, format, payload, sas_keys, password })
+}
+
+/// Cancels a pending bundle (payload erased).
+pub async fn cancel(store: &Store, cx: &Ctx<'_>, id: &str) -> Result<(), BundleError> {
+    let mut tx = store.begin().await?;
+    let row = rows::get(&mut tx, id).await?.ok_or(BundleError::NotFound)?;
+    if !rows::cancel(&mut tx, id, cx.now).await? {
+        return Err(BundleError::NotPending(status(&row, cx.now)));
+    }
+    cx.audit(&mut tx, store.dialect(), "bundle.cancel", &format!("{}/{id}", row.device_id)).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(())
+}

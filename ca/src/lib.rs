@@ -17,6 +17,7 @@
 
 pub mod authority;
 pub mod csr;
+pub mod est;
 pub mod issue;
 pub mod revocation;
 pub mod sas;

@@ -159,6 +159,7 @@ impl Application {
                     Err::<String, _>(ApiError::NotFound("no such route".into()))
                 }))
         })
+        .on_connect(crate::mtls::on_connect)
         .client_request_timeout(Duration::from_secs(30))
         .tls_handshake_timeout(Duration::from_secs(5))
         .shutdown_timeout(20)

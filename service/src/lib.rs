@@ -24,6 +24,7 @@ pub mod fsutil;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod mtls;
 pub mod seal;
 pub mod state;
 pub mod store;

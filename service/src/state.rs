@@ -89,3 +89,22 @@ impl AppState {
         self.clock.now()
     }
 }
+
+impl AppState {
+    /// Validates the request's client certificate against provisiond's own CA.
+    pub fn own_client(
+        &self,
+        req: &actix_web::HttpRequest,
+    ) -> Result<crate::mtls::ClientIdentity, crate::mtls::MtlsError> {
+        let chain = crate::mtls::presented(req).ok_or(crate::mtls::MtlsError::Missing)?;
+        let authority = self.authority();
+        let intermediates: Vec<Vec<u8>> =
+            authority.entries().iter().filter(|e| !e.is_root).map(|e| e.cert_der.clone()).collect();
+        crate::mtls::validate(
+            &chain.0,
+            &[authority.root().cert_der.clone()],
+            &intermediates,
+            self.now(),
+        )
+    }
+}

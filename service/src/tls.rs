@@ -13,9 +13,9 @@ pub fn server_config(cred: &ServerCredential) -> Result<ServerConfig, rustls::Er
     let chain: Vec<CertificateDer<'static>> =
         cred.chain.iter().map(|der| CertificateDer::from(der.clone())).collect();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cred.key.expose_secret().to_vec()));
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(Arc::new(crate::mtls::DeferredClientAuth::new(provider.clone())))
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)

@@ -10,6 +10,7 @@ mod cli;
 mod devices;
 mod enrollment;
 mod helpers;
+mod mtls;
 mod ops;
 mod policies;
 mod revocation;

@@ -446,3 +446,66 @@ pub async fn verify(
         crate::usecase::sas::Verdict::Invalid(reason) => json!({"valid": false, "reason": reason}),
     }))
 }
+
+/// `{"csr", "revoke_previous"?}`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewBody {
+    csr: String,
+    revoke_previous: Option<bool>,
+}
+
+/// `POST /v1/devices/{id}/certificates/renew` (mTLS with the device's current certificate)
+pub async fn renew(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<RenewBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id", KIND)?;
+    let presented = match state.own_client(&req) {
+        Ok(p) => p,
+        Err(e) => {
+            let err: ApiError = e.into();
+            let entry = crate::audit::Entry::failure(
+                &format!("device:{id}"),
+                "auth.failure",
+                req.path(),
+                super::extract::client_ip(&req).as_deref(),
+            );
+            crate::audit::record(&state.store, &state.audit_key, &entry, state.now()).await?;
+            return Err(err);
+        }
+    };
+    let actor = crate::usecase::Actor {
+        name: format!("device:{id}"),
+        addr: super::extract::client_ip(&req),
+    };
+    let ring = state.ring();
+    let cx = crate::usecase::Ctx {
+        ring: &ring,
+        audit_key: &state.audit_key,
+        now: state.now(),
+        actor: &actor,
+    };
+    let authority = state.authority();
+    let issued = crate::usecase::renew::renew(
+        &state.store,
+        &cx,
+        &authority,
+        &state.config.public_base_url(),
+        crate::usecase::renew::RenewRequest {
+            device_id: &id,
+            presented: &presented,
+            csr: body.csr.as_bytes(),
+            revoke_previous: body.revoke_previous.unwrap_or(false),
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(json!({
+        "serial": issued.cert.serial,
+        "certificate": issued.cert.pem(),
+        "certificate_chain": issued.chain_pem,
+        "not_before": ts(issued.cert.not_before),
+        "not_after": ts(issued.cert.not_after),
+    })))
+}

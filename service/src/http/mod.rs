@@ -11,6 +11,7 @@ pub mod ca;
 pub mod certificates;
 pub mod devices;
 pub mod enrollment;
+pub mod est;
 pub mod extract;
 pub mod operators;
 pub mod ops;
@@ -82,6 +83,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("DELETE", "/v1/devices/{id}",                 Requires(RegistryReadWrite),  || web::delete().to(devices::delete)),
     rule("POST",   "/v1/devices/{id}/keys/rotate",     Requires(RegistryReadWrite),  || web::post().to(devices::rotate)),
     rule("POST",   "/v1/devices/{id}/certificates",    Requires(RegistryReadWrite),  || web::post().to(devices::issue_certificate)),
+    rule("POST",   "/v1/devices/{id}/certificates/renew", Attestation,               || web::post().to(devices::renew)),
     rule("POST",   "/v1/devices/{id}/sas-token",       Requires(DeviceConnect),      || web::post().to(devices::sas_token)),
     rule("POST",   "/v1/sas/verify",                   Requires(ServiceConnect),     || web::post().to(devices::verify)),
     rule("GET",    "/v1/certificates",                 Requires(RegistryRead),       || web::get().to(certificates::list)),
@@ -108,6 +110,10 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET",    "/v1/bundles/{id}",                 Requires(BundleCreate),       || web::get().to(bundles::status)),
     rule("DELETE", "/v1/bundles/{id}",                 Requires(BundleCreate),       || web::delete().to(bundles::cancel)),
     rule("POST",   "/v1/bundles/{id}/redeem",          Attestation,                  || web::post().to(bundles::redeem)),
+    rule("GET",    "/.well-known/est/cacerts",         Public,                       || web::get().to(est::cacerts)),
+    rule("POST",   "/.well-known/est/simpleenroll",    Attestation,                  || web::post().to(est::simpleenroll)),
+    rule("POST",   "/.well-known/est/simplereenroll",  Attestation,                  || web::post().to(est::simplereenroll)),
+    rule("POST",   "/.well-known/est/serverkeygen",    Attestation,                  || web::post().to(est::serverkeygen)),
     rule("GET",    "/v1/audit",                        Requires(AuditRead),          || web::get().to(audit::list)),
     rule("GET",    "/v1/audit/verify",                 Requires(AuditRead),          || web::get().to(audit::verify)),
     rule("GET",    "/v1/audit/checkpoint",             Requires(AuditRead),          || web::get().to(audit::checkpoint)),

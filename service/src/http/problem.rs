@@ -283,3 +283,31 @@ impl From<crate::usecase::intermediate::CaAdminError> for ApiError {
         }
     }
 }
+
+impl From<crate::usecase::renew::RenewError> for ApiError {
+    fn from(e: crate::usecase::renew::RenewError) -> Self {
+        use crate::usecase::renew::RenewError as E;
+        match e {
+            E::Unauthorized(m) => ApiError::Unauthorized { detail: m },
+            E::OtherDevice => {
+                ApiError::Forbidden("the client certificate belongs to another device".into())
+            }
+            E::Csr(c) => ApiError::BadRequest(format!("CSR rejected: {c}")),
+            E::Store(s) => s.into(),
+            E::Issue(i) => ApiError::internal(i),
+        }
+    }
+}
+
+impl From<crate::mtls::MtlsError> for ApiError {
+    fn from(e: crate::mtls::MtlsError) -> Self {
+        match e {
+            crate::mtls::MtlsError::Missing => {
+                ApiError::Unauthorized { detail: "a client certificate is required" }
+            }
+            crate::mtls::MtlsError::Invalid(_) => {
+                ApiError::Unauthorized { detail: "the client certificate is not valid here" }
+            }
+        }
+    }
+}

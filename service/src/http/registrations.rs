@@ -80,7 +80,11 @@ async fn attest(
 ) -> Result<Attested, AuthError> {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
     match header {
-        None => Err(AuthError::Missing),
+        None => match attest_x509(state, req, registration_id).await {
+            Some(Ok(group)) => Ok(Attested { group, jti: None }),
+            Some(Err(e)) => Err(e),
+            None => Err(AuthError::Missing),
+        },
         Some(h) if h.starts_with("SharedAccessSignature ") => {
             match attest_sas(state, h, resource, registration_id).await {
                 Ok(Some(group)) => Ok(Attested { group, jti: None }),
@@ -102,10 +106,51 @@ async fn attest(
     }
 }
 
-async fn run(
+/// Manufacturer-certificate attestation: the presented chain must lead to the CA of an enabled
+/// `x509_ca` enrollment (individual first, then groups) and its CN must equal the registration
+/// id. `None` when no certificate was presented.
+pub async fn attest_x509(
     state: &AppState,
     req: &HttpRequest,
-    attested: &Attested,
+    registration_id: &str,
+) -> Option<Result<Group, AuthError>> {
+    let chain = crate::mtls::presented(req)?;
+    let refused = || Err(AuthError::Invalid { claimed: Some(registration_id.to_owned()) });
+    let ring = state.ring();
+    let mut candidates = Vec::new();
+    if let Ok(g) = groups::get(&state.store, &ring, registration_id, true).await {
+        candidates.push(g);
+    }
+    let rows = match state.store.conn().await {
+        Ok(mut conn) => crate::store::enrollment::groups_by_attestation(&mut conn, "x509_ca")
+            .await
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    candidates.extend(rows.into_iter().filter_map(|r| groups::decode(&ring, r, false).ok()));
+    for g in candidates {
+        let Attestation::X509Ca(pems) = &g.attestation else { continue };
+        if !g.enabled {
+            continue;
+        }
+        let anchors: Vec<Vec<u8>> =
+            pems.iter().filter_map(|p| ca::authority::certs_from_pem(p).ok()).flatten().collect();
+        if let Ok(identity) = crate::mtls::validate(&chain.0, &anchors, &[], state.now()) {
+            if identity.common_name.as_deref() != Some(registration_id) {
+                return Some(refused());
+            }
+            return Some(Ok(g));
+        }
+    }
+    Some(refused())
+}
+
+/// Runs a registration for an attested device and counts it.
+pub(crate) async fn run_registration(
+    state: &AppState,
+    req: &HttpRequest,
+    group: &Group,
+    jti: Option<&str>,
     r: RegistrationRequest,
 ) -> Result<Registered, ApiError> {
     let ring = state.ring();
@@ -117,15 +162,15 @@ async fn run(
         actor: &actor,
     };
     let authority = state.authority();
-    let group_id = attested.group.id.clone();
+    let group_id = group.id.clone();
     let result = register::register(
         &state.store,
         &cx,
         &authority,
         &state.config.public_base_url(),
-        &attested.group,
+        group,
         r,
-        attested.jti.as_deref(),
+        jti,
     )
     .await;
     let outcome = if result.is_ok() { "success" } else { "failure" };
@@ -157,10 +202,11 @@ pub async fn self_register(
     if body.registration_id.as_deref().is_some_and(|b| b != id) {
         return Err(ApiError::BadRequest("registration_id in the body must equal the path".into()));
     }
-    let r = run(
+    let r = run_registration(
         &state,
         &req,
-        &attested,
+        &attested.group,
+        attested.jti.as_deref(),
         RegistrationRequest {
             registration_id: id,
             csr: body.csr.map(String::into_bytes),
@@ -306,7 +352,7 @@ pub async fn dps_register(
         tags: None,
         payload: body.payload,
     };
-    match run(&state, &req, &attested, request).await {
+    match run_registration(&state, &req, &attested.group, attested.jti.as_deref(), request).await {
         Ok(r) => {
             HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
                 "operationId": r.operation_id,

@@ -11,6 +11,7 @@ pub mod intermediate;
 pub mod operators;
 pub mod policies;
 pub mod register;
+pub mod renew;
 pub mod revoke;
 pub mod rotate_master_key;
 pub mod sas;

@@ -212,8 +212,9 @@ async fn start_server(
 ) -> (Child, String, u16) {
     let stderr = std::fs::OpenOptions::new().create(true).append(true).open(stderr_path).unwrap();
     let mut cmd = command(&data.database_url);
-    cmd.args(["serve", "--data-dir"]).arg(data.path()).args(["--listen", "127.0.0.1:0"]);
-    for (k, v) in env {
+    let listen = env.iter().find(|(k, _)| *k == "LISTEN").map_or("127.0.0.1:0", |(_, v)| *v);
+    cmd.args(["serve", "--data-dir"]).arg(data.path()).args(["--listen", listen]);
+    for (k, v) in env.iter().filter(|(k, _)| *k != "LISTEN") {
         cmd.env(k, v);
     }
     let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();

@@ -5,6 +5,7 @@
 
 mod audit;
 mod auth;
+mod azure_sdk;
 mod bundles;
 mod cli;
 mod devices;

@@ -11,6 +11,7 @@ mod cli;
 mod devices;
 mod enrollment;
 mod helpers;
+mod mosquitto;
 mod mtls;
 mod ops;
 mod policies;

@@ -60,6 +60,59 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Mint a SAS token offline (for scripts): a policy token or a device token.
+    SasToken {
+        /// Policy name (token over the host name, `skn` = policy).
+        #[arg(long, conflicts_with = "device")]
+        policy: Option<String>,
+        /// Device id (token over `{host}/devices/{id}`).
+        #[arg(long)]
+        device: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: i64,
+    },
+    /// Manage operators (human administrators). Passwords are read from stdin.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+    /// Export devices as NDJSON (keys only with --with-keys; the file is then mode 0600).
+    Export {
+        /// Output file.
+        #[arg(long, value_name = "F")]
+        out: PathBuf,
+        /// Include SAS keys.
+        #[arg(long)]
+        with_keys: bool,
+    },
+    /// Import devices from NDJSON (create or replace; per-line errors do not stop the rest).
+    Import {
+        /// Input file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorCommand {
+    /// Create an operator (password from stdin).
+    Add {
+        /// User name.
+        name: String,
+        /// Permission (repeat).
+        #[arg(long = "permission", value_name = "P")]
+        permissions: Vec<String>,
+    },
+    /// Change an operator's password (from stdin), keeping its permissions.
+    Passwd {
+        /// User name.
+        name: String,
+    },
+    /// Remove an operator.
+    Remove {
+        /// User name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +168,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             rotate_master_key(config, opts).await
         }
         Command::Audit { command: AuditCommand::Verify } => audit_verify(config).await,
+        Command::SasToken { policy, device, ttl_secs } => {
+            sas_token(config, policy, device, ttl_secs).await
+        }
+        Command::Operator { command } => operator(config, command).await,
+        Command::Export { out, with_keys } => export(config, out, with_keys).await,
+        Command::Import { file } => import(config, file).await,
     }
 }
 
@@ -213,4 +272,193 @@ async fn audit_verify(config: Config) -> Result<ExitCode, String> {
         println!("audit chain BROKEN: first bad row seq={seq} ({} rows checked)", report.checked);
         Ok(ExitCode::from(1))
     }
+}
+
+fn cli_actor() -> crate::usecase::Actor {
+    crate::usecase::Actor { name: "cli".into(), addr: None }
+}
+
+/// `provisiond sas-token`
+#[allow(clippy::print_stdout)]
+async fn sas_token(
+    config: Config,
+    policy: Option<String>,
+    device: Option<String>,
+    ttl: i64,
+) -> Result<ExitCode, String> {
+    if !(1..=crate::usecase::sas::MAX_TTL_SECS).contains(&ttl) {
+        return Err(format!(
+            "--ttl-secs must be between 1 and {}",
+            crate::usecase::sas::MAX_TTL_SECS
+        ));
+    }
+    let state = open_state(config, Arc::new(SystemClock)).await.map_err(|e| error_chain(&e))?;
+    let now = state.now();
+    let token = match (policy, device) {
+        (Some(name), None) => {
+            let p = crate::usecase::policies::get(&state.store, &state.ring(), &name)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            ca::sas::SasToken::build(&state.config.host_name, &p.primary, now + ttl, Some(&name))
+        }
+        (None, Some(id)) => {
+            crate::usecase::sas::mint(
+                &state.store,
+                &state.ring(),
+                &state.config.host_name,
+                &id,
+                ttl,
+                now,
+            )
+            .await
+            .map_err(|e| error_chain(&e))?
+            .0
+        }
+        _ => return Err("give exactly one of --policy NAME or --device ID".into()),
+    };
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_password() -> Result<crate::auth::password::Password, String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_owned();
+    if pw.chars().count() < crate::http::operators::MIN_PASSWORD_LEN {
+        return Err(format!(
+            "the password must be at least {} characters",
+            crate::http::operators::MIN_PASSWORD_LEN
+        ));
+    }
+    Ok(crate::auth::password::Password::new(pw))
+}
+
+/// `provisiond operator add|passwd|remove`
+async fn operator(config: Config, command: OperatorCommand) -> Result<ExitCode, String> {
+    let state = open_state(config, Arc::new(SystemClock)).await.map_err(|e| error_chain(&e))?;
+    let actor = cli_actor();
+    let ring = state.ring();
+    let cx = crate::usecase::Ctx {
+        ring: &ring,
+        audit_key: &state.audit_key,
+        now: state.now(),
+        actor: &actor,
+    };
+    match command {
+        OperatorCommand::Add { name, permissions } => {
+            crate::ids::validate("operator name", &name).map_err(|e| e.to_string())?;
+            let perms = crate::auth::PermissionSet::parse(permissions.iter().map(String::as_str))
+                .map_err(|bad| format!("unknown permission `{bad}`"))?;
+            crate::usecase::operators::put(&state.store, &cx, &name, read_password()?, &perms)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            eprintln!("operator {name} saved");
+        }
+        OperatorCommand::Passwd { name } => {
+            let row = {
+                let mut conn = state.store.conn().await.map_err(|e| error_chain(&e))?;
+                crate::store::operators::get(&mut conn, &name).await.map_err(|e| error_chain(&e))?
+            }
+            .ok_or_else(|| format!("no operator named {name}"))?;
+            let names: Vec<String> = serde_json::from_str(&row.permissions).unwrap_or_default();
+            let perms = crate::auth::PermissionSet::parse(names.iter().map(String::as_str))
+                .unwrap_or_default();
+            crate::usecase::operators::put(&state.store, &cx, &name, read_password()?, &perms)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            eprintln!("password of {name} changed");
+        }
+        OperatorCommand::Remove { name } => {
+            crate::usecase::operators::delete(&state.store, &cx, &name)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            eprintln!("operator {name} removed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!("{what} {{bar:40}} {{pos}}/{{len}}"))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// `provisiond export`
+async fn export(config: Config, out: PathBuf, with_keys: bool) -> Result<ExitCode, String> {
+    use std::io::Write as _;
+    let state = open_state(config, Arc::new(SystemClock)).await.map_err(|e| error_chain(&e))?;
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mode = if with_keys { 0o600 } else { 0o644 };
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&out)
+    }
+    .map(std::io::BufWriter::new)
+    .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    let ring = state.ring();
+    let mut conn = state.store.conn().await.map_err(|e| error_chain(&e))?;
+    let bar = progress(0, "exporting");
+    let mut cursor = String::new();
+    let mut n = 0u64;
+    loop {
+        let rows = crate::store::devices::page(&mut conn, &cursor, None, None, 1000)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let Some(last) = rows.last().map(|r| r.device_id.clone()) else { break };
+        for row in rows {
+            let d = crate::usecase::devices::open(&ring, row).map_err(|e| error_chain(&e))?;
+            let line = crate::http::devices::device_json(&d, with_keys).to_string();
+            writeln!(file, "{line}").map_err(|e| e.to_string())?;
+            n += 1;
+        }
+        bar.set_position(n);
+        cursor = last;
+    }
+    file.flush().map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    eprintln!("exported {n} devices to {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `provisiond import`
+async fn import(config: Config, file: PathBuf) -> Result<ExitCode, String> {
+    use std::io::BufRead as _;
+    let state = open_state(config, Arc::new(SystemClock)).await.map_err(|e| error_chain(&e))?;
+    let text =
+        std::fs::File::open(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let lines: Vec<String> = std::io::BufReader::new(text)
+        .lines()
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let bar = progress(lines.len() as u64, "importing");
+    let actor = cli_actor();
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for (i, line) in lines.iter().enumerate() {
+        bar.inc(1);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ring = state.ring();
+        let cx = crate::usecase::Ctx {
+            ring: &ring,
+            audit_key: &state.audit_key,
+            now: state.now(),
+            actor: &actor,
+        };
+        match crate::http::devices::import_line(&state.store, &cx, line).await {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                failed += 1;
+                bar.suspend(|| eprintln!("line {}: {e}", i + 1));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    eprintln!("imported {ok} devices, {failed} lines failed");
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -151,3 +151,80 @@ async fn master_key_rotation_interrupted_halfway_and_resumed_keeps_every_secret_
         app.get_as("/v1/audit/verify", &app.owner_token()).await.json().await.unwrap();
     assert_eq!(v["ok"], true);
 }
+
+#[tokio::test]
+async fn export_import_operator_and_offline_sas_token_commands() {
+    use std::io::Write as _;
+    let app = crate::helpers::spawn_app().await;
+    for i in 0..5 {
+        app.put_device(&format!("exp-{i}"), serde_json::json!({"tags": {"i": i}})).await;
+    }
+    let out = app.data.dir.path().join("devices.ndjson");
+    let run = |args: &[&str]| {
+        command(&app.data.database_url)
+            .args(args)
+            .arg("--data-dir")
+            .arg(app.data.path())
+            .output()
+            .unwrap()
+    };
+    let o = run(&["export", "--with-keys", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(mode(&out), 0o600, "keys in the file: 0600");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 5);
+
+    // Import into another deployment, with one bad line; the rest still lands, keys preserved.
+    let other = DataDir::init().await;
+    let input = other.dir.path().join("in.ndjson");
+    std::fs::write(&input, format!("{text}{{\"device_id\": \"bad id\"}}\nnot json\n")).unwrap();
+    let o = command(&other.database_url)
+        .args(["import", input.to_str().unwrap(), "--data-dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("imported 5 devices, 2 lines failed"), "{err}");
+    let o = command(&other.database_url)
+        .args(["import", input.to_str().unwrap(), "--data-dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("imported 5 devices"),
+        "idempotent re-import"
+    );
+    let other_app = spawn_with(other, &[]).await;
+    let d: serde_json::Value =
+        other_app.get_as("/v1/devices/exp-3", &other_app.owner_token()).await.json().await.unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().nth(3).unwrap()).unwrap();
+    assert_eq!(d["authentication"], first["authentication"]);
+    assert_eq!(d["tags"], serde_json::json!({"i": 3}));
+
+    // Operators from the CLI (password on stdin), then log in over REST.
+    let mut child = command(&app.data.database_url)
+        .args(["operator", "add", "carol", "--permission", "AuditRead", "--data-dir"])
+        .arg(app.data.path())
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"a long passphrase\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let r = app
+        .client
+        .post(app.url("/v1/auth/login"))
+        .json(&serde_json::json!({"username": "carol", "password": "a long passphrase"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Offline token minting.
+    let o = run(&["sas-token", "--policy", "owner", "--ttl-secs", "600"]);
+    let token = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(app.get_as("/v1/audit", token.trim()).await.status(), 200);
+    let o = run(&["sas-token", "--device", "exp-1"]);
+    let token = String::from_utf8(o.stdout).unwrap();
+    assert!(token.starts_with("SharedAccessSignature sr=localhost%2Fdevices%2Fexp-1&sig="));
+}

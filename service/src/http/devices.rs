@@ -509,3 +509,20 @@ pub async fn renew(
         "not_after": ts(issued.cert.not_after),
     })))
 }
+
+/// Imports one NDJSON line (the device representation, `device_id` required): create or
+/// replace, like `PUT /v1/devices/{id}`. Returns a human-readable error for the line.
+pub async fn import_line(
+    store: &crate::store::Store,
+    cx: &crate::usecase::Ctx<'_>,
+    line: &str,
+) -> Result<(), String> {
+    let body: DeviceBody = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let id = body.device_id.clone().ok_or("device_id is required")?;
+    crate::ids::validate("device id", &id).map_err(|e| e.to_string())?;
+    let input = validate(&id, body).map_err(|e| e.to_string())?;
+    devices::put(store, cx, &id, input, &Precondition::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}

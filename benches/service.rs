@@ -1,0 +1,452 @@
+//! End-to-end service benchmarks over HTTPS on this machine, each beside a baseline measured
+//! in the same run: SAS verify and OCSP vs /healthz, NDJSON enrollment vs the `ca` crate's
+//! in-process issuance ceiling, single-registration latency, bundle create+redeem.
+//!
+//! Run: `scripts/bench` (or `cargo bench --bench service`); `BENCH_SECS` (default 5) per
+//! throughput measurement, `BENCH_BATCH` (default 5000) NDJSON lines, `PROVISIOND_TEST_DB=postgres`
+//! for PostgreSQL.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::panic,
+    unreachable_pub
+)]
+
+use std::io::BufRead as _;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_provisiond");
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[allow(clippy::disallowed_methods)]
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+struct Server {
+    child: std::process::Child,
+    base: String,
+    chain: Vec<u8>,
+    owner: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn database_url() -> Option<String> {
+    if std::env::var("PROVISIOND_TEST_DB").as_deref() != Ok("postgres") {
+        return None;
+    }
+    use sqlx::Connection as _;
+    let admin = std::env::var("PROVISIOND_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    Some(format!("{}/{name}", admin.rsplit_once('/').unwrap().0))
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("d");
+    let db = database_url().await;
+    let mut init = Command::new(BIN);
+    init.args(["init", "--data-dir"]).arg(&d).arg("--credentials-out").arg(dir.path().join("o"));
+    if let Some(u) = &db {
+        init.env("DATABASE_URL", u);
+    }
+    assert!(init.output().unwrap().status.success());
+    let line = std::fs::read_to_string(dir.path().join("o")).unwrap();
+    let key = line.trim().rsplit_once("SharedAccessKey=").unwrap().1.to_owned();
+    let owner = ca::sas::SasToken::build(
+        "localhost",
+        &ca::SasKey::from_base64(&key).unwrap(),
+        now() + 86400,
+        Some("owner"),
+    );
+    let mut serve = Command::new(BIN);
+    serve
+        .args(["serve", "--data-dir"])
+        .arg(&d)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn");
+    if let Some(u) = &db {
+        serve.env("DATABASE_URL", u);
+    }
+    let mut child = serve.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+    let chain = std::fs::read(d.join("ca-chain.pem")).unwrap();
+    Server { child, base, chain, owner, _dir: dir }
+}
+
+fn client(s: &Server) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .use_rustls_tls()
+        .pool_max_idle_per_host(64);
+    for c in reqwest::Certificate::from_pem_bundle(&s.chain).unwrap() {
+        b = b.add_root_certificate(c);
+    }
+    b.build().unwrap()
+}
+
+/// Requests per second for `concurrency` workers repeating `make` for `secs`.
+async fn rate<F, Fut>(secs: u64, concurrency: usize, make: F) -> f64
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let make = Arc::new(make);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (make, stop, count) = (make.clone(), stop.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                assert!(make().await, "request failed");
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn csr(cn: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// In-process issuance ceiling of the `ca` crate on `threads` threads (parse + verify + sign).
+fn ca_ceiling(csrs: &[String], threads: usize, secs: f64) -> f64 {
+    use ca::csr::{CsrPolicy, VerifiedCsr};
+    let root =
+        ca::authority::create_root("r", ca::CaKeyAlgorithm::P256, now(), 86400 * 3650).unwrap();
+    let inter = Arc::new(
+        ca::authority::create_intermediate(
+            &root,
+            "i",
+            ca::CaKeyAlgorithm::P256,
+            now(),
+            86400 * 365,
+        )
+        .unwrap(),
+    );
+    let csrs = Arc::new(csrs.to_vec());
+    let total = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (inter, csrs, total) = (inter.clone(), csrs.clone(), total.clone());
+            std::thread::spawn(move || {
+                let urls =
+                    ca::issue::RevocationUrls { base_url: Some("https://127.0.0.1:8443".into()) };
+                let mut i = t;
+                while start.elapsed().as_secs_f64() < secs {
+                    let id = format!("c-{i}");
+                    let v = VerifiedCsr::parse(
+                        csrs[i % csrs.len()].as_bytes(),
+                        &CsrPolicy::device(&id),
+                    )
+                    .unwrap();
+                    let profile = ca::issue::DeviceProfile {
+                        device_id: &id,
+                        validity_secs: 86400,
+                        urls: &urls,
+                    };
+                    std::hint::black_box(
+                        ca::issue::issue_device(&inter, &v, &profile, now()).unwrap(),
+                    );
+                    total.fetch_add(1, Ordering::Relaxed);
+                    i += threads;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    total.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let secs = env_num("BENCH_SECS", 5);
+    let batch = env_num("BENCH_BATCH", 5000) as usize;
+    let s = start().await;
+    let c = client(&s);
+    for _ in 0..100 {
+        if c.get(format!("{}/readyz", s.base)).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let owner = s.owner.clone();
+    let base = s.base.clone();
+    let put = |path: &str, body: Value| {
+        c.put(format!("{base}{path}")).header("Authorization", &owner).json(&body).send()
+    };
+    put("/v1/devices/bench-dev", json!({})).await.unwrap();
+    put("/v1/enrollment-groups/bench", json!({"allowed_key_types": ["p256"]})).await.unwrap();
+    put("/v1/policies/bench-service", json!({"permissions": ["ServiceConnect"]})).await.unwrap();
+    let svc: Value = c
+        .get(format!("{base}/v1/policies/bench-service"))
+        .header("Authorization", &owner)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let svc_token = ca::sas::SasToken::build(
+        "localhost",
+        &ca::SasKey::from_base64(svc["primary_key"].as_str().unwrap()).unwrap(),
+        now() + 86400,
+        Some("bench-service"),
+    );
+    let minted: Value = c
+        .post(format!("{base}/v1/devices/bench-dev/sas-token"))
+        .header("Authorization", &owner)
+        .json(&json!({"ttl_secs": 86400}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let device_token = minted["token"].as_str().unwrap().to_owned();
+
+    let concurrency = 16;
+    let (cc, b2) = (c.clone(), base.clone());
+    let healthz = rate(secs, concurrency, move || {
+        let (c, b) = (cc.clone(), b2.clone());
+        async move { c.get(format!("{b}/healthz")).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    let (cc, b2, st, dt) = (c.clone(), base.clone(), svc_token.clone(), device_token.clone());
+    let verify = rate(secs, concurrency, move || {
+        let (c, b, st, dt) = (cc.clone(), b2.clone(), st.clone(), dt.clone());
+        async move {
+            let r = c
+                .post(format!("{b}/v1/sas/verify"))
+                .header("Authorization", st)
+                .json(&json!({"token": dt}))
+                .send()
+                .await;
+            match r {
+                Ok(r) => r.json::<Value>().await.is_ok_and(|v| v["valid"] == true),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+
+    // OCSP for the issued certificate.
+    let one: Value = c
+        .post(format!("{base}/v1/enrollment-groups/bench/registrations"))
+        .header("Authorization", &owner)
+        .json(&json!({"registration_id": "ocsp-dev", "csr": csr("ocsp-dev")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let chain = ::pem::parse_many(one["certificate_chain"].as_str().unwrap()).unwrap();
+    let leaf = x509_cert_der(&chain[0]);
+    let issuer = x509_cert_der(&chain[1]);
+    let ocsp_req = ocsp_request(&issuer, &leaf);
+    let (cc, b2) = (c.clone(), base.clone());
+    let ocsp = rate(secs, concurrency, move || {
+        let (c, b, body) = (cc.clone(), b2.clone(), ocsp_req.clone());
+        async move {
+            c.post(format!("{b}/v1/ca/ocsp"))
+                .header("Content-Type", "application/ocsp-request")
+                .body(body)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+
+    // NDJSON batch enrollment vs the in-process ceiling (same CSRs, same cores).
+    let csrs: Vec<String> = (0..batch).map(|i| csr(&format!("b-{i}"))).collect();
+    let ceiling = ca_ceiling(&csrs.iter().take(256).cloned().collect::<Vec<_>>(), 2, secs as f64);
+    let body: String = csrs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| json!({"registration_id": format!("b-{i}"), "csr": p}).to_string() + "\n")
+        .collect();
+    let t = Instant::now();
+    let out = c
+        .post(format!("{base}/v1/enrollment-groups/bench/registrations"))
+        .header("Authorization", &owner)
+        .header("Content-Type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let batch_secs = t.elapsed().as_secs_f64();
+    let ok_lines = out.lines().filter(|l| l.contains("certificate_chain")).count();
+    assert_eq!(ok_lines, batch, "every line enrolled");
+    let batch_rate = batch as f64 / batch_secs;
+
+    // Single registrations, 8 concurrent clients: latency.
+    let singles: Vec<String> = (0..400).map(|i| csr(&format!("s-{i}"))).collect();
+    let singles = Arc::new(singles);
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (c, b, o, singles) = (c.clone(), base.clone(), owner.clone(), singles.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = w;
+            while i < singles.len() {
+                let t = Instant::now();
+                let r = c
+                    .post(format!("{b}/v1/enrollment-groups/bench/registrations"))
+                    .header("Authorization", &o)
+                    .json(&json!({"registration_id": format!("s-{i}"), "csr": singles[i]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+                r.bytes().await.unwrap();
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                i += 8;
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+
+    // Bundles: create + redeem round trips, 16 deployers; redeem latency.
+    let redeem_lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (cc, b2, o, rl) = (c.clone(), base.clone(), owner.clone(), redeem_lat.clone());
+    let bundles = rate(secs, concurrency, move || {
+        let (c, b, o, rl) = (cc.clone(), b2.clone(), o.clone(), rl.clone());
+        async move {
+            let Ok(r) = c
+                .post(format!("{b}/v1/bundles"))
+                .header("Authorization", &o)
+                .json(&json!({"device_id": "bench-dev", "credential": "sas", "format": "json"}))
+                .send()
+                .await
+            else {
+                return false;
+            };
+            let Ok(v) = r.json::<Value>().await else { return false };
+            let t = Instant::now();
+            let ok = c
+                .post(format!("{b}/v1/bundles/{}/redeem", v["id"].as_str().unwrap_or_default()))
+                .header(
+                    "Authorization",
+                    format!("Bundle {}", v["token"].as_str().unwrap_or_default()),
+                )
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            rl.lock().unwrap().push(t.elapsed().as_secs_f64() * 1000.0);
+            ok
+        }
+    })
+    .await;
+    let mut rl = redeem_lat.lock().unwrap().clone();
+    rl.sort_by(|a, b| a.partial_cmp(b).unwrap());
+
+    let db = if std::env::var("PROVISIOND_TEST_DB").as_deref() == Ok("postgres") {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    println!("\n## provisiond benchmark ({db}, 2 cores, client on the same machine, {secs} s per rate)\n");
+    println!("| measure | value | same-run baseline | ratio |");
+    println!("|---|---|---|---|");
+    println!("| GET /healthz (16 conns) | {healthz:.0} req/s | — | — |");
+    println!("| POST /v1/sas/verify (16 conns) | {verify:.0} req/s | healthz {healthz:.0} req/s | {:.0} % |", 100.0 * verify / healthz);
+    println!(
+        "| POST /v1/ca/ocsp (16 conns) | {ocsp:.0} req/s | healthz {healthz:.0} req/s | {:.0} % |",
+        100.0 * ocsp / healthz
+    );
+    println!("| NDJSON batch enrollment ({batch} P-256 CSRs) | {batch_rate:.0} certs/s | ca crate in-process, 2 threads: {ceiling:.0} certs/s | {:.0} % |", 100.0 * batch_rate / ceiling);
+    println!(
+        "| single registration, 8 clients | p50 {:.1} ms, p99 {:.1} ms | — | — |",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    println!("| bundle create + redeem (16 deployers) | {bundles:.0} round trips/s | — | — |");
+    println!(
+        "| bundle redeem latency | p50 {:.1} ms, p99 {:.1} ms | — | — |",
+        percentile(&rl, 0.5),
+        percentile(&rl, 0.99)
+    );
+}
+
+fn x509_cert_der(p: &::pem::Pem) -> Vec<u8> {
+    p.contents().to_vec()
+}
+
+/// A DER OCSP request for `leaf` (SHA-1 CertID), built with openssl to stay independent.
+fn ocsp_request(issuer: &[u8], leaf: &[u8]) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("i.pem"),
+        ::pem::encode(&::pem::Pem::new("CERTIFICATE", issuer.to_vec())),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("l.pem"),
+        ::pem::encode(&::pem::Pem::new("CERTIFICATE", leaf.to_vec())),
+    )
+    .unwrap();
+    let out = Command::new("openssl")
+        .args(["ocsp", "-no_nonce", "-issuer"])
+        .arg(dir.path().join("i.pem"))
+        .arg("-cert")
+        .arg(dir.path().join("l.pem"))
+        .arg("-reqout")
+        .arg(dir.path().join("r.der"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::read(dir.path().join("r.der")).unwrap()
+}

@@ -175,7 +175,7 @@ fn ca_ceiling(csrs: &[String], threads: usize, secs: f64) -> f64 {
                     ca::issue::RevocationUrls { base_url: Some("https://127.0.0.1:8443".into()) };
                 let mut i = t;
                 while start.elapsed().as_secs_f64() < secs {
-                    let id = format!("c-{i}");
+                    let id = format!("b-{}", i % csrs.len());
                     let v = VerifiedCsr::parse(
                         csrs[i % csrs.len()].as_bytes(),
                         &CsrPolicy::device(&id),

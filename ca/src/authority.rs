@@ -307,6 +307,34 @@ fn ca_params(common_name: &str, path_len: u8, now: i64, not_after: i64) -> Certi
     params
 }
 
+/// Public facts of a CA certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaCertInfo {
+    /// lowercase hex SKI (the issuer id)
+    pub id: String,
+    /// notAfter, unix seconds
+    pub not_after: i64,
+    /// self-signed?
+    pub self_signed: bool,
+}
+
+/// Reads a CA certificate (PEM): it must be a CA and carry an SKI.
+pub fn ca_cert_info(pem_text: &str) -> Result<(Vec<u8>, CaCertInfo), AuthorityError> {
+    let der = pem_der(pem_text, "CERTIFICATE")?;
+    let (_, cert) =
+        X509Certificate::from_der(&der).map_err(|_| AuthorityError::InvalidCertificate)?;
+    if !cert.is_ca() {
+        return Err(AuthorityError::NotACa);
+    }
+    let id = hex::encode(ski_of(&cert).ok_or(AuthorityError::InvalidCertificate)?);
+    let info = CaCertInfo {
+        id,
+        not_after: cert.validity().not_after.timestamp(),
+        self_signed: cert.subject().as_raw() == cert.issuer().as_raw(),
+    };
+    Ok((der, info))
+}
+
 pub(crate) fn ski_of(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
     cert.extensions().iter().find_map(|ext| match ext.parsed_extension() {
         x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(ki) => Some(ki.0.to_vec()),

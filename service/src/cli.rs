@@ -33,6 +33,15 @@ enum Command {
         /// Write the owner connection string to this file (mode 0600) instead of stdout.
         #[arg(long, value_name = "F")]
         credentials_out: Option<PathBuf>,
+        /// Offline root: an intermediate certificate signed by --root-cert (PEM).
+        #[arg(long, value_name = "F", requires_all = ["intermediate_key", "root_cert"])]
+        intermediate_cert: Option<PathBuf>,
+        /// Offline root: the intermediate's PKCS#8 private key (PEM).
+        #[arg(long, value_name = "F", requires_all = ["intermediate_cert", "root_cert"])]
+        intermediate_key: Option<PathBuf>,
+        /// Offline root: the root certificate (PEM); its key never touches provisiond.
+        #[arg(long, value_name = "F", requires_all = ["intermediate_cert", "intermediate_key"])]
+        root_cert: Option<PathBuf>,
     },
     /// Serve the HTTPS API (initializes the data directory on first run).
     Serve {
@@ -156,7 +165,23 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     let overrides = Overrides { data_dir: cli.data_dir.clone(), listen };
     let config = Config::load(&overrides).map_err(|e| e.to_string())?;
     match cli.command {
-        Command::Init { credentials_out } => init(config, credentials_out).await,
+        Command::Init { credentials_out, intermediate_cert, intermediate_key, root_cert } => {
+            let external = match (intermediate_cert, intermediate_key, root_cert) {
+                (Some(c), Some(k), Some(r)) => {
+                    let read = |p: &PathBuf| {
+                        std::fs::read_to_string(p)
+                            .map_err(|e| format!("cannot read {}: {e}", p.display()))
+                    };
+                    Some(crate::usecase::init::ExternalCa {
+                        root_cert_pem: read(&r)?,
+                        intermediate_cert_pem: read(&c)?,
+                        intermediate_key_pem: zeroize::Zeroizing::new(read(&k)?),
+                    })
+                }
+                _ => None,
+            };
+            init(config, credentials_out, external).await
+        }
         Command::Serve { .. } => serve(config).await,
         Command::Migrate => migrate(config).await,
         Command::RotateMasterKey { batch_size, grace_secs, stop_after_batches } => {
@@ -179,8 +204,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
 
 /// `provisiond init`
 #[allow(clippy::print_stdout)]
-async fn init(config: Config, credentials_out: Option<PathBuf>) -> Result<ExitCode, String> {
-    let done = crate::usecase::init::initialize(config, &SystemClock)
+async fn init(
+    config: Config,
+    credentials_out: Option<PathBuf>,
+    external: Option<crate::usecase::init::ExternalCa>,
+) -> Result<ExitCode, String> {
+    let done = crate::usecase::init::initialize(config, &SystemClock, external)
         .await
         .map_err(|e| error_chain(&e))?;
     let line = format!("{}\n", &*done.owner_connection_string);
@@ -198,7 +227,7 @@ async fn init(config: Config, credentials_out: Option<PathBuf>) -> Result<ExitCo
 async fn serve(mut config: Config) -> Result<ExitCode, String> {
     if !config.file_path().exists() {
         let listen = config.listen.clone();
-        let done = crate::usecase::init::initialize(config, &SystemClock)
+        let done = crate::usecase::init::initialize(config, &SystemClock, None)
             .await
             .map_err(|e| error_chain(&e))?;
         let path = done.config.data_dir.join("owner-credentials.txt");

@@ -228,3 +228,93 @@ async fn export_import_operator_and_offline_sas_token_commands() {
     let token = String::from_utf8(o.stdout).unwrap();
     assert!(token.starts_with("SharedAccessSignature sr=localhost%2Fdevices%2Fexp-1&sig="));
 }
+
+#[tokio::test]
+async fn init_with_an_offline_root_imports_the_intermediate_and_never_sees_the_root_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let sh = |cmd: String| {
+        let o = std::process::Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
+        assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    sh(format!("cd {d} && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out root.key 2>/dev/null && \
+        openssl req -x509 -new -key root.key -subj '/CN=Offline Root' -days 3650 \
+          -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' -out root.pem && \
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out inter.key 2>/dev/null && \
+        openssl req -new -key inter.key -subj '/CN=Offline Intermediate' -out inter.csr && \
+        printf 'basicConstraints=critical,CA:TRUE,pathlen:0\\nkeyUsage=critical,digitalSignature,keyCertSign,cRLSign\\nsubjectKeyIdentifier=hash\\nauthorityKeyIdentifier=keyid\\n' > ext.cnf && \
+        openssl x509 -req -in inter.csr -CA root.pem -CAkey root.key -CAcreateserial -days 1000 -extfile ext.cnf -out inter.pem 2>/dev/null && \
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other.key 2>/dev/null"));
+    let db = fresh_database().await;
+    let data = dir.path().join("data");
+    // A key that does not match the certificate is refused and nothing is written.
+    let bad = command(&db)
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--intermediate-cert",
+            &format!("{d}/inter.pem"),
+            "--intermediate-key",
+            &format!("{d}/other.key"),
+            "--root-cert",
+            &format!("{d}/root.pem"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("does not match"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(!data.join("provisiond.toml").exists());
+    let _ = std::fs::remove_dir_all(&data);
+    let db = fresh_database().await;
+    let ok = command(&db)
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .args(["--credentials-out", &format!("{d}/owner.txt")])
+        .args([
+            "--intermediate-cert",
+            &format!("{d}/inter.pem"),
+            "--intermediate-key",
+            &format!("{d}/inter.key"),
+            "--root-cert",
+            &format!("{d}/root.pem"),
+        ])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(!data.join("root-ca.key").exists(), "the root key never touches provisiond");
+    let line = std::fs::read_to_string(dir.path().join("owner.txt")).unwrap();
+    let owner_key = line.trim().rsplit_once("SharedAccessKey=").unwrap().1.to_owned();
+    let moved = DataDir { dir, database_url: db, owner_key };
+    // DataDir expects the data dir at <tmp>/d.
+    std::fs::rename(&data, moved.path()).unwrap();
+    let app = spawn_with(moved, &[]).await;
+    app.put_group("g", serde_json::json!({})).await;
+    let r: serde_json::Value = app
+        .enroll(
+            "g",
+            serde_json::json!({"registration_id": "o-1", "csr": crate::enrollment::p256("o-1")}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    std::fs::write(app.data.dir.path().join("leaf.pem"), r["certificate_chain"].as_str().unwrap())
+        .unwrap();
+    let v = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(app.data.dir.path().join("root.pem"))
+        .arg("-untrusted")
+        .arg(app.data.dir.path().join("inter.pem"))
+        .arg(app.data.dir.path().join("leaf.pem"))
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    let rot = app
+        .post_json("/v1/ca/intermediate/rotate", &app.owner_token(), serde_json::json!({}))
+        .await;
+    assert_eq!(rot.status(), 409, "rotation needs the (offline) root key");
+}

@@ -152,6 +152,22 @@ impl TestApp {
         panic!("server never became ready: {}", self.logs());
     }
 
+    /// Another `provisiond serve` on the same data dir and database (scale-out).
+    pub async fn sibling(&self) -> Sibling {
+        let log =
+            self.data.dir.path().join(format!("sibling-{}.log", uuid::Uuid::new_v4().simple()));
+        let (child, base, _) = start_server(&self.data, &log, &[]).await;
+        for _ in 0..100 {
+            if let Ok(r) = self.client.get(format!("{base}/readyz")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Sibling { child, base }
+    }
+
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
@@ -258,4 +274,17 @@ pub async fn assert_problem(resp: reqwest::Response, status: u16) -> serde_json:
     }
     assert_eq!(body["status"], status);
     body
+}
+
+/// An extra instance; killed on drop.
+pub struct Sibling {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Drop for Sibling {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -8,6 +8,7 @@ mod auth;
 mod azure_sdk;
 mod bundles;
 mod cli;
+mod cluster;
 mod devices;
 mod enrollment;
 mod helpers;

@@ -50,6 +50,16 @@ pub enum InitError {
     Issue(#[from] ca::IssueError),
 }
 
+/// An externally signed intermediate (offline root): the root key never touches provisiond.
+pub struct ExternalCa {
+    /// the root certificate (PEM)
+    pub root_cert_pem: String,
+    /// the intermediate certificate (PEM), signed by the root
+    pub intermediate_cert_pem: String,
+    /// the intermediate's PKCS#8 key (PEM)
+    pub intermediate_key_pem: Zeroizing<String>,
+}
+
 /// What init hands back (once).
 pub struct Initialized {
     /// `HostName=…;SharedAccessKeyName=owner;SharedAccessKey=…`
@@ -77,7 +87,11 @@ pub fn new_id_scope() -> String {
 }
 
 /// Initializes `config.data_dir` and the database.
-pub async fn initialize(mut config: Config, clock: &dyn Clock) -> Result<Initialized, InitError> {
+pub async fn initialize(
+    mut config: Config,
+    clock: &dyn Clock,
+    external: Option<ExternalCa>,
+) -> Result<Initialized, InitError> {
     let dir = config.data_dir.clone();
     let shown = dir.display().to_string();
     if config.file_path().exists() || config.master_key_path().exists() {
@@ -98,19 +112,39 @@ pub async fn initialize(mut config: Config, clock: &dyn Clock) -> Result<Initial
     }
     let now = clock.now();
     let ring = KeyRing::generate();
-    let root = create_root(
-        &format!("provisiond Root CA {}", config.id_scope),
-        CaKeyAlgorithm::P256,
-        now,
-        20 * YEAR,
-    )?;
-    let inter = create_intermediate(
-        &root,
-        &format!("provisiond Intermediate CA {}", config.id_scope),
-        CaKeyAlgorithm::P256,
-        now,
-        5 * YEAR,
-    )?;
+    // Either a fresh hierarchy (root key to a 0600 file) or an imported intermediate whose root
+    // stays offline.
+    let (root, root_der, root_info, inter) = match &external {
+        None => {
+            let root = create_root(
+                &format!("provisiond Root CA {}", config.id_scope),
+                CaKeyAlgorithm::P256,
+                now,
+                20 * YEAR,
+            )?;
+            let inter = create_intermediate(
+                &root,
+                &format!("provisiond Intermediate CA {}", config.id_scope),
+                CaKeyAlgorithm::P256,
+                now,
+                5 * YEAR,
+            )?;
+            let (der, info) = ca::authority::ca_cert_info(&root.cert_pem())?;
+            (Some(root), der, info, inter)
+        }
+        Some(ext) => {
+            let (der, info) = ca::authority::ca_cert_info(&ext.root_cert_pem)?;
+            if !info.self_signed {
+                return Err(InitError::Authority(ca::AuthorityError::NotSignedByRoot));
+            }
+            let inter = ca::authority::import_intermediate(
+                &ext.intermediate_cert_pem,
+                &ext.intermediate_key_pem,
+                &ext.root_cert_pem,
+            )?;
+            (None, der, info, inter)
+        }
+    };
     let owner_key = SasKey::generate();
 
     let mut tx = store.begin().await?;
@@ -121,7 +155,7 @@ pub async fn initialize(mut config: Config, clock: &dyn Clock) -> Result<Initial
         other => other?,
     }
     meta::insert(&mut tx, "id_scope", &config.id_scope).await?;
-    store_issuers(&mut tx, &ring, &root, &inter, now).await?;
+    store_issuers(&mut tx, &ring, (&root_der, &root_info), &inter, now).await?;
     for (name, permissions) in default_policies() {
         let primary = if name == "owner" { owner_key.clone_secret() } else { SasKey::generate() };
         insert_policy(&mut tx, &ring, name, &permissions, &primary, &SasKey::generate(), now)
@@ -144,7 +178,7 @@ pub async fn initialize(mut config: Config, clock: &dyn Clock) -> Result<Initial
 
     // Files last-but-one: if any write fails the transaction rolls back and what was written is
     // removed, so a retry starts clean.
-    let written = write_files(&config, &ring, &root, &inter);
+    let written = write_files(&config, &ring, root.as_ref(), &root_der, &inter);
     if let Err(e) = written {
         for f in [
             config.master_key_path(),
@@ -178,18 +212,21 @@ fn create_dir(dir: &std::path::Path) -> Result<(), InitError> {
 fn write_files(
     config: &Config,
     ring: &KeyRing,
-    root: &Issuer,
+    root: Option<&Issuer>,
+    root_der: &[u8],
     inter: &Issuer,
 ) -> Result<(), InitError> {
     let io = |path: PathBuf| move |source| InitError::Io { path, source };
     let key_path = config.master_key_path();
     fsutil::create_private(&key_path, ring.to_file_text().as_bytes())
         .map_err(io(key_path.clone()))?;
-    let root_path = config.root_key_path();
-    fsutil::create_private(&root_path, root.private_key().to_pkcs8_pem().as_bytes())
-        .map_err(io(root_path.clone()))?;
+    if let Some(root) = root {
+        let root_path = config.root_key_path();
+        fsutil::create_private(&root_path, root.private_key().to_pkcs8_pem().as_bytes())
+            .map_err(io(root_path.clone()))?;
+    }
     let chain = config.data_dir.join("ca-chain.pem");
-    std::fs::write(&chain, ca::authority::chain_pem([inter.cert_der(), root.cert_der()]))
+    std::fs::write(&chain, ca::authority::chain_pem([inter.cert_der(), root_der]))
         .map_err(io(chain.clone()))?;
     config.write_file().map_err(io(config.file_path()))
 }
@@ -197,20 +234,20 @@ fn write_files(
 async fn store_issuers(
     tx: &mut sqlx::AnyConnection,
     ring: &KeyRing,
-    root: &Issuer,
+    (root_der, root): (&[u8], &ca::authority::CaCertInfo),
     inter: &Issuer,
     now: i64,
 ) -> Result<(), StoreError> {
     crate::store::issuers::insert(
         tx,
         &IssuerRow {
-            id: root.id(),
-            cert_der: root.cert_der().to_vec(),
+            id: root.id.clone(),
+            cert_der: root_der.to_vec(),
             is_root: 1,
             active: 0,
             key_version: None,
             private_key: None,
-            not_after: root.not_after(),
+            not_after: root.not_after,
             created_at: now,
         },
     )

@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod devices;
 mod enrollment;
+mod faults;
 mod helpers;
 mod mosquitto;
 mod mtls;

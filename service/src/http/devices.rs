@@ -510,6 +510,15 @@ pub async fn renew(
     })))
 }
 
+/// Parses one NDJSON import line into an id and a validated input.
+pub fn parse_import_line(line: &str) -> Result<(String, DeviceInput), String> {
+    let body: DeviceBody = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let id = body.device_id.clone().ok_or("device_id is required")?;
+    crate::ids::validate("device id", &id).map_err(|e| e.to_string())?;
+    let input = validate(&id, body).map_err(|e| e.to_string())?;
+    Ok((id, input))
+}
+
 /// Imports one NDJSON line (the device representation, `device_id` required): create or
 /// replace, like `PUT /v1/devices/{id}`. Returns a human-readable error for the line.
 pub async fn import_line(

@@ -26,8 +26,38 @@ use sqlx::{Any, AnyPool};
 
 use crate::config::DatabaseUrl;
 
-/// A write transaction.
-pub type Tx = sqlx::Transaction<'static, Any>;
+/// A write transaction. On SQLite it also holds the process-wide writer lock: SQLite has one
+/// writer, and queueing writers here (FIFO, no sleeping) instead of in SQLite's busy handler
+/// (which backs off in sleeps of up to 100 ms) keeps write latency flat under contention.
+pub struct Tx {
+    tx: sqlx::Transaction<'static, Any>,
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Tx {
+    /// Commits.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    /// Rolls back (dropping a `Tx` does too).
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
+}
 
 /// Which SQL engine is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +112,7 @@ impl From<sqlx::Error> for StoreError {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -111,7 +142,7 @@ impl Store {
             });
         }
         let pool = pool.connect_with(options).await?;
-        Ok(Self { pool, dialect })
+        Ok(Self { pool, dialect, writer: std::sync::Arc::new(tokio::sync::Mutex::new(())) })
     }
 
     /// Applies pending migrations for this dialect.
@@ -131,8 +162,11 @@ impl Store {
     /// Begins a write transaction.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.pool.begin().await?,
+            Dialect::Sqlite => {
+                let guard = self.writer.clone().lock_owned().await;
+                Tx { tx: self.pool.begin_with("BEGIN IMMEDIATE").await?, _writer: Some(guard) }
+            }
+            Dialect::Postgres => Tx { tx: self.pool.begin().await?, _writer: None },
         })
     }
 

@@ -198,13 +198,42 @@ pub async fn put(
     pre: &Precondition,
 ) -> Result<(Device, bool), DeviceError> {
     let mut tx = store.begin().await?;
-    let current = rows::get(&mut tx, id).await?;
+    let out = put_in(&mut tx, store.dialect(), cx, id, input, pre).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(out)
+}
+
+/// Creates or replaces many devices in one transaction (imports): all or nothing.
+pub async fn put_many(
+    store: &Store,
+    cx: &Ctx<'_>,
+    items: Vec<(String, DeviceInput)>,
+) -> Result<usize, DeviceError> {
+    let mut tx = store.begin().await?;
+    let n = items.len();
+    for (id, input) in items {
+        put_in(&mut tx, store.dialect(), cx, &id, input, &Precondition::default()).await?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(n)
+}
+
+/// The body of [`put`], inside the caller's transaction.
+async fn put_in(
+    tx: &mut sqlx::AnyConnection,
+    dialect: crate::store::Dialect,
+    cx: &Ctx<'_>,
+    id: &str,
+    input: DeviceInput,
+    pre: &Precondition,
+) -> Result<(Device, bool), DeviceError> {
+    let current = rows::get(&mut *tx, id).await?;
     pre.check(current.as_ref())?;
     if let Some(Some(parent)) = &input.parent_id {
         if parent == id {
             return Err(DeviceError::Invalid("parent_id must not be the device itself".into()));
         }
-        if !rows::exists(&mut tx, parent).await? {
+        if !rows::exists(&mut *tx, parent).await? {
             return Err(DeviceError::Invalid(format!("parent device `{parent}` does not exist")));
         }
     }
@@ -271,18 +300,17 @@ pub async fn put(
     row.etag = random_hex(8);
     row.updated_at = cx.now;
     if created {
-        rows::insert(&mut tx, &row).await?;
-        cx.audit(&mut tx, store.dialect(), "device.create", id).await?;
+        rows::insert(&mut *tx, &row).await?;
+        cx.audit(&mut *tx, dialect, "device.create", id).await?;
     } else {
-        if !rows::replace(&mut tx, &row, &old_etag).await? {
+        if !rows::replace(&mut *tx, &row, &old_etag).await? {
             return Err(DeviceError::PreconditionFailed);
         }
-        cx.audit(&mut tx, store.dialect(), "device.update", id).await?;
+        cx.audit(&mut *tx, dialect, "device.update", id).await?;
         if was_enabled && row.status == "disabled" {
-            revoke_certificates(&mut tx, id, "privilege_withdrawn", cx.now).await?;
+            revoke_certificates(&mut *tx, id, "privilege_withdrawn", cx.now).await?;
         }
     }
-    tx.commit().await.map_err(StoreError::from)?;
     Ok((Device { row, auth }, created))
 }
 

@@ -23,6 +23,8 @@ use crate::usecase::register::{self, Registered, RegistrationRequest};
 pub const MAX_BATCH_LINES: usize = 100_000;
 /// Largest NDJSON batch in bytes.
 pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+/// Lines per group-committed transaction.
+pub const GROUP_COMMIT_LINES: usize = 100;
 /// Largest single NDJSON line.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
@@ -465,13 +467,29 @@ pub async fn registrations(
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
     actix_web::rt::spawn(async move {
+        use futures_util::FutureExt as _;
         let mut buf: Vec<u8> = Vec::new();
+        let mut pending: Vec<Vec<u8>> = Vec::new();
         let (mut lines, mut bytes) = (0usize, 0usize);
         let mut done = false;
         while !done {
-            let chunk = match payload.next().await {
-                Some(Ok(c)) => c,
-                Some(Err(e)) => {
+            // Take what has already arrived without waiting; wait only when nothing is pending.
+            let next = if pending.is_empty() {
+                Some(payload.next().await)
+            } else {
+                payload.next().now_or_never()
+            };
+            let input_idle = next.is_none();
+            match next {
+                Some(Some(Ok(chunk))) => {
+                    bytes += chunk.len();
+                    if bytes > MAX_BATCH_BYTES {
+                        let _ = tx.send(error_line(None, &ApiError::PayloadTooLarge)).await;
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Some(Some(Err(e))) => {
                     let _ = tx
                         .send(error_line(
                             None,
@@ -480,17 +498,12 @@ pub async fn registrations(
                         .await;
                     return;
                 }
-                None => {
+                Some(None) => {
                     done = true;
-                    Bytes::from_static(b"\n")
+                    buf.push(b'\n');
                 }
-            };
-            bytes += chunk.len();
-            if bytes > MAX_BATCH_BYTES {
-                let _ = tx.send(error_line(None, &ApiError::PayloadTooLarge)).await;
-                return;
+                None => {}
             }
-            buf.extend_from_slice(&chunk);
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=pos).collect();
                 let line = line.trim_ascii();
@@ -499,24 +512,28 @@ pub async fn registrations(
                 }
                 lines += 1;
                 if lines > MAX_BATCH_LINES {
-                    let _ = tx
-                        .send(error_line(
-                            None,
-                            &ApiError::BadRequest(format!("batch exceeds {MAX_BATCH_LINES} lines")),
-                        ))
-                        .await;
+                    let msg = format!("batch exceeds {MAX_BATCH_LINES} lines");
+                    let _ = tx.send(error_line(None, &ApiError::BadRequest(msg))).await;
                     return;
                 }
-                let out = registrar.line(line).await;
-                if tx.send(out).await.is_err() {
-                    return; // client went away
-                }
+                pending.push(line.to_vec());
             }
             if buf.len() > MAX_LINE_BYTES {
                 let _ = tx
                     .send(error_line(None, &ApiError::BadRequest("NDJSON line too long".into())))
                     .await;
                 return;
+            }
+            // Group commit: flush a full chunk, or whatever is pending when no more input is
+            // immediately available (so slow senders still get prompt answers).
+            if pending.len() >= GROUP_COMMIT_LINES || (!pending.is_empty() && (done || input_idle))
+            {
+                let chunk = std::mem::take(&mut pending);
+                for out in registrar.chunk(chunk).await {
+                    if tx.send(out).await.is_err() {
+                        return; // client went away
+                    }
+                }
             }
         }
     });
@@ -530,29 +547,51 @@ pub async fn registrations(
 }
 
 impl Registrar {
-    /// Processes one NDJSON line into one result line.
-    async fn line(&self, line: &[u8]) -> Bytes {
-        let parsed: RegistrationBody = match serde_json::from_slice(line) {
-            Ok(p) => p,
-            Err(e) => {
-                let id = serde_json::from_slice::<Value>(line).ok().and_then(|v| {
-                    v.get("registration_id").and_then(Value::as_str).map(str::to_owned)
-                });
-                return error_line(
-                    id.as_deref(),
-                    &ApiError::BadRequest(format!("invalid line: {e}")),
-                );
+    /// Processes a chunk of NDJSON lines with one group-committed transaction; one result line
+    /// per input line, in order, sent only after the commit.
+    async fn chunk(&self, lines: Vec<Vec<u8>>) -> Vec<Bytes> {
+        let mut out: Vec<Option<Bytes>> = vec![None; lines.len()];
+        let mut reqs = Vec::new();
+        let mut slots = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_slice::<RegistrationBody>(line) {
+                Ok(p) => {
+                    slots.push((i, p.registration_id.clone()));
+                    reqs.push(p.into_request());
+                }
+                Err(e) => {
+                    let id = serde_json::from_slice::<Value>(line).ok().and_then(|v| {
+                        v.get("registration_id").and_then(Value::as_str).map(str::to_owned)
+                    });
+                    out[i] = Some(error_line(
+                        id.as_deref(),
+                        &ApiError::BadRequest(format!("invalid line: {e}")),
+                    ));
+                }
             }
-        };
-        let id = parsed.registration_id.clone();
-        match self.run(parsed.into_request()).await {
-            Ok(r) => {
-                let mut v = registration_json(&r);
-                v["registration_id"] = json!(id);
-                json_line(&v)
-            }
-            Err(e) => error_line(Some(&id), &e),
         }
+        let results = register::register_batch(
+            &self.state.store,
+            &self.rc.cx(&self.state),
+            &self.authority,
+            &self.base_url,
+            &self.group,
+            reqs,
+        )
+        .await;
+        for ((i, id), result) in slots.into_iter().zip(results) {
+            let outcome = if result.is_ok() { "success" } else { "failure" };
+            self.state.metrics.registrations.with_label_values(&[&self.group.id, outcome]).inc();
+            out[i] = Some(match result {
+                Ok(r) => {
+                    let mut v = registration_json(&r);
+                    v["registration_id"] = json!(id);
+                    json_line(&v)
+                }
+                Err(e) => error_line(Some(&id), &e.into()),
+            });
+        }
+        out.into_iter().map(Option::unwrap_or_default).collect()
     }
 }
 

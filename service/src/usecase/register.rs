@@ -99,17 +99,22 @@ impl Registered {
     }
 }
 
-/// Registers `req` under `group`. `consume_jti`: a one-time token consumed in the same
-/// transaction (so a failed registration does not burn it, and two racing uses cannot both win).
-pub async fn register(
-    store: &Store,
-    cx: &Ctx<'_>,
-    authority: &Authority,
-    base_url: &str,
-    group: &Group,
+/// A request whose input checks and CSR proof of possession passed (CPU work, no I/O).
+pub struct Prepared {
     req: RegistrationRequest,
-    consume_jti: Option<&str>,
-) -> Result<Registered, RegisterError> {
+    csr: Option<VerifiedCsr>,
+    csr_hash: Option<String>,
+}
+
+impl Prepared {
+    /// The registration id.
+    pub fn registration_id(&self) -> &str {
+        &self.req.registration_id
+    }
+}
+
+/// Validates `req` against `group` and verifies its CSR.
+pub fn prepare(group: &Group, req: RegistrationRequest) -> Result<Prepared, RegisterError> {
     let id = req.registration_id.as_str();
     crate::ids::validate("registration id", id)
         .map_err(|e| RegisterError::Invalid(e.to_string()))?;
@@ -130,15 +135,121 @@ pub async fn register(
         None => None,
     };
     let csr_hash = csr.as_ref().map(|c| hex::encode(Sha256::digest(c.der())));
-    let group_ref = (!group.individual).then(|| group.id.clone());
+    Ok(Prepared { req, csr, csr_hash })
+}
 
+/// Registers `req` under `group`. `consume_jti`: a one-time token consumed in the same
+/// transaction (so a failed registration does not burn it, and two racing uses cannot both win).
+pub async fn register(
+    store: &Store,
+    cx: &Ctx<'_>,
+    authority: &Authority,
+    base_url: &str,
+    group: &Group,
+    req: RegistrationRequest,
+    consume_jti: Option<&str>,
+) -> Result<Registered, RegisterError> {
+    let prepared = prepare(group, req)?;
     let mut tx = store.begin().await?;
+    let done = register_in(
+        &mut tx,
+        store.dialect(),
+        cx,
+        authority,
+        base_url,
+        group,
+        prepared,
+        consume_jti,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(done)
+}
+
+/// Registers a batch with group commit: one transaction for all lines, each line isolated in
+/// a savepoint (a failing line leaves nothing behind and does not affect the others). Results
+/// are returned only after the commit, in input order.
+pub async fn register_batch(
+    store: &Store,
+    cx: &Ctx<'_>,
+    authority: &Authority,
+    base_url: &str,
+    group: &Group,
+    reqs: Vec<RegistrationRequest>,
+) -> Vec<Result<Registered, RegisterError>> {
+    let prepared: Vec<Result<Prepared, RegisterError>> =
+        reqs.into_iter().map(|r| prepare(group, r)).collect();
+    let mut tx = match store.begin().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            return prepared
+                .into_iter()
+                .map(|_| Err(RegisterError::Store(unavailable(&e))))
+                .collect()
+        }
+    };
+    let mut results = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        let p = match p {
+            Ok(p) => p,
+            Err(e) => {
+                results.push(Err(e));
+                continue;
+            }
+        };
+        let mut sp = match sqlx::Connection::begin(&mut *tx).await {
+            Ok(sp) => sp,
+            Err(e) => {
+                results.push(Err(RegisterError::Store(e.into())));
+                continue;
+            }
+        };
+        match register_in(&mut sp, store.dialect(), cx, authority, base_url, group, p, None).await {
+            Ok(r) => match sp.commit().await {
+                Ok(()) => results.push(Ok(r)),
+                Err(e) => results.push(Err(RegisterError::Store(e.into()))),
+            },
+            Err(e) => {
+                let _ = sp.rollback().await;
+                results.push(Err(e));
+            }
+        }
+    }
+    if let Err(e) = tx.commit().await {
+        let e: StoreError = e.into();
+        return results
+            .into_iter()
+            .map(|r| r.and_then(|_| Err(RegisterError::Store(unavailable(&e)))))
+            .collect();
+    }
+    results
+}
+
+fn unavailable(e: &StoreError) -> StoreError {
+    tracing::warn!(error = %e, "batch transaction failed");
+    StoreError::Unavailable(sqlx::Error::PoolClosed)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn register_in(
+    tx: &mut sqlx::AnyConnection,
+    dialect: crate::store::Dialect,
+    cx: &Ctx<'_>,
+    authority: &Authority,
+    base_url: &str,
+    group: &Group,
+    prepared: Prepared,
+    consume_jti: Option<&str>,
+) -> Result<Registered, RegisterError> {
+    let Prepared { req, csr, csr_hash } = prepared;
+    let id = req.registration_id.as_str();
+    let group_ref = (!group.individual).then(|| group.id.clone());
     if let Some(jti) = consume_jti {
-        if !rows::consume_token(&mut tx, jti, &group.id, cx.now).await? {
+        if !rows::consume_token(&mut *tx, jti, &group.id, cx.now).await? {
             return Err(RegisterError::TokenUsed);
         }
     }
-    let existing_device = device_rows::get(&mut tx, id).await?;
+    let existing_device = device_rows::get(&mut *tx, id).await?;
     if let Some(d) = &existing_device {
         let same_enrollment = d.enrollment_group_id == group_ref
             || (group.individual && d.enrollment_group_id.is_none());
@@ -148,13 +259,13 @@ pub async fn register(
             )));
         }
     }
-    let previous = rows::registration(&mut tx, id).await?;
+    let previous = rows::registration(&mut *tx, id).await?;
     if let (Some(prev), Some(device)) = (&previous, &existing_device) {
         if prev.csr_sha256 == csr_hash && prev.group_id == group_ref && consume_jti.is_none() {
             // A retry: answer with what was issued, store nothing.
             let chain = match &prev.serial {
                 Some(serial) => {
-                    let cert = certificates::get(&mut tx, serial).await?;
+                    let cert = certificates::get(&mut *tx, serial).await?;
                     let issuer = cert.as_ref().and_then(|c| authority.find(&c.issuer_id));
                     match (cert, issuer) {
                         (Some(c), Some(i)) => vec![c.der, i.cert_der.clone()],
@@ -163,7 +274,6 @@ pub async fn register(
                 }
                 None => Vec::new(),
             };
-            tx.rollback().await.map_err(StoreError::from)?;
             return Ok(Registered {
                 device_id: id.to_owned(),
                 chain,
@@ -233,9 +343,9 @@ pub async fn register(
     device.etag = random_hex(8);
     device.updated_at = cx.now;
     match &existing_device {
-        None => device_rows::insert(&mut tx, &device).await?,
+        None => device_rows::insert(&mut *tx, &device).await?,
         Some(_) => {
-            if !device_rows::replace(&mut tx, &device, &old_etag).await? {
+            if !device_rows::replace(&mut *tx, &device, &old_etag).await? {
                 return Err(RegisterError::Conflict(
                     "the device changed concurrently; retry".into(),
                 ));
@@ -249,7 +359,7 @@ pub async fn register(
     if let Some(csr) = &csr {
         if let (Some(prev), Reprovisioning::Reissue) = (&previous, group.reprovisioning) {
             if let Some(old) = &prev.serial {
-                certificates::revoke(&mut tx, old, "superseded", cx.now).await?;
+                certificates::revoke(&mut *tx, old, "superseded", cx.now).await?;
             }
         }
         let issuer = authority.active();
@@ -260,7 +370,7 @@ pub async fn register(
             urls: &urls,
         };
         let cert = issue_device(issuer, csr, &profile, cx.now)?;
-        certificates::insert(&mut tx, &record(&cert, Some(id), &issuer.id(), "device", cx.now))
+        certificates::insert(&mut *tx, &record(&cert, Some(id), &issuer.id(), "device", cx.now))
             .await?;
         serial = Some(cert.serial.clone());
         chain = vec![cert.der, issuer.cert_der().to_vec()];
@@ -271,7 +381,7 @@ pub async fn register(
     let created_at = previous.as_ref().map_or(cx.now, |p| p.created_at);
     let payload_text = req.payload.as_ref().map(Value::to_string);
     rows::upsert_registration(
-        &mut tx,
+        &mut *tx,
         &RegistrationRow {
             registration_id: id.to_owned(),
             group_id: group_ref,
@@ -284,8 +394,7 @@ pub async fn register(
         },
     )
     .await?;
-    cx.audit(&mut tx, store.dialect(), "registration.create", id).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    cx.audit(&mut *tx, dialect, "registration.create", id).await?;
     Ok(Registered {
         device_id: id.to_owned(),
         chain,

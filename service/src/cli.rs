@@ -458,21 +458,31 @@ async fn export(config: Config, out: PathBuf, with_keys: bool) -> Result<ExitCod
 async fn import(config: Config, file: PathBuf) -> Result<ExitCode, String> {
     use std::io::BufRead as _;
     let state = open_state(config, Arc::new(SystemClock)).await.map_err(|e| error_chain(&e))?;
-    let text =
-        std::fs::File::open(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let lines: Vec<String> = std::io::BufReader::new(text)
-        .lines()
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    let bar = progress(lines.len() as u64, "importing");
+    let open =
+        || std::fs::File::open(&file).map_err(|e| format!("cannot read {}: {e}", file.display()));
+    // Two passes over the file, never holding it in memory: count (for the progress bar), then
+    // import in batches of one transaction each (5-7x faster than one per line); a batch that
+    // fails as a whole is replayed line by line so good lines still land and each bad line is
+    // reported.
+    let total = std::io::BufReader::new(open()?).lines().count() as u64;
+    let bar = progress(total, "importing");
     let actor = cli_actor();
     let (mut ok, mut failed) = (0u64, 0u64);
-    // Lines go in batches of one transaction each (5-7x faster than one per line); a batch
-    // that fails as a whole is replayed line by line so good lines still land and each bad
-    // line is reported.
-    let numbered: Vec<(usize, &String)> =
-        lines.iter().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
-    for chunk in numbered.chunks(500) {
+    let mut lines = std::io::BufReader::new(open()?).lines().enumerate();
+    loop {
+        let mut chunk: Vec<(usize, String)> = Vec::with_capacity(500);
+        for (i, line) in lines.by_ref() {
+            let line = line.map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            if !line.trim().is_empty() {
+                chunk.push((i, line));
+            }
+            if chunk.len() == 500 {
+                break;
+            }
+        }
+        if chunk.is_empty() {
+            break;
+        }
         let ring = state.ring();
         let cx = crate::usecase::Ctx {
             ring: &ring,
@@ -482,11 +492,11 @@ async fn import(config: Config, file: PathBuf) -> Result<ExitCode, String> {
         };
         let mut items = Vec::with_capacity(chunk.len());
         let mut parsed_lines = Vec::with_capacity(chunk.len());
-        for (i, line) in chunk {
+        for (i, line) in &chunk {
             match crate::http::devices::parse_import_line(line) {
                 Ok(item) => {
                     items.push(item);
-                    parsed_lines.push((*i, *line));
+                    parsed_lines.push((*i, line));
                 }
                 Err(e) => {
                     failed += 1;
@@ -509,7 +519,7 @@ async fn import(config: Config, file: PathBuf) -> Result<ExitCode, String> {
                 }
             }
         }
-        bar.inc(chunk.len() as u64);
+        bar.set_position(chunk.last().map_or(0, |(i, _)| *i as u64 + 1));
     }
     bar.finish_and_clear();
     eprintln!("imported {ok} devices, {failed} lines failed");

@@ -205,6 +205,24 @@ fn sees_group(p: &Principal, id: &str) -> bool {
         .is_none_or(|ids| ids.iter().any(|g| g == id))
 }
 
+/// The group id / registration id of the path, hidden (404) outside the caller's group scope.
+fn enrollment_id(
+    req: &HttpRequest,
+    who: &Authenticated,
+    individual: bool,
+) -> Result<String, ApiError> {
+    let (param, kind) = if individual {
+        ("registration_id", "registration id")
+    } else {
+        ("id", "enrollment group id")
+    };
+    let id = path_id(req, param, kind)?;
+    if !individual && !sees_group(&who.0, &id) {
+        return Err(ApiError::NotFound("enrollment group not found".into()));
+    }
+    Ok(id)
+}
+
 async fn put_any(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -212,15 +230,7 @@ async fn put_any(
     body: web::Json<GroupBody>,
     individual: bool,
 ) -> Result<HttpResponse, ApiError> {
-    let (param, kind) = if individual {
-        ("registration_id", "registration id")
-    } else {
-        ("id", "enrollment group id")
-    };
-    let id = path_id(&req, param, kind)?;
-    if !individual && !sees_group(&who.0, &id) {
-        return Err(ApiError::NotFound("enrollment group not found".into()));
-    }
+    let id = enrollment_id(&req, &who, individual)?;
     let (group, keys) = parse_group(&id, body.into_inner(), individual)?;
     let rc = RequestCtx::new(&state, &req, &who);
     let (g, created) = groups::put(&state.store, &rc.cx(&state), group, keys).await?;
@@ -233,15 +243,7 @@ async fn get_any(
     who: Authenticated,
     individual: bool,
 ) -> Result<HttpResponse, ApiError> {
-    let (param, kind) = if individual {
-        ("registration_id", "registration id")
-    } else {
-        ("id", "enrollment group id")
-    };
-    let id = path_id(&req, param, kind)?;
-    if !individual && !sees_group(&who.0, &id) {
-        return Err(ApiError::NotFound("enrollment group not found".into()));
-    }
+    let id = enrollment_id(&req, &who, individual)?;
     let g = groups::get(&state.store, &state.ring(), &id, individual).await?;
     Ok(secret_json(StatusCode::OK, &group_json(&g)))
 }
@@ -252,15 +254,7 @@ async fn delete_any(
     who: Authenticated,
     individual: bool,
 ) -> Result<HttpResponse, ApiError> {
-    let (param, kind) = if individual {
-        ("registration_id", "registration id")
-    } else {
-        ("id", "enrollment group id")
-    };
-    let id = path_id(&req, param, kind)?;
-    if !individual && !sees_group(&who.0, &id) {
-        return Err(ApiError::NotFound("enrollment group not found".into()));
-    }
+    let id = enrollment_id(&req, &who, individual)?;
     let rc = RequestCtx::new(&state, &req, &who);
     groups::delete(&state.store, &rc.cx(&state), &id, individual).await?;
     Ok(HttpResponse::NoContent().finish())

@@ -20,8 +20,12 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// API.md A21: at least 10 per principal and 50 per address must be tolerated, and the
+    /// 200th consecutive failure of one principal must be refused. The per-address limit is
+    /// generous so that many distinct callers behind one address (a NAT, a test suite) are not
+    /// refused for each other's mistakes.
     fn default() -> Self {
-        Self { per_principal_address: 20, per_address: 100 }
+        Self { per_principal_address: 150, per_address: 1000 }
     }
 }
 

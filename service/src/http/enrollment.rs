@@ -365,6 +365,13 @@ pub struct RegistrationBody {
     tags: Option<Map<String, Value>>,
 }
 
+/// Parses one NDJSON registration line (exposed for the fuzz target).
+pub fn parse_registration_line(line: &[u8]) -> Result<RegistrationRequest, String> {
+    serde_json::from_slice::<RegistrationBody>(line)
+        .map(RegistrationBody::into_request)
+        .map_err(|e| e.to_string())
+}
+
 impl RegistrationBody {
     fn into_request(self) -> RegistrationRequest {
         RegistrationRequest {

@@ -367,14 +367,8 @@ fn read_password() -> Result<crate::auth::password::Password, String> {
 /// `provisiond operator add|passwd|remove`
 async fn operator(config: Config, command: OperatorCommand) -> Result<ExitCode, String> {
     let state = open_state(config, Arc::new(SystemClock)).await.map_err(|e| error_chain(&e))?;
-    let actor = cli_actor();
-    let ring = state.ring();
-    let cx = crate::usecase::Ctx {
-        ring: &ring,
-        audit_key: &state.audit_key,
-        now: state.now(),
-        actor: &actor,
-    };
+    let rc = crate::http::respond::RequestCtx::for_actor(&state, cli_actor());
+    let cx = rc.cx(&state);
     match command {
         OperatorCommand::Add { name, permissions } => {
             crate::ids::validate("operator name", &name).map_err(|e| e.to_string())?;
@@ -483,13 +477,8 @@ async fn import(config: Config, file: PathBuf) -> Result<ExitCode, String> {
         if chunk.is_empty() {
             break;
         }
-        let ring = state.ring();
-        let cx = crate::usecase::Ctx {
-            ring: &ring,
-            audit_key: &state.audit_key,
-            now: state.now(),
-            actor: &actor,
-        };
+        let rc = crate::http::respond::RequestCtx::for_actor(&state, actor.clone());
+        let cx = rc.cx(&state);
         let mut items = Vec::with_capacity(chunk.len());
         let mut parsed_lines = Vec::with_capacity(chunk.len());
         for (i, line) in &chunk {

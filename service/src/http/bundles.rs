@@ -141,10 +141,10 @@ pub async fn redeem(
         .and_then(|h| h.to_str().ok())
         .and_then(BundleToken::from_header);
     let actor = Actor { name: format!("bundle:{id}"), addr: Some(addr.clone()) };
-    let ring = state.ring();
-    let now = state.now();
-    let cx = crate::usecase::Ctx { ring: &ring, audit_key: &state.audit_key, now, actor: &actor };
-    match bundles::redeem(&state.store, &ring, &cx, &id, token).await {
+    let rc = RequestCtx::for_actor(&state, actor.clone());
+    let cx = rc.cx(&state);
+    let now = cx.now;
+    match bundles::redeem(&state.store, &cx, &id, token).await {
         Ok(r) => render(&state, r),
         Err(e) => {
             if matches!(e, BundleError::Unauthorized | BundleError::Gone(_)) {

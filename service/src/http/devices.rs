@@ -72,14 +72,6 @@ pub struct DeviceBody {
     parent_id: Option<Option<String>>,
 }
 
-fn key(text: Option<String>, which: &str) -> Result<Option<ca::SasKey>, ApiError> {
-    text.map(|t| {
-        ca::SasKey::from_base64(&t)
-            .map_err(|e| ApiError::BadRequest(format!("authentication.symmetric_key.{which}: {e}")))
-    })
-    .transpose()
-}
-
 fn thumbprint(t: String, which: &str) -> Result<String, ApiError> {
     let t = t.to_ascii_lowercase().replace(':', "");
     if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -125,8 +117,14 @@ fn validate(id: &str, body: DeviceBody) -> Result<DeviceInput, ApiError> {
                 let (p, s) =
                     a.symmetric_key.map_or((None, None), |k| (k.primary_key, k.secondary_key));
                 AuthInput::Sas {
-                    primary: key(p, "primary_key")?,
-                    secondary: key(s, "secondary_key")?,
+                    primary: super::respond::sas_key(
+                        p,
+                        "authentication.symmetric_key.primary_key",
+                    )?,
+                    secondary: super::respond::sas_key(
+                        s,
+                        "authentication.symmetric_key.secondary_key",
+                    )?,
                 }
             }
             AuthType::X509Ca => AuthInput::X509Ca,
@@ -480,13 +478,8 @@ pub async fn renew(
         name: format!("device:{id}"),
         addr: super::extract::client_ip(&req),
     };
-    let ring = state.ring();
-    let cx = crate::usecase::Ctx {
-        ring: &ring,
-        audit_key: &state.audit_key,
-        now: state.now(),
-        actor: &actor,
-    };
+    let rc = RequestCtx::for_actor(&state, actor);
+    let cx = rc.cx(&state);
     let authority = state.authority();
     let issued = crate::usecase::renew::renew(
         &state.store,

@@ -71,14 +71,10 @@ fn parse_group(id: &str, body: GroupBody, individual: bool) -> Result<(Group, Ke
     });
     let mut keys: Keys = (None, None);
     if let Some(k) = att.symmetric_key {
-        let decode = |t: Option<String>, which: &str| {
-            t.map(|t| {
-                ca::SasKey::from_base64(&t)
-                    .map_err(|e| bad(format!("attestation.symmetric_key.{which}: {e}")))
-            })
-            .transpose()
-        };
-        keys = (decode(k.primary_key, "primary_key")?, decode(k.secondary_key, "secondary_key")?);
+        keys = (
+            super::respond::sas_key(k.primary_key, "attestation.symmetric_key.primary_key")?,
+            super::respond::sas_key(k.secondary_key, "attestation.symmetric_key.secondary_key")?,
+        );
     }
     let attestation = match att.kind.as_str() {
         "symmetric_key" => Attestation::SymmetricKey,
@@ -132,9 +128,11 @@ fn parse_group(id: &str, body: GroupBody, individual: bool) -> Result<(Group, Ke
     if allowed_keys.is_empty() {
         return Err(bad("allowed_key_types must not be empty".into()));
     }
-    if let Some(p) = &body.registration_id_pattern {
-        groups::compile(p)?;
-    }
+    let pattern = body
+        .registration_id_pattern
+        .as_deref()
+        .map(groups::RegistrationPattern::parse)
+        .transpose()?;
     let reprovisioning = match body.reprovisioning.as_deref() {
         None => Reprovisioning::Reissue,
         Some(r) => Reprovisioning::parse(r)
@@ -152,7 +150,7 @@ fn parse_group(id: &str, body: GroupBody, individual: bool) -> Result<(Group, Ke
         enabled,
         validity_days,
         allowed_keys,
-        pattern: body.registration_id_pattern,
+        pattern,
         initial_tags: tags,
         reprovisioning,
         primary: ca::SasKey::generate(),
@@ -191,7 +189,7 @@ fn group_json(g: &Group) -> Value {
         v["certificate_validity_days"] = json!(g.validity_days);
         v["allowed_key_types"] =
             json!(g.allowed_keys.iter().map(|k| k.as_str()).collect::<Vec<_>>());
-        v["registration_id_pattern"] = json!(g.pattern);
+        v["registration_id_pattern"] = json!(g.pattern.as_ref().map(|p| p.as_str()));
         v["initial_tags"] = Value::Object(g.initial_tags.clone());
         v["reprovisioning"] = json!(g.reprovisioning.as_str());
     }

@@ -10,6 +10,7 @@ use base64::Engine as _;
 use super::extract::client_ip;
 use super::problem::ApiError;
 use super::registrations::{attest_x509, run_registration};
+use super::respond::RequestCtx;
 use crate::auth::jwt::ENROLLMENT_AUDIENCE;
 use crate::auth::AuthError;
 use crate::state::AppState;
@@ -170,13 +171,8 @@ pub async fn simplereenroll(
     }
     let actor =
         crate::usecase::Actor { name: format!("device:{device_id}"), addr: client_ip(&req) };
-    let ring = state.ring();
-    let cx = crate::usecase::Ctx {
-        ring: &ring,
-        audit_key: &state.audit_key,
-        now: state.now(),
-        actor: &actor,
-    };
+    let rc = RequestCtx::for_actor(&state, actor);
+    let cx = rc.cx(&state);
     let authority = state.authority();
     let issued = crate::usecase::renew::renew(
         &state.store,

@@ -44,13 +44,6 @@ fn policy_json(p: &Policy) -> Value {
     })
 }
 
-fn key(text: Option<String>, which: &str) -> Result<Option<ca::SasKey>, ApiError> {
-    text.map(|t| {
-        ca::SasKey::from_base64(&t).map_err(|e| ApiError::BadRequest(format!("{which}: {e}")))
-    })
-    .transpose()
-}
-
 /// `PUT /v1/policies/{name}`
 pub async fn put(
     state: web::Data<AppState>,
@@ -80,8 +73,8 @@ pub async fn put(
     let input = PolicyInput {
         permissions,
         scope: body.scope,
-        primary: key(body.primary_key, "primary_key")?,
-        secondary: key(body.secondary_key, "secondary_key")?,
+        primary: super::respond::sas_key(body.primary_key, "primary_key")?,
+        secondary: super::respond::sas_key(body.secondary_key, "secondary_key")?,
     };
     let rc = RequestCtx::new(&state, &req, &who);
     let (p, created) = policies::put(&state.store, &rc.cx(&state), &name, input).await?;

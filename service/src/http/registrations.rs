@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::enrollment::registration_json;
 use super::extract::client_ip;
 use super::problem::ApiError;
-use super::respond::{path_id, secret_json, ts};
+use super::respond::{path_id, secret_json, ts, RequestCtx};
 use crate::auth::jwt::ENROLLMENT_AUDIENCE;
 use crate::auth::AuthError;
 use crate::state::AppState;
@@ -153,14 +153,9 @@ pub(crate) async fn run_registration(
     jti: Option<&str>,
     r: RegistrationRequest,
 ) -> Result<Registered, ApiError> {
-    let ring = state.ring();
     let actor = Actor { name: format!("device:{}", r.registration_id), addr: client_ip(req) };
-    let cx = crate::usecase::Ctx {
-        ring: &ring,
-        audit_key: &state.audit_key,
-        now: state.now(),
-        actor: &actor,
-    };
+    let rc = RequestCtx::for_actor(state, actor);
+    let cx = rc.cx(state);
     let authority = state.authority();
     let group_id = group.id.clone();
     let result = register::register(

@@ -34,11 +34,12 @@ pub struct RequestCtx {
 impl RequestCtx {
     /// Captures the context of `req` made by `who`.
     pub fn new(state: &AppState, req: &HttpRequest, who: &Authenticated) -> Self {
-        Self {
-            ring: state.ring(),
-            now: state.now(),
-            actor: Actor { name: who.0.name.clone(), addr: client_ip(req) },
-        }
+        Self::for_actor(state, Actor { name: who.0.name.clone(), addr: client_ip(req) })
+    }
+
+    /// A context for an actor that is not a policy or operator (a device, a bundle, the CLI).
+    pub fn for_actor(state: &AppState, actor: Actor) -> Self {
+        Self { ring: state.ring(), now: state.now(), actor }
     }
 
     /// The use-case context.
@@ -103,4 +104,12 @@ pub fn limit(v: Option<i64>) -> Result<i64, ApiError> {
     } else {
         Err(ApiError::BadRequest("limit must be between 1 and 1000".into()))
     }
+}
+
+/// An optional base64 SAS key member (16–64 bytes); the error names the member.
+pub fn sas_key(text: Option<String>, member: &str) -> Result<Option<ca::SasKey>, ApiError> {
+    text.map(|t| {
+        ca::SasKey::from_base64(&t).map_err(|e| ApiError::BadRequest(format!("{member}: {e}")))
+    })
+    .transpose()
 }

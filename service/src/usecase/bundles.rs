@@ -22,7 +22,6 @@ use super::devices::{self, Authentication};
 use super::groups::Credential;
 use super::{random_hex, Ctx};
 use crate::authority::Authority;
-use crate::seal::KeyRing;
 use crate::store::bundles::{self as rows, BundleRow};
 use crate::store::{certificates, Store, StoreError};
 
@@ -286,7 +285,6 @@ pub struct Redeemed {
 /// Redeems a bundle, exactly once.
 pub async fn redeem(
     store: &Store,
-    ring: &KeyRing,
     cx: &Ctx<'_>,
     id: &str,
     token: Option<BundleToken>,
@@ -315,7 +313,7 @@ pub async fn redeem(
         let device_row = crate::store::devices::get(&mut tx, &current.device_id)
             .await?
             .ok_or(BundleError::Gone("device no longer exists"))?;
-        match devices::open(ring, device_row)?.auth {
+        match devices::open(cx.ring, device_row)?.auth {
             Authentication::Sas { primary, secondary } => {
                 Some((primary.to_base64(), secondary.to_base64()))
             }

@@ -150,8 +150,8 @@ pub struct Group {
     pub validity_days: i64,
     /// accepted device key types
     pub allowed_keys: BTreeSet<KeyType>,
-    /// registration id pattern (anchored)
-    pub pattern: Option<String>,
+    /// registration id pattern (anchored, compiled once)
+    pub pattern: Option<RegistrationPattern>,
     /// tags every device starts with
     pub initial_tags: Map<String, Value>,
     /// reprovisioning policy
@@ -172,10 +172,10 @@ impl Group {
     /// Checks a registration id against the pattern.
     pub fn admits(&self, registration_id: &str) -> Result<(), GroupError> {
         if let Some(p) = &self.pattern {
-            let re = compile(p)?;
-            if !re.is_match(registration_id) {
+            if !p.re.is_match(registration_id) {
                 return Err(GroupError::Invalid(format!(
-                    "registration id does not match the group's registration_id_pattern `{p}`"
+                    "registration id does not match the group's registration_id_pattern `{}`",
+                    p.source
                 )));
             }
         }
@@ -204,16 +204,34 @@ impl Group {
     }
 }
 
-/// Compiles an anchored registration id pattern with bounded size.
-pub fn compile(pattern: &str) -> Result<regex::Regex, GroupError> {
-    if pattern.len() > MAX_PATTERN_LEN {
-        return Err(GroupError::Invalid(format!(
-            "registration_id_pattern is longer than {MAX_PATTERN_LEN}"
-        )));
+/// A registration id pattern: its text and the anchored regex compiled from it.
+#[derive(Debug, Clone)]
+pub struct RegistrationPattern {
+    source: String,
+    re: regex::Regex,
+}
+
+impl RegistrationPattern {
+    /// Compiles an anchored pattern with bounded size.
+    pub fn parse(pattern: &str) -> Result<Self, GroupError> {
+        if pattern.len() > MAX_PATTERN_LEN {
+            return Err(GroupError::Invalid(format!(
+                "registration_id_pattern is longer than {MAX_PATTERN_LEN}"
+            )));
+        }
+        let re = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| {
+                GroupError::Invalid(format!("registration_id_pattern is not a valid regex: {e}"))
+            })?;
+        Ok(Self { source: pattern.to_owned(), re })
     }
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$")).size_limit(1 << 20).build().map_err(|e| {
-        GroupError::Invalid(format!("registration_id_pattern is not a valid regex: {e}"))
-    })
+
+    /// The pattern as given.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
 }
 
 /// Decodes a stored row.
@@ -247,7 +265,11 @@ pub fn decode(ring: &KeyRing, row: GroupRow, individual: bool) -> Result<Group, 
         enabled: row.provisioning_status == "enabled",
         validity_days: row.certificate_validity_days,
         allowed_keys,
-        pattern: row.registration_id_pattern,
+        pattern: row
+            .registration_id_pattern
+            .as_deref()
+            .map(RegistrationPattern::parse)
+            .transpose()?,
         initial_tags: serde_json::from_str(&row.initial_tags).map_err(|_| corrupt())?,
         reprovisioning: Reprovisioning::parse(&row.reprovisioning).ok_or_else(corrupt)?,
         primary,
@@ -275,7 +297,7 @@ fn encode(ring: &KeyRing, g: &Group) -> GroupRow {
             g.allowed_keys.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
         )
         .to_string(),
-        registration_id_pattern: g.pattern.clone(),
+        registration_id_pattern: g.pattern.as_ref().map(|p| p.as_str().to_owned()),
         initial_tags: Value::Object(g.initial_tags.clone()).to_string(),
         reprovisioning: g.reprovisioning.as_str().to_owned(),
         key_version: i64::from(ring.current_version()),

@@ -23,6 +23,11 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_provisiond");
 
+/// Whether measurement `name` is selected by `BENCH_ONLY` (comma list; unset = all).
+fn selected(name: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |v| v.split(',').any(|n| n.trim() == name))
+}
+
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -249,150 +254,6 @@ async fn main() {
     let device_token = minted["token"].as_str().unwrap().to_owned();
 
     let concurrency = 16;
-    let (cc, b2) = (c.clone(), base.clone());
-    let healthz = rate(secs, concurrency, move || {
-        let (c, b) = (cc.clone(), b2.clone());
-        async move { c.get(format!("{b}/healthz")).send().await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
-    let (cc, b2, st, dt) = (c.clone(), base.clone(), svc_token.clone(), device_token.clone());
-    let verify = rate(secs, concurrency, move || {
-        let (c, b, st, dt) = (cc.clone(), b2.clone(), st.clone(), dt.clone());
-        async move {
-            let r = c
-                .post(format!("{b}/v1/sas/verify"))
-                .header("Authorization", st)
-                .json(&json!({"token": dt}))
-                .send()
-                .await;
-            match r {
-                Ok(r) => r.json::<Value>().await.is_ok_and(|v| v["valid"] == true),
-                Err(_) => false,
-            }
-        }
-    })
-    .await;
-
-    // OCSP for the issued certificate.
-    let one: Value = c
-        .post(format!("{base}/v1/enrollment-groups/bench/registrations"))
-        .header("Authorization", &owner)
-        .json(&json!({"registration_id": "ocsp-dev", "csr": csr("ocsp-dev")}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let chain = ::pem::parse_many(one["certificate_chain"].as_str().unwrap()).unwrap();
-    let leaf = x509_cert_der(&chain[0]);
-    let issuer = x509_cert_der(&chain[1]);
-    let ocsp_req = ocsp_request(&issuer, &leaf);
-    let (cc, b2) = (c.clone(), base.clone());
-    let ocsp = rate(secs, concurrency, move || {
-        let (c, b, body) = (cc.clone(), b2.clone(), ocsp_req.clone());
-        async move {
-            c.post(format!("{b}/v1/ca/ocsp"))
-                .header("Content-Type", "application/ocsp-request")
-                .body(body)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        }
-    })
-    .await;
-
-    // NDJSON batch enrollment vs the in-process ceiling (same CSRs, same cores).
-    let csrs: Vec<String> = (0..batch).map(|i| csr(&format!("b-{i}"))).collect();
-    let ceiling = ca_ceiling(&csrs.iter().take(256).cloned().collect::<Vec<_>>(), 2, secs as f64);
-    let body: String = csrs
-        .iter()
-        .enumerate()
-        .map(|(i, p)| json!({"registration_id": format!("b-{i}"), "csr": p}).to_string() + "\n")
-        .collect();
-    let t = Instant::now();
-    let out = c
-        .post(format!("{base}/v1/enrollment-groups/bench/registrations"))
-        .header("Authorization", &owner)
-        .header("Content-Type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let batch_secs = t.elapsed().as_secs_f64();
-    let ok_lines = out.lines().filter(|l| l.contains("certificate_chain")).count();
-    assert_eq!(ok_lines, batch, "every line enrolled");
-    let batch_rate = batch as f64 / batch_secs;
-
-    // Single registrations, 8 concurrent clients: latency.
-    let singles: Vec<String> = (0..400).map(|i| csr(&format!("s-{i}"))).collect();
-    let singles = Arc::new(singles);
-    let mut tasks = Vec::new();
-    for w in 0..8 {
-        let (c, b, o, singles) = (c.clone(), base.clone(), owner.clone(), singles.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut i = w;
-            while i < singles.len() {
-                let t = Instant::now();
-                let r = c
-                    .post(format!("{b}/v1/enrollment-groups/bench/registrations"))
-                    .header("Authorization", &o)
-                    .json(&json!({"registration_id": format!("s-{i}"), "csr": singles[i]}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 201);
-                r.bytes().await.unwrap();
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                i += 8;
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-
-    // Bundles: create + redeem round trips, 16 deployers; redeem latency.
-    let redeem_lat = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (cc, b2, o, rl) = (c.clone(), base.clone(), owner.clone(), redeem_lat.clone());
-    let bundles = rate(secs, concurrency, move || {
-        let (c, b, o, rl) = (cc.clone(), b2.clone(), o.clone(), rl.clone());
-        async move {
-            let Ok(r) = c
-                .post(format!("{b}/v1/bundles"))
-                .header("Authorization", &o)
-                .json(&json!({"device_id": "bench-dev", "credential": "sas", "format": "json"}))
-                .send()
-                .await
-            else {
-                return false;
-            };
-            let Ok(v) = r.json::<Value>().await else { return false };
-            let t = Instant::now();
-            let ok = c
-                .post(format!("{b}/v1/bundles/{}/redeem", v["id"].as_str().unwrap_or_default()))
-                .header(
-                    "Authorization",
-                    format!("Bundle {}", v["token"].as_str().unwrap_or_default()),
-                )
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            rl.lock().unwrap().push(t.elapsed().as_secs_f64() * 1000.0);
-            ok
-        }
-    })
-    .await;
-    let mut rl = redeem_lat.lock().unwrap().clone();
-    rl.sort_by(|a, b| a.partial_cmp(b).unwrap());
-
     let db = if std::env::var("PROVISIOND_TEST_DB").as_deref() == Ok("postgres") {
         "PostgreSQL"
     } else {
@@ -401,28 +262,172 @@ async fn main() {
     println!("\n## provisiond benchmark ({db}, 2 cores, client on the same machine, {secs} s per rate)\n");
     println!("| measure | value | same-run baseline | ratio |");
     println!("|---|---|---|---|");
+    let (cc, b2) = (c.clone(), base.clone());
+    let healthz = rate(secs, concurrency, move || {
+        let (c, b) = (cc.clone(), b2.clone());
+        async move { c.get(format!("{b}/healthz")).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
     println!("| GET /healthz (16 conns) | {healthz:.0} req/s | — | — |");
-    println!("| POST /v1/sas/verify (16 conns) | {verify:.0} req/s | healthz {healthz:.0} req/s | {:.0} % |", 100.0 * verify / healthz);
-    println!(
-        "| POST /v1/ca/ocsp (16 conns) | {ocsp:.0} req/s | healthz {healthz:.0} req/s | {:.0} % |",
-        100.0 * ocsp / healthz
-    );
-    println!("| NDJSON batch enrollment ({batch} P-256 CSRs) | {batch_rate:.0} certs/s | ca crate in-process, 2 threads: {ceiling:.0} certs/s | {:.0} % |", 100.0 * batch_rate / ceiling);
-    println!(
-        "| single registration, 8 clients | p50 {:.1} ms, p99 {:.1} ms | — | — |",
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99)
-    );
-    println!("| bundle create + redeem (16 deployers) | {bundles:.0} round trips/s | — | — |");
-    println!(
-        "| bundle redeem latency | p50 {:.1} ms, p99 {:.1} ms | — | — |",
-        percentile(&rl, 0.5),
-        percentile(&rl, 0.99)
-    );
-}
-
-fn x509_cert_der(p: &::pem::Pem) -> Vec<u8> {
-    p.contents().to_vec()
+    if selected("verify") {
+        let (cc, b2, st, dt) = (c.clone(), base.clone(), svc_token.clone(), device_token.clone());
+        let verify = rate(secs, concurrency, move || {
+            let (c, b, st, dt) = (cc.clone(), b2.clone(), st.clone(), dt.clone());
+            async move {
+                let r = c
+                    .post(format!("{b}/v1/sas/verify"))
+                    .header("Authorization", st)
+                    .json(&json!({"token": dt}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) => r.json::<Value>().await.is_ok_and(|v| v["valid"] == true),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        println!("| POST /v1/sas/verify (16 conns) | {verify:.0} req/s | healthz {healthz:.0} req/s | {:.0} % |", 100.0 * verify / healthz);
+    }
+    if selected("ocsp") {
+        let one: Value = c
+            .post(format!("{base}/v1/enrollment-groups/bench/registrations"))
+            .header("Authorization", &owner)
+            .json(&json!({"registration_id": "ocsp-dev", "csr": csr("ocsp-dev")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let chain = ::pem::parse_many(one["certificate_chain"].as_str().unwrap()).unwrap();
+        let ocsp_req = ocsp_request(chain[1].contents(), chain[0].contents());
+        let (cc, b2) = (c.clone(), base.clone());
+        let ocsp = rate(secs, concurrency, move || {
+            let (c, b, body) = (cc.clone(), b2.clone(), ocsp_req.clone());
+            async move {
+                c.post(format!("{b}/v1/ca/ocsp"))
+                    .header("Content-Type", "application/ocsp-request")
+                    .body(body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
+        })
+        .await;
+        println!(
+            "| POST /v1/ca/ocsp (16 conns) | {ocsp:.0} req/s | healthz {healthz:.0} req/s | {:.0} % |",
+            100.0 * ocsp / healthz
+        );
+    }
+    if selected("ndjson") {
+        // NDJSON batch enrollment vs the in-process ceiling (same CSRs, same cores).
+        let csrs: Vec<String> = (0..batch).map(|i| csr(&format!("b-{i}"))).collect();
+        let ceiling =
+            ca_ceiling(&csrs.iter().take(256).cloned().collect::<Vec<_>>(), 2, secs as f64);
+        let body: String = csrs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| json!({"registration_id": format!("b-{i}"), "csr": p}).to_string() + "\n")
+            .collect();
+        let t = Instant::now();
+        let out = c
+            .post(format!("{base}/v1/enrollment-groups/bench/registrations"))
+            .header("Authorization", &owner)
+            .header("Content-Type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let batch_secs = t.elapsed().as_secs_f64();
+        let ok_lines = out.lines().filter(|l| l.contains("certificate_chain")).count();
+        assert_eq!(ok_lines, batch, "every line enrolled");
+        let batch_rate = batch as f64 / batch_secs;
+        println!("| NDJSON batch enrollment ({batch} P-256 CSRs) | {batch_rate:.0} certs/s | ca crate in-process, 2 threads: {ceiling:.0} certs/s | {:.0} % |", 100.0 * batch_rate / ceiling);
+    }
+    if selected("single") {
+        // Single registrations, 8 concurrent clients: latency.
+        let singles: Vec<String> =
+            (0..env_num("BENCH_SINGLES", 800)).map(|i| csr(&format!("s-{i}"))).collect();
+        let singles = Arc::new(singles);
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let (c, b, o, singles) = (c.clone(), base.clone(), owner.clone(), singles.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut i = w;
+                while i < singles.len() {
+                    let t = Instant::now();
+                    let r = c
+                        .post(format!("{b}/v1/enrollment-groups/bench/registrations"))
+                        .header("Authorization", &o)
+                        .json(&json!({"registration_id": format!("s-{i}"), "csr": singles[i]}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 201);
+                    r.bytes().await.unwrap();
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    i += 8;
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "| single registration, 8 clients | p50 {:.1} ms, p99 {:.1} ms | — | — |",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+    }
+    if selected("bundles") {
+        // Bundles: create + redeem round trips, 16 deployers; redeem latency.
+        let redeem_lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (cc, b2, o, rl) = (c.clone(), base.clone(), owner.clone(), redeem_lat.clone());
+        let bundles = rate(secs, concurrency, move || {
+            let (c, b, o, rl) = (cc.clone(), b2.clone(), o.clone(), rl.clone());
+            async move {
+                let Ok(r) = c
+                    .post(format!("{b}/v1/bundles"))
+                    .header("Authorization", &o)
+                    .json(&json!({"device_id": "bench-dev", "credential": "sas", "format": "json"}))
+                    .send()
+                    .await
+                else {
+                    return false;
+                };
+                let Ok(v) = r.json::<Value>().await else { return false };
+                let t = Instant::now();
+                let ok = c
+                    .post(format!("{b}/v1/bundles/{}/redeem", v["id"].as_str().unwrap_or_default()))
+                    .header(
+                        "Authorization",
+                        format!("Bundle {}", v["token"].as_str().unwrap_or_default()),
+                    )
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                rl.lock().unwrap().push(t.elapsed().as_secs_f64() * 1000.0);
+                ok
+            }
+        })
+        .await;
+        let mut rl = redeem_lat.lock().unwrap().clone();
+        rl.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!("| bundle create + redeem (16 deployers) | {bundles:.0} round trips/s | — | — |");
+        println!(
+            "| bundle redeem latency | p50 {:.1} ms, p99 {:.1} ms | — | — |",
+            percentile(&rl, 0.5),
+            percentile(&rl, 0.99)
+        );
+    }
 }
 
 /// A DER OCSP request for `leaf` (SHA-1 CertID), built with openssl to stay independent.

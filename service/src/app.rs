@@ -60,6 +60,9 @@ pub enum StartError {
 /// How often a running server re-reads the master key file (online rotation).
 pub const KEY_RELOAD_SECS: u64 = 5;
 
+/// How often a running server checkpoints the SQLite write-ahead log.
+pub const CHECKPOINT_MILLIS: u64 = 500;
+
 /// A built, bound, not yet running server.
 pub struct Application {
     server: actix_web::dev::Server,
@@ -106,6 +109,7 @@ pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
         authority: RwLock::new(Arc::new(authority)),
         limiter: FailureLimiter::default(),
         metrics: Metrics::new()?,
+        registrations: Default::default(),
     })
 }
 
@@ -138,6 +142,17 @@ impl Application {
                 }
                 if let Err(e) = periodic_jobs(&reloader, &holder).await {
                     tracing::warn!(error = %e, "periodic jobs failed");
+                }
+            }
+        });
+        tokio::spawn(crate::state::run_registration_queue(state.clone()));
+        let checkpointer = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(CHECKPOINT_MILLIS));
+            loop {
+                tick.tick().await;
+                if let Err(e) = checkpointer.store.checkpoint().await {
+                    tracing::debug!(error = %e, "WAL checkpoint skipped");
                 }
             }
         });

@@ -133,21 +133,37 @@ pub async fn append(
     entry: &Entry,
     now: i64,
 ) -> Result<i64, StoreError> {
-    let (head_seq, head_hash) = rows::lock_head(conn, dialect).await?;
-    let seq = head_seq + 1;
-    let hash = key.hash(&head_hash, entry, seq, now);
-    let row = AuditRow {
-        seq,
-        at: now,
-        actor: entry.actor.clone(),
-        action: entry.action.clone(),
-        target: entry.target.clone(),
-        outcome: entry.outcome.as_str().to_owned(),
-        client_addr: entry.client_addr.clone(),
-        prev_hash: head_hash,
-        hash,
-    };
-    rows::append(conn, &row).await?;
+    append_many(conn, dialect, key, std::slice::from_ref(entry), now).await
+}
+
+/// Appends consecutive entries inside the caller's write transaction with three round trips
+/// however many there are (lock the head, insert the rows, move the head). Returns the last
+/// sequence number.
+pub async fn append_many(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+    key: &AuditKey,
+    entries: &[Entry],
+    now: i64,
+) -> Result<i64, StoreError> {
+    let (mut seq, mut prev_hash) = rows::lock_head(conn, dialect).await?;
+    let mut rows = Vec::with_capacity(entries.len());
+    for entry in entries {
+        seq += 1;
+        let hash = key.hash(&prev_hash, entry, seq, now);
+        rows.push(AuditRow {
+            seq,
+            at: now,
+            actor: entry.actor.clone(),
+            action: entry.action.clone(),
+            target: entry.target.clone(),
+            outcome: entry.outcome.as_str().to_owned(),
+            client_addr: entry.client_addr.clone(),
+            prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
+            hash,
+        });
+    }
+    rows::append(conn, &rows).await?;
     Ok(seq)
 }
 

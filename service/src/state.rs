@@ -31,6 +31,8 @@ pub struct AppState {
     pub limiter: FailureLimiter,
     /// Prometheus metrics
     pub metrics: Metrics,
+    /// single registrations waiting for their group commit
+    pub registrations: crate::usecase::register::Queue,
 }
 
 impl AppState {
@@ -107,4 +109,41 @@ impl AppState {
             self.now(),
         )
     }
+}
+
+impl AppState {
+    /// Registers one device: the CPU work (CSR proof of possession, signing) here, the storing
+    /// in the next group commit of [`run_registration_queue`]; counts the outcome.
+    pub async fn register(
+        &self,
+        actor: crate::usecase::Actor,
+        group: Arc<crate::usecase::groups::Group>,
+        jti: Option<String>,
+        request: crate::usecase::register::RegistrationRequest,
+    ) -> Result<crate::usecase::register::Registered, crate::usecase::register::RegisterError> {
+        let base_url = self.config.public_base_url();
+        let group_id = group.id.clone();
+        let prepared = crate::usecase::register::prepare(
+            &group,
+            &self.authority(),
+            &base_url,
+            request,
+            self.now(),
+        );
+        let result = match prepared {
+            Ok(p) => self.registrations.register(group, actor, jti, p).await,
+            Err(e) => Err(e),
+        };
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        self.metrics.registrations.with_label_values(&[&group_id, outcome]).inc();
+        result
+    }
+}
+
+/// The committer of single registrations ([`crate::usecase::register::Queue`]); runs for the
+/// life of the server.
+pub async fn run_registration_queue(state: actix_web::web::Data<AppState>) {
+    let Some(rx) = state.registrations.take_receiver() else { return };
+    let shared = || (state.ring(), state.authority(), state.now());
+    crate::usecase::register::Queue::run(rx, &state.store, shared, &state.audit_key).await;
 }

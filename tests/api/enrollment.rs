@@ -280,6 +280,96 @@ async fn ndjson_batches_answer_one_line_per_input_in_order() {
     assert_eq!(page["items"].as_array().unwrap().len(), n - bad.len());
 }
 
+impl TestApp {
+    async fn ndjson(&self, group: &str, lines: &[Value]) -> Vec<Value> {
+        let body: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+        let r = self
+            .client
+            .post(self.url(&format!("/v1/enrollment-groups/{group}/registrations")))
+            .header("Authorization", self.owner_token())
+            .header("Content-Type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+/// The bulk path stores first registrations together; retries, in-batch duplicates and
+/// reprovisioning in the same chunk must still behave exactly as single registrations do.
+#[tokio::test]
+async fn a_batch_mixing_new_ids_retries_duplicates_and_reissues_answers_each_exactly() {
+    let app = spawn_app().await;
+    app.put_group("mix", json!({"allowed_key_types": ["p256"]})).await;
+    let csrs: Vec<String> = (0..3).map(|i| p256(&format!("m-{i}"))).collect();
+    let line = |id: &str, csr: &str| json!({"registration_id": id, "csr": csr});
+    let first = app.ndjson("mix", &[line("m-0", &csrs[0]), line("m-1", &csrs[1])]).await;
+    assert!(first.iter().all(|l| l["certificate_chain"].is_string()), "{first:?}");
+
+    let reissue = p256("m-1");
+    let n0 = p256("n-0");
+    let out = app
+        .ndjson(
+            "mix",
+            &[
+                line("m-0", &csrs[0]), // retry: same certificate
+                line("n-0", &n0),      // new
+                line("n-0", &n0),      // duplicate in the batch: a retry of the line before
+                line("m-1", &reissue), // new CSR: reissue, old certificate superseded
+                line("n-1", &p256("n-1")),
+                line("n-2", &p256("wrong")), // CN mismatch fails alone
+            ],
+        )
+        .await;
+    assert_eq!(out.len(), 6);
+    assert_eq!(out[0]["certificate_chain"], first[0]["certificate_chain"]);
+    assert!(out[1]["certificate_chain"].is_string());
+    assert_eq!(out[2]["certificate_chain"], out[1]["certificate_chain"]);
+    assert!(out[3]["certificate_chain"].is_string());
+    assert_ne!(out[3]["certificate_chain"], first[1]["certificate_chain"]);
+    assert!(out[4]["certificate_chain"].is_string());
+    assert_eq!(out[5]["error"]["status"], 400, "{}", out[5]);
+
+    let certs: Value = app
+        .get_as("/v1/certificates?device_id=m-1", &app.owner_token())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut status: Vec<&str> =
+        certs["items"].as_array().unwrap().iter().map(|c| c["status"].as_str().unwrap()).collect();
+    status.sort_unstable();
+    assert_eq!(status, ["revoked", "valid"]);
+    for id in ["m-0", "n-0"] {
+        let certs: Value = app
+            .get_as(&format!("/v1/certificates?device_id={id}"), &app.owner_token())
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(certs["items"].as_array().unwrap().len(), 1, "{id}: retries issue nothing");
+    }
+    assert!(app.get_as("/v1/devices/n-2", &app.owner_token()).await.status() == 404);
+    let audit: Value =
+        app.get_as("/v1/audit?limit=1000", &app.owner_token()).await.json().await.unwrap();
+    let mut registered: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "registration.create")
+        .map(|r| r["target"].as_str().unwrap())
+        .collect();
+    // One row per stored registration (retries store nothing); within a batch, first
+    // registrations are written before the others, so compare as a multiset.
+    registered.sort_unstable();
+    assert_eq!(registered, ["m-0", "m-1", "m-1", "n-0", "n-1"]);
+    let verified: Value =
+        app.get_as("/v1/audit/verify", &app.owner_token()).await.json().await.unwrap();
+    assert_eq!(verified["ok"], true, "{verified}");
+}
+
 #[tokio::test]
 async fn one_time_tokens_work_once_and_only_for_enrollment() {
     let app = spawn_app().await;

@@ -24,7 +24,7 @@ pub const MAX_BATCH_LINES: usize = 100_000;
 /// Largest NDJSON batch in bytes.
 pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 /// Lines per group-committed transaction.
-pub const GROUP_COMMIT_LINES: usize = 100;
+pub const GROUP_COMMIT_LINES: usize = 250;
 /// Largest single NDJSON line.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
@@ -385,27 +385,14 @@ impl RegistrationBody {
 struct Registrar {
     state: web::Data<AppState>,
     rc: RequestCtx,
-    group: Group,
+    group: Arc<Group>,
     authority: Arc<crate::authority::Authority>,
     base_url: String,
 }
 
 impl Registrar {
     async fn run(&self, req: RegistrationRequest) -> Result<Registered, ApiError> {
-        let group_id = self.group.id.clone();
-        let result = register::register(
-            &self.state.store,
-            &self.rc.cx(&self.state),
-            &self.authority,
-            &self.base_url,
-            &self.group,
-            req,
-            None,
-        )
-        .await;
-        let outcome = if result.is_ok() { "success" } else { "failure" };
-        self.state.metrics.registrations.with_label_values(&[&group_id, outcome]).inc();
-        Ok(result?)
+        Ok(self.state.register(self.rc.actor().clone(), self.group.clone(), None, req).await?)
     }
 }
 
@@ -446,7 +433,7 @@ pub async fn registrations(
         authority: state.authority(),
         base_url: state.config.public_base_url(),
         state,
-        group,
+        group: Arc::new(group),
     };
     if !ndjson {
         let mut body = web::BytesMut::new();
@@ -465,12 +452,36 @@ pub async fn registrations(
         return Ok(secret_json(status, &registration_json(&r)));
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    // Two stages: this task reads lines and starts each chunk's CPU work (JSON, CSR proof of
+    // possession, signing) on the blocking pool as soon as the chunk is complete; the committer
+    // stores chunks in order, one transaction each, and only then sends their result lines. So
+    // the next chunks are verified and signed while the current one commits.
+    let (jobs, mut queue) = tokio::sync::mpsc::channel::<PreparingChunk>(2);
+    let registrar = Arc::new(registrar);
+    let committer = registrar.clone();
+    let out = tx.clone();
+    actix_web::rt::spawn(async move {
+        while let Some(chunk) = queue.recv().await {
+            for line in committer.commit(chunk).await {
+                if out.send(line).await.is_err() {
+                    return; // client went away
+                }
+            }
+        }
+    });
     actix_web::rt::spawn(async move {
         use futures_util::FutureExt as _;
         let mut buf: Vec<u8> = Vec::new();
         let mut pending: Vec<Vec<u8>> = Vec::new();
         let (mut lines, mut bytes) = (0usize, 0usize);
         let mut done = false;
+        // An error that ends the batch is sent after the lines before it.
+        let fail = |e: ApiError| {
+            let jobs = jobs.clone();
+            async move {
+                let _ = jobs.send(PreparingChunk::Fatal(error_line(None, &e))).await;
+            }
+        };
         while !done {
             // Take what has already arrived without waiting; wait only when nothing is pending.
             let next = if pending.is_empty() {
@@ -483,19 +494,12 @@ pub async fn registrations(
                 Some(Some(Ok(chunk))) => {
                     bytes += chunk.len();
                     if bytes > MAX_BATCH_BYTES {
-                        let _ = tx.send(error_line(None, &ApiError::PayloadTooLarge)).await;
-                        return;
+                        return fail(ApiError::PayloadTooLarge).await;
                     }
                     buf.extend_from_slice(&chunk);
                 }
                 Some(Some(Err(e))) => {
-                    let _ = tx
-                        .send(error_line(
-                            None,
-                            &ApiError::BadRequest(format!("cannot read body: {e}")),
-                        ))
-                        .await;
-                    return;
+                    return fail(ApiError::BadRequest(format!("cannot read body: {e}"))).await;
                 }
                 Some(None) => {
                     done = true;
@@ -503,39 +507,45 @@ pub async fn registrations(
                 }
                 None => {}
             }
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                let line = line.trim_ascii();
+            let mut consumed = 0;
+            while let Some(pos) = buf[consumed..].iter().position(|b| *b == b'\n') {
+                let line = buf[consumed..consumed + pos].trim_ascii().to_vec();
+                consumed += pos + 1;
                 if line.is_empty() {
                     continue;
                 }
                 lines += 1;
                 if lines > MAX_BATCH_LINES {
                     let msg = format!("batch exceeds {MAX_BATCH_LINES} lines");
-                    let _ = tx.send(error_line(None, &ApiError::BadRequest(msg))).await;
-                    return;
-                }
-                pending.push(line.to_vec());
-            }
-            if buf.len() > MAX_LINE_BYTES {
-                let _ = tx
-                    .send(error_line(None, &ApiError::BadRequest("NDJSON line too long".into())))
-                    .await;
-                return;
-            }
-            // Group commit: flush a full chunk, or whatever is pending when no more input is
-            // immediately available (so slow senders still get prompt answers).
-            if pending.len() >= GROUP_COMMIT_LINES || (!pending.is_empty() && (done || input_idle))
-            {
-                let chunk = std::mem::take(&mut pending);
-                for out in registrar.chunk(chunk).await {
-                    if tx.send(out).await.is_err() {
-                        return; // client went away
+                    if !pending.is_empty() {
+                        let chunk = registrar.prepare(std::mem::take(&mut pending));
+                        let _ = jobs.send(chunk).await;
                     }
+                    return fail(ApiError::BadRequest(msg)).await;
+                }
+                pending.push(line);
+                if pending.len() == GROUP_COMMIT_LINES {
+                    let chunk = registrar.prepare(std::mem::take(&mut pending));
+                    if jobs.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            buf.drain(..consumed);
+            if buf.len() > MAX_LINE_BYTES {
+                return fail(ApiError::BadRequest("NDJSON line too long".into())).await;
+            }
+            // Group commit: a partial chunk goes when no more input is immediately available
+            // (so slow senders still get prompt answers).
+            if !pending.is_empty() && (done || input_idle) {
+                let chunk = registrar.prepare(std::mem::take(&mut pending));
+                if jobs.send(chunk).await.is_err() {
+                    return;
                 }
             }
         }
     });
+    drop(tx);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx))
     });
@@ -545,39 +555,88 @@ pub async fn registrations(
         .streaming(stream))
 }
 
+/// One NDJSON line after the CPU stage.
+// Nearly every line is a `Request`: boxing it would only add an allocation per line.
+#[allow(clippy::large_enum_variant)]
+enum PreparedLine {
+    /// not a registration line: its error line
+    Unreadable(Bytes),
+    /// a registration, prepared or refused
+    Request(String, Result<register::Prepared, register::RegisterError>),
+}
+
+/// A chunk in the pipeline: its CPU work, running on the blocking pool.
+enum PreparingChunk {
+    /// lines being prepared, in order
+    Lines(Vec<tokio::task::JoinHandle<Vec<PreparedLine>>>),
+    /// an error that ends the batch
+    Fatal(Bytes),
+}
+
 impl Registrar {
-    /// Processes a chunk of NDJSON lines with one group-committed transaction; one result line
-    /// per input line, in order, sent only after the commit.
-    async fn chunk(&self, lines: Vec<Vec<u8>>) -> Vec<Bytes> {
-        let mut out: Vec<Option<Bytes>> = vec![None; lines.len()];
-        let mut reqs = Vec::new();
-        let mut slots = Vec::new();
-        for (i, line) in lines.iter().enumerate() {
-            match serde_json::from_slice::<RegistrationBody>(line) {
-                Ok(p) => {
-                    slots.push((i, p.registration_id.clone()));
-                    reqs.push(p.into_request());
-                }
+    /// Starts the CPU stage of a chunk, split across the cores.
+    fn prepare(&self, lines: Vec<Vec<u8>>) -> PreparingChunk {
+        let parts = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 8);
+        let per_part = lines.len().div_ceil(parts).max(1);
+        let mut handles = Vec::new();
+        let mut lines = lines.into_iter().peekable();
+        while lines.peek().is_some() {
+            let part: Vec<Vec<u8>> = lines.by_ref().take(per_part).collect();
+            let (group, authority) = (self.group.clone(), self.authority.clone());
+            let (base_url, now) = (self.base_url.clone(), self.rc.cx(&self.state).now);
+            handles.push(tokio::task::spawn_blocking(move || {
+                part.iter().map(|l| prepare_line(&group, &authority, &base_url, l, now)).collect()
+            }));
+        }
+        PreparingChunk::Lines(handles)
+    }
+
+    /// Stores a prepared chunk in one group-committed transaction; one result line per input
+    /// line, in order, made only after the commit.
+    async fn commit(&self, chunk: PreparingChunk) -> Vec<Bytes> {
+        let handles = match chunk {
+            PreparingChunk::Lines(h) => h,
+            PreparingChunk::Fatal(line) => return vec![line],
+        };
+        let mut prepared = Vec::new();
+        for h in handles {
+            match h.await {
+                Ok(part) => prepared.extend(part),
                 Err(e) => {
-                    let id = serde_json::from_slice::<Value>(line).ok().and_then(|v| {
-                        v.get("registration_id").and_then(Value::as_str).map(str::to_owned)
-                    });
-                    out[i] = Some(error_line(
-                        id.as_deref(),
-                        &ApiError::BadRequest(format!("invalid line: {e}")),
-                    ));
+                    tracing::error!(error = %e, "registration worker failed");
+                    return vec![error_line(None, &ApiError::Internal(Box::new(e)))];
                 }
             }
         }
-        let results = register::register_batch(
-            &self.state.store,
-            &self.rc.cx(&self.state),
-            &self.authority,
-            &self.base_url,
-            &self.group,
-            reqs,
-        )
-        .await;
+        let mut out: Vec<Option<Bytes>> = vec![None; prepared.len()];
+        let mut slots = Vec::new();
+        let mut items = Vec::new();
+        for (i, line) in prepared.into_iter().enumerate() {
+            match line {
+                PreparedLine::Unreadable(b) => out[i] = Some(b),
+                PreparedLine::Request(id, item) => {
+                    slots.push((i, id));
+                    items.push(item);
+                }
+            }
+        }
+        let ring = self.state.ring();
+        let bx = register::BatchCtx {
+            ring: &ring,
+            audit_key: &self.state.audit_key,
+            now: self.state.now(),
+        };
+        let items = items
+            .into_iter()
+            .map(|prepared| register::BatchItem {
+                group: &self.group,
+                actor: self.rc.actor(),
+                jti: None,
+                prepared,
+            })
+            .collect();
+        let results =
+            register::register_batch(&self.state.store, &bx, &self.authority, items).await;
         for ((i, id), result) in slots.into_iter().zip(results) {
             let outcome = if result.is_ok() { "success" } else { "failure" };
             self.state.metrics.registrations.with_label_values(&[&self.group.id, outcome]).inc();
@@ -591,6 +650,34 @@ impl Registrar {
             });
         }
         out.into_iter().map(Option::unwrap_or_default).collect()
+    }
+}
+
+/// Parses and prepares one line (CPU only).
+fn prepare_line(
+    group: &Group,
+    authority: &crate::authority::Authority,
+    base_url: &str,
+    line: &[u8],
+    now: i64,
+) -> PreparedLine {
+    match serde_json::from_slice::<RegistrationBody>(line) {
+        Ok(body) => {
+            let id = body.registration_id.clone();
+            PreparedLine::Request(
+                id,
+                register::prepare(group, authority, base_url, body.into_request(), now),
+            )
+        }
+        Err(e) => {
+            let id = serde_json::from_slice::<Value>(line)
+                .ok()
+                .and_then(|v| v.get("registration_id").and_then(Value::as_str).map(str::to_owned));
+            PreparedLine::Unreadable(error_line(
+                id.as_deref(),
+                &ApiError::BadRequest(format!("invalid line: {e}")),
+            ))
+        }
     }
 }
 

@@ -132,8 +132,8 @@ pub async fn simpleenroll(
     let r = run_registration(
         &state,
         &req,
-        &who.group,
-        who.jti.as_deref(),
+        who.group,
+        who.jti,
         RegistrationRequest {
             registration_id: who.registration_id,
             csr: Some(csr),
@@ -215,8 +215,8 @@ pub async fn serverkeygen(
     let r = run_registration(
         &state,
         &req,
-        &who.group,
-        who.jti.as_deref(),
+        who.group,
+        who.jti,
         RegistrationRequest {
             registration_id: who.registration_id,
             csr: Some(csr),

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::enrollment::registration_json;
 use super::extract::client_ip;
 use super::problem::ApiError;
-use super::respond::{path_id, secret_json, ts, RequestCtx};
+use super::respond::{path_id, secret_json, ts};
 use crate::auth::jwt::ENROLLMENT_AUDIENCE;
 use crate::auth::AuthError;
 use crate::state::AppState;
@@ -149,28 +149,12 @@ pub async fn attest_x509(
 pub(crate) async fn run_registration(
     state: &AppState,
     req: &HttpRequest,
-    group: &Group,
-    jti: Option<&str>,
+    group: Group,
+    jti: Option<String>,
     r: RegistrationRequest,
 ) -> Result<Registered, ApiError> {
     let actor = Actor { name: format!("device:{}", r.registration_id), addr: client_ip(req) };
-    let rc = RequestCtx::for_actor(state, actor);
-    let cx = rc.cx(state);
-    let authority = state.authority();
-    let group_id = group.id.clone();
-    let result = register::register(
-        &state.store,
-        &cx,
-        &authority,
-        &state.config.public_base_url(),
-        group,
-        r,
-        jti,
-    )
-    .await;
-    let outcome = if result.is_ok() { "success" } else { "failure" };
-    state.metrics.registrations.with_label_values(&[&group_id, outcome]).inc();
-    Ok(result?)
+    Ok(state.register(actor, std::sync::Arc::new(group), jti, r).await?)
 }
 
 /// `POST /v1/registrations/{registration_id}` body.
@@ -200,8 +184,8 @@ pub async fn self_register(
     let r = run_registration(
         &state,
         &req,
-        &attested.group,
-        attested.jti.as_deref(),
+        attested.group,
+        attested.jti,
         RegistrationRequest {
             registration_id: id,
             csr: body.csr.map(String::into_bytes),
@@ -347,7 +331,7 @@ pub async fn dps_register(
         tags: None,
         payload: body.payload,
     };
-    match run_registration(&state, &req, &attested.group, attested.jti.as_deref(), request).await {
+    match run_registration(&state, &req, attested.group, attested.jti, request).await {
         Ok(r) => {
             HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
                 "operationId": r.operation_id,
@@ -371,16 +355,7 @@ async fn stored(
     let Some(device) = crate::store::devices::get(&mut conn, id).await? else { return Ok(None) };
     let authority = state.authority();
     let chain = match &reg.serial {
-        Some(serial) => match crate::store::certificates::get(&mut conn, serial).await? {
-            Some(c) => {
-                let mut v = vec![c.der];
-                if let Some(i) = authority.find(&c.issuer_id) {
-                    v.push(i.cert_der.clone());
-                }
-                v
-            }
-            None => Vec::new(),
-        },
+        Some(serial) => register::stored_chain(&mut conn, &authority, serial).await?,
         None => Vec::new(),
     };
     Ok(Some(Registered {

@@ -32,6 +32,11 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// Who acts.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
     /// Captures the context of `req` made by `who`.
     pub fn new(state: &AppState, req: &HttpRequest, who: &Authenticated) -> Self {
         Self::for_actor(state, Actor { name: who.0.name.clone(), addr: client_ip(req) })

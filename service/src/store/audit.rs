@@ -41,26 +41,32 @@ pub async fn lock_head(
     Ok(sqlx::query_as::<_, (i64, String)>(sql).fetch_one(conn).await?)
 }
 
-/// Inserts a row and moves the head to it.
-pub async fn append(conn: &mut AnyConnection, row: &AuditRow) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO audit_log (seq, at, actor, action, target, outcome, client_addr, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(row.seq)
-    .bind(row.at)
-    .bind(&row.actor)
-    .bind(&row.action)
-    .bind(&row.target)
-    .bind(&row.outcome)
-    .bind(row.client_addr.as_deref())
-    .bind(&row.prev_hash)
-    .bind(&row.hash)
-    .execute(&mut *conn)
-    .await?;
+/// Inserts consecutive rows (one statement) and moves the head to the last.
+pub async fn append(conn: &mut AnyConnection, rows: &[AuditRow]) -> Result<(), StoreError> {
+    let Some(last) = rows.last() else { return Ok(()) };
+    let sql = super::insert_values_sql(
+        super::dialect_of(conn),
+        "audit_log",
+        "seq, at, actor, action, target, outcome, client_addr, prev_hash, hash",
+        rows.len(),
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for row in rows {
+        q = q
+            .bind(row.seq)
+            .bind(row.at)
+            .bind(&row.actor)
+            .bind(&row.action)
+            .bind(&row.target)
+            .bind(&row.outcome)
+            .bind(row.client_addr.as_deref())
+            .bind(&row.prev_hash)
+            .bind(&row.hash);
+    }
+    q.execute(&mut *conn).await?;
     sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-        .bind(row.seq)
-        .bind(&row.hash)
+        .bind(last.seq)
+        .bind(&last.hash)
         .execute(conn)
         .await?;
     Ok(())

@@ -31,22 +31,39 @@ pub struct CertificateRow {
 
 /// Records an issued certificate.
 pub async fn insert(conn: &mut AnyConnection, row: &CertificateRow) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO certificates (serial, device_id, issuer_id, profile, der, not_before, not_after, revoked_at, revocation_reason, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(&row.serial)
-    .bind(row.device_id.as_deref())
-    .bind(&row.issuer_id)
-    .bind(&row.profile)
-    .bind(&row.der)
-    .bind(row.not_before)
-    .bind(row.not_after)
-    .bind(row.revoked_at)
-    .bind(row.revocation_reason.as_deref())
-    .bind(row.created_at)
-    .execute(conn)
-    .await?;
+    insert_many(conn, std::slice::from_ref(row)).await
+}
+
+/// Records issued certificates in one statement.
+pub async fn insert_many(
+    conn: &mut AnyConnection,
+    rows: &[CertificateRow],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sql = super::insert_values_sql(
+        super::dialect_of(conn),
+        "certificates",
+        "serial, device_id, issuer_id, profile, der, not_before, not_after, revoked_at, \
+         revocation_reason, created_at",
+        rows.len(),
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for row in rows {
+        q = q
+            .bind(&row.serial)
+            .bind(row.device_id.as_deref())
+            .bind(&row.issuer_id)
+            .bind(&row.profile)
+            .bind(&row.der)
+            .bind(row.not_before)
+            .bind(row.not_after)
+            .bind(row.revoked_at)
+            .bind(row.revocation_reason.as_deref())
+            .bind(row.created_at);
+    }
+    q.execute(conn).await?;
     Ok(())
 }
 

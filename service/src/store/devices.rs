@@ -42,6 +42,30 @@ pub struct DeviceRow {
     pub updated_at: i64,
 }
 
+impl DeviceRow {
+    /// A new, enabled device without credentials or tags (the caller sets them).
+    pub fn new(device_id: &str, generation_id: String, now: i64) -> Self {
+        Self {
+            device_id: device_id.to_owned(),
+            status: "enabled".into(),
+            status_reason: None,
+            auth_type: String::new(),
+            key_version: None,
+            primary_key: None,
+            secondary_key: None,
+            primary_thumbprint: None,
+            secondary_thumbprint: None,
+            etag: String::new(),
+            generation_id,
+            tags: "{}".into(),
+            parent_id: None,
+            enrollment_group_id: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// Reads one device.
 pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<Option<DeviceRow>, StoreError> {
     Ok(sqlx::query_as::<_, DeviceRow>(
@@ -63,32 +87,42 @@ pub async fn exists(conn: &mut AnyConnection, id: &str) -> Result<bool, StoreErr
         > 0)
 }
 
+const COLUMNS: &str = "device_id, status, status_reason, auth_type, key_version, primary_key, \
+     secondary_key, primary_thumbprint, secondary_thumbprint, etag, generation_id, tags, parent_id, \
+     enrollment_group_id, created_at, updated_at";
+
 /// Inserts a device (Conflict when the id exists).
 pub async fn insert(conn: &mut AnyConnection, d: &DeviceRow) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO devices (device_id, status, status_reason, auth_type, key_version, primary_key, \
-         secondary_key, primary_thumbprint, secondary_thumbprint, etag, generation_id, tags, parent_id, \
-         enrollment_group_id, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-    )
-    .bind(&d.device_id)
-    .bind(&d.status)
-    .bind(d.status_reason.as_deref())
-    .bind(&d.auth_type)
-    .bind(d.key_version)
-    .bind(d.primary_key.as_deref())
-    .bind(d.secondary_key.as_deref())
-    .bind(d.primary_thumbprint.as_deref())
-    .bind(d.secondary_thumbprint.as_deref())
-    .bind(&d.etag)
-    .bind(&d.generation_id)
-    .bind(&d.tags)
-    .bind(d.parent_id.as_deref())
-    .bind(d.enrollment_group_id.as_deref())
-    .bind(d.created_at)
-    .bind(d.updated_at)
-    .execute(conn)
-    .await?;
+    insert_many(conn, std::slice::from_ref(d)).await
+}
+
+/// Inserts new devices in one statement (Conflict, and nothing inserted, when any id exists).
+pub async fn insert_many(conn: &mut AnyConnection, rows: &[DeviceRow]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sql = super::insert_values_sql(super::dialect_of(conn), "devices", COLUMNS, rows.len());
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for d in rows {
+        q = q
+            .bind(&d.device_id)
+            .bind(&d.status)
+            .bind(d.status_reason.as_deref())
+            .bind(&d.auth_type)
+            .bind(d.key_version)
+            .bind(d.primary_key.as_deref())
+            .bind(d.secondary_key.as_deref())
+            .bind(d.primary_thumbprint.as_deref())
+            .bind(d.secondary_thumbprint.as_deref())
+            .bind(&d.etag)
+            .bind(&d.generation_id)
+            .bind(&d.tags)
+            .bind(d.parent_id.as_deref())
+            .bind(d.enrollment_group_id.as_deref())
+            .bind(d.created_at)
+            .bind(d.updated_at);
+    }
+    q.execute(conn).await?;
     Ok(())
 }
 

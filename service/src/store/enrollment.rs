@@ -298,3 +298,56 @@ pub async fn upsert_registration(
     .await?;
     Ok(())
 }
+
+/// Records first registrations in one statement (Conflict, and nothing inserted, when any
+/// exists).
+pub async fn insert_registrations(
+    conn: &mut AnyConnection,
+    rows: &[RegistrationRow],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let sql = super::insert_values_sql(
+        super::dialect_of(conn),
+        "registrations",
+        "registration_id, group_id, csr_sha256, serial, operation_id, payload, created_at, updated_at",
+        rows.len(),
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for r in rows {
+        q = q
+            .bind(&r.registration_id)
+            .bind(r.group_id.as_deref())
+            .bind(r.csr_sha256.as_deref())
+            .bind(r.serial.as_deref())
+            .bind(&r.operation_id)
+            .bind(r.payload.as_deref())
+            .bind(r.created_at)
+            .bind(r.updated_at);
+    }
+    q.execute(conn).await?;
+    Ok(())
+}
+
+/// Which of `ids` already exist as a device or a registration (one round trip).
+pub async fn known_ids(
+    conn: &mut AnyConnection,
+    ids: &[&str],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let dialect = super::dialect_of(conn);
+    let sql = format!(
+        "SELECT device_id FROM devices WHERE device_id IN ({}) \
+         UNION SELECT registration_id FROM registrations WHERE registration_id IN ({})",
+        super::placeholders(dialect, 1, ids.len()),
+        super::placeholders(dialect, ids.len() + 1, ids.len()),
+    );
+    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+    for id in ids.iter().chain(ids) {
+        q = q.bind(*id);
+    }
+    Ok(q.fetch_all(conn).await?.into_iter().collect())
+}

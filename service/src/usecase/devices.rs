@@ -244,22 +244,8 @@ async fn put_in(
         None => None,
     };
     let mut row = current.unwrap_or_else(|| DeviceRow {
-        device_id: id.to_owned(),
-        status: "enabled".into(),
-        status_reason: None,
         auth_type: "sas".into(),
-        key_version: None,
-        primary_key: None,
-        secondary_key: None,
-        primary_thumbprint: None,
-        secondary_thumbprint: None,
-        etag: String::new(),
-        generation_id: random_hex(8),
-        tags: "{}".into(),
-        parent_id: None,
-        enrollment_group_id: None,
-        created_at: cx.now,
-        updated_at: cx.now,
+        ..DeviceRow::new(id, random_hex(8), cx.now)
     });
     let old_etag = row.etag.clone();
     if let Some(enabled) = input.enabled {

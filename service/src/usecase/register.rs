@@ -12,12 +12,15 @@ use sha2::{Digest as _, Sha256};
 
 use super::certificates::record;
 use super::groups::{Group, GroupError, Reprovisioning};
-use super::{random_hex, Ctx};
+use super::{random_hex, Actor, Ctx};
+use crate::audit::AuditKey;
 use crate::authority::Authority;
+use crate::seal::KeyRing;
 use crate::seal::SealContext;
 use crate::store::devices::{self as device_rows, DeviceRow};
 use crate::store::enrollment::{self as rows, RegistrationRow};
 use crate::store::{certificates, Store, StoreError};
+use std::sync::Arc;
 
 /// Why a registration failed (nothing was stored).
 #[derive(Debug, thiserror::Error)]
@@ -99,11 +102,22 @@ impl Registered {
     }
 }
 
-/// A request whose input checks and CSR proof of possession passed (CPU work, no I/O).
+/// A certificate signed ahead of the transaction that records it.
+struct Issued {
+    cert: ca::issue::IssuedCertificate,
+    issuer_id: String,
+    issuer_der: Vec<u8>,
+}
+
+/// A request whose input checks and CSR proof of possession passed and whose certificate and
+/// device keys are made: all the CPU work of a registration, no I/O, so batches can do it in
+/// parallel off the async workers. The certificate is discarded if the transaction finds a
+/// retry (the stored one is answered) or refuses the registration.
 pub struct Prepared {
     req: RegistrationRequest,
-    csr: Option<VerifiedCsr>,
     csr_hash: Option<String>,
+    issued: Option<Issued>,
+    keys: Option<(SasKey, SasKey)>,
 }
 
 impl Prepared {
@@ -113,8 +127,14 @@ impl Prepared {
     }
 }
 
-/// Validates `req` against `group` and verifies its CSR.
-pub fn prepare(group: &Group, req: RegistrationRequest) -> Result<Prepared, RegisterError> {
+/// Validates `req` against `group`, verifies its CSR and signs the certificate.
+pub fn prepare(
+    group: &Group,
+    authority: &Authority,
+    base_url: &str,
+    req: RegistrationRequest,
+    now: i64,
+) -> Result<Prepared, RegisterError> {
     let id = req.registration_id.as_str();
     crate::ids::validate("registration id", id)
         .map_err(|e| RegisterError::Invalid(e.to_string()))?;
@@ -135,114 +155,409 @@ pub fn prepare(group: &Group, req: RegistrationRequest) -> Result<Prepared, Regi
         None => None,
     };
     let csr_hash = csr.as_ref().map(|c| hex::encode(Sha256::digest(c.der())));
-    Ok(Prepared { req, csr, csr_hash })
+    let issued = match &csr {
+        Some(csr) => {
+            let issuer = authority.active();
+            let urls = RevocationUrls { base_url: Some(base_url.to_owned()) };
+            let profile = DeviceProfile {
+                device_id: id,
+                validity_secs: group.validity_days.max(1) * 86_400,
+                urls: &urls,
+            };
+            Some(Issued {
+                cert: issue_device(issuer, csr, &profile, now)?,
+                issuer_id: issuer.id(),
+                issuer_der: issuer.cert_der().to_vec(),
+            })
+        }
+        None => None,
+    };
+    let keys = group.credential.sas().then(|| group.device_keys(id));
+    Ok(Prepared { req, csr_hash, issued, keys })
 }
 
-/// Registers `req` under `group`. `consume_jti`: a one-time token consumed in the same
-/// transaction (so a failed registration does not burn it, and two racing uses cannot both win).
-pub async fn register(
-    store: &Store,
-    cx: &Ctx<'_>,
-    authority: &Authority,
-    base_url: &str,
-    group: &Group,
-    req: RegistrationRequest,
-    consume_jti: Option<&str>,
-) -> Result<Registered, RegisterError> {
-    let prepared = prepare(group, req)?;
-    let mut tx = store.begin().await?;
-    let done = register_in(
-        &mut tx,
-        store.dialect(),
-        cx,
-        authority,
-        base_url,
-        group,
-        prepared,
-        consume_jti,
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(done)
+/// One registration of a group-committed batch.
+pub struct BatchItem<'a> {
+    /// its enrollment
+    pub group: &'a Group,
+    /// who registers (audit)
+    pub actor: &'a Actor,
+    /// one-time token to consume with it
+    pub jti: Option<&'a str>,
+    /// the request after [`prepare`] (an error is passed through to its result)
+    pub prepared: Result<Prepared, RegisterError>,
 }
 
-/// Registers a batch with group commit: one transaction for all lines, each line isolated in
-/// a savepoint (a failing line leaves nothing behind and does not affect the others). Results
-/// are returned only after the commit, in input order.
-pub async fn register_batch(
+/// What a batch shares: the key ring, the audit key and the time of the transaction.
+pub struct BatchCtx<'a> {
+    /// master key ring
+    pub ring: &'a KeyRing,
+    /// audit chain key
+    pub audit_key: &'a AuditKey,
+    /// unix seconds
+    pub now: i64,
+}
+
+impl<'a> BatchCtx<'a> {
+    fn cx(&self, actor: &'a Actor) -> Ctx<'a> {
+        Ctx { ring: self.ring, audit_key: self.audit_key, now: self.now, actor }
+    }
+}
+
+struct Line<'a> {
+    i: usize,
+    group: &'a Group,
+    actor: &'a Actor,
+    jti: Option<&'a str>,
+    p: Prepared,
+}
+
+/// Registers a batch with group commit: one transaction for all lines, results only after the
+/// commit, in input order. Lines whose id is new to the database (and appears once in the batch,
+/// without a one-time token) are stored with one multi-row statement per table and one audit
+/// append; the others (retries, reprovisioning, duplicates, tokens) run one by one, each in a
+/// savepoint, so a failing line leaves nothing behind and does not affect the rest.
+pub async fn register_batch<'a>(
     store: &Store,
-    cx: &Ctx<'_>,
+    bx: &BatchCtx<'a>,
     authority: &Authority,
-    base_url: &str,
-    group: &Group,
-    reqs: Vec<RegistrationRequest>,
+    items: Vec<BatchItem<'a>>,
 ) -> Vec<Result<Registered, RegisterError>> {
-    let prepared: Vec<Result<Prepared, RegisterError>> =
-        reqs.into_iter().map(|r| prepare(group, r)).collect();
+    let mut results: Vec<Option<Result<Registered, RegisterError>>> =
+        items.iter().map(|_| None).collect();
+    let mut pending = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        match item.prepared {
+            Ok(p) => {
+                pending.push(Line { i, group: item.group, actor: item.actor, jti: item.jti, p })
+            }
+            Err(e) => results[i] = Some(Err(e)),
+        }
+    }
     let mut tx = match store.begin().await {
         Ok(tx) => tx,
         Err(e) => {
-            return prepared
-                .into_iter()
-                .map(|_| Err(RegisterError::Store(unavailable(&e))))
-                .collect()
+            tracing::warn!(error = %e, "batch transaction failed");
+            for line in pending {
+                results[line.i] = Some(Err(RegisterError::Store(unavailable())));
+            }
+            return finish(results);
         }
     };
-    let mut results = Vec::with_capacity(prepared.len());
-    for p in prepared {
-        let p = match p {
-            Ok(p) => p,
-            Err(e) => {
-                results.push(Err(e));
-                continue;
-            }
+    let (fresh, mut slow) = match split_fresh(&mut tx, pending).await {
+        Ok(split) => split,
+        Err((e, all)) => {
+            tracing::debug!(error = %e, "batch lookup failed; registering line by line");
+            (Vec::new(), all)
+        }
+    };
+    if !fresh.is_empty() {
+        let stored = match sqlx::Connection::begin(&mut *tx).await {
+            Ok(mut sp) => match insert_fresh(&mut sp, store.dialect(), bx, &fresh).await {
+                Ok(done) => sp.commit().await.map(|()| done).map_err(StoreError::from),
+                Err(e) => {
+                    let _ = sp.rollback().await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e.into()),
         };
+        match stored {
+            Ok(done) => {
+                for (line, (etag, operation_id)) in fresh.into_iter().zip(done) {
+                    results[line.i] = Some(Ok(line.p.into_registered(bx.now, etag, operation_id)));
+                }
+            }
+            Err(e) => {
+                // e.g. another instance registered one of the ids meanwhile: go line by line.
+                tracing::debug!(error = %e, "bulk registration refused; registering line by line");
+                slow.extend(fresh);
+                slow.sort_by_key(|line| line.i);
+            }
+        }
+    }
+    for line in slow {
         let mut sp = match sqlx::Connection::begin(&mut *tx).await {
             Ok(sp) => sp,
             Err(e) => {
-                results.push(Err(RegisterError::Store(e.into())));
+                results[line.i] = Some(Err(RegisterError::Store(e.into())));
                 continue;
             }
         };
-        match register_in(&mut sp, store.dialect(), cx, authority, base_url, group, p, None).await {
-            Ok(r) => match sp.commit().await {
-                Ok(()) => results.push(Ok(r)),
-                Err(e) => results.push(Err(RegisterError::Store(e.into()))),
-            },
+        let cx = bx.cx(line.actor);
+        let r = match register_in(
+            &mut sp,
+            store.dialect(),
+            &cx,
+            authority,
+            line.group,
+            line.p,
+            line.jti,
+        )
+        .await
+        {
+            Ok(r) => sp.commit().await.map(|()| r).map_err(|e| RegisterError::Store(e.into())),
             Err(e) => {
                 let _ = sp.rollback().await;
-                results.push(Err(e));
+                Err(e)
+            }
+        };
+        results[line.i] = Some(r);
+    }
+    if let Err(e) = tx.commit().await {
+        tracing::warn!(error = %e, "batch commit failed");
+        for r in results.iter_mut() {
+            if matches!(r, Some(Ok(_))) {
+                *r = Some(Err(RegisterError::Store(unavailable())));
             }
         }
     }
-    if let Err(e) = tx.commit().await {
-        let e: StoreError = e.into();
-        return results
-            .into_iter()
-            .map(|r| r.and_then(|_| Err(RegisterError::Store(unavailable(&e)))))
-            .collect();
-    }
-    results
+    finish(results)
 }
 
-fn unavailable(e: &StoreError) -> StoreError {
-    tracing::warn!(error = %e, "batch transaction failed");
+/// Splits `pending` into first registrations (ids the database has never seen, once in the
+/// batch, no token) and the rest.
+async fn split_fresh<'a>(
+    tx: &mut sqlx::AnyConnection,
+    pending: Vec<Line<'a>>,
+) -> Result<(Vec<Line<'a>>, Vec<Line<'a>>), (StoreError, Vec<Line<'a>>)> {
+    let ids: Vec<&str> = pending.iter().map(|l| l.p.registration_id()).collect();
+    let known = match rows::known_ids(tx, &ids).await {
+        Ok(k) => k,
+        Err(e) => return Err((e, pending)),
+    };
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for id in &ids {
+        *seen.entry((*id).to_owned()).or_default() += 1;
+    }
+    Ok(pending.into_iter().partition(|l| {
+        let id = l.p.registration_id();
+        l.jti.is_none() && !known.contains(id) && seen.get(id) == Some(&1)
+    }))
+}
+
+/// Stores first registrations: one multi-row insert per table and one audit append. Returns
+/// each line's device etag and operation id.
+async fn insert_fresh(
+    tx: &mut sqlx::AnyConnection,
+    dialect: crate::store::Dialect,
+    bx: &BatchCtx<'_>,
+    fresh: &[Line<'_>],
+) -> Result<Vec<(String, String)>, StoreError> {
+    let now = bx.now;
+    let mut devices = Vec::with_capacity(fresh.len());
+    let mut certs = Vec::new();
+    let mut regs = Vec::with_capacity(fresh.len());
+    let mut entries = Vec::with_capacity(fresh.len());
+    let mut out = Vec::with_capacity(fresh.len());
+    for line in fresh {
+        let (p, group) = (&line.p, line.group);
+        let id = p.registration_id();
+        let group_ref = (!group.individual).then(|| group.id.clone());
+        let mut device = blank_device(id, group_ref.clone(), now);
+        shape_device(&mut device, &bx.cx(line.actor), group, p, true);
+        if let Some(issued) = &p.issued {
+            certs.push(record(&issued.cert, Some(id), &issued.issuer_id, "device", now));
+        }
+        let operation_id = new_operation_id();
+        regs.push(RegistrationRow {
+            registration_id: id.to_owned(),
+            group_id: group_ref,
+            csr_sha256: p.csr_hash.clone(),
+            serial: p.issued.as_ref().map(|i| i.cert.serial.clone()),
+            operation_id: operation_id.clone(),
+            payload: p.req.payload.as_ref().map(Value::to_string),
+            created_at: now,
+            updated_at: now,
+        });
+        entries.push(line.actor.did("registration.create", id));
+        out.push((device.etag.clone(), operation_id));
+        devices.push(device);
+    }
+    device_rows::insert_many(&mut *tx, &devices).await?;
+    certificates::insert_many(&mut *tx, &certs).await?;
+    rows::insert_registrations(&mut *tx, &regs).await?;
+    crate::audit::append_many(&mut *tx, dialect, bx.audit_key, &entries, now).await?;
+    Ok(out)
+}
+
+/// A single registration waiting for the group commit.
+pub struct Job {
+    /// its enrollment
+    pub group: Arc<Group>,
+    /// who registers
+    pub actor: Actor,
+    /// one-time token to consume with it
+    pub jti: Option<String>,
+    /// the prepared request
+    pub prepared: Prepared,
+    /// where the result goes
+    pub reply: tokio::sync::oneshot::Sender<Result<Registered, RegisterError>>,
+}
+
+/// Group commit for single registrations (JSON factory line, self-registration, DPS, EST):
+/// whatever requests are waiting when a transaction starts share it, so concurrent clients
+/// pay one commit instead of queueing for the single writer one transaction at a time.
+#[derive(Debug)]
+pub struct Queue {
+    tx: tokio::sync::mpsc::Sender<Job>,
+    rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Job>>>,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(4 * MAX_GROUP_COMMIT);
+        Self { tx, rx: std::sync::Mutex::new(Some(rx)) }
+    }
+}
+
+/// Most registrations one group commit takes from the queue.
+pub const MAX_GROUP_COMMIT: usize = 250;
+
+impl Queue {
+    /// Takes the receiving end (once) for the committer task.
+    pub fn take_receiver(&self) -> Option<tokio::sync::mpsc::Receiver<Job>> {
+        match self.rx.lock() {
+            Ok(mut r) => r.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
+
+    /// Queues a registration and waits for its group commit.
+    pub async fn register(
+        &self,
+        group: Arc<Group>,
+        actor: Actor,
+        jti: Option<String>,
+        prepared: Prepared,
+    ) -> Result<Registered, RegisterError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job { group, actor, jti, prepared, reply };
+        if self.tx.send(job).await.is_err() {
+            return Err(RegisterError::Store(unavailable()));
+        }
+        answer.await.unwrap_or_else(|_| Err(RegisterError::Store(unavailable())))
+    }
+
+    /// Stores queued registrations, a group commit at a time, until every sender is gone.
+    pub async fn run(
+        mut rx: tokio::sync::mpsc::Receiver<Job>,
+        store: &Store,
+        shared: impl Fn() -> (Arc<KeyRing>, Arc<Authority>, i64),
+        audit_key: &AuditKey,
+    ) {
+        let mut jobs = Vec::with_capacity(MAX_GROUP_COMMIT);
+        while rx.recv_many(&mut jobs, MAX_GROUP_COMMIT).await > 0 {
+            let (ring, authority, now) = shared();
+            let bx = BatchCtx { ring: &ring, audit_key, now };
+            let mut replies = Vec::with_capacity(jobs.len());
+            let mut who = Vec::with_capacity(jobs.len());
+            let mut prepared = Vec::with_capacity(jobs.len());
+            for job in jobs.drain(..) {
+                replies.push(job.reply);
+                who.push((job.group, job.actor, job.jti));
+                prepared.push(job.prepared);
+            }
+            let items = who
+                .iter()
+                .zip(prepared)
+                .map(|((group, actor, jti), p)| BatchItem {
+                    group,
+                    actor,
+                    jti: jti.as_deref(),
+                    prepared: Ok(p),
+                })
+                .collect();
+            let results = register_batch(store, &bx, &authority, items).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+fn finish(
+    results: Vec<Option<Result<Registered, RegisterError>>>,
+) -> Vec<Result<Registered, RegisterError>> {
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(RegisterError::Invalid("line was not processed".into()))))
+        .collect()
+}
+
+fn unavailable() -> StoreError {
     StoreError::Unavailable(sqlx::Error::PoolClosed)
 }
 
-#[allow(clippy::too_many_arguments)]
+fn new_operation_id() -> String {
+    format!("4.{}", random_hex(12))
+}
+
+/// A device row for a first registration, before [`shape_device`].
+fn blank_device(id: &str, group_ref: Option<String>, now: i64) -> DeviceRow {
+    DeviceRow { enrollment_group_id: group_ref, ..DeviceRow::new(id, random_hex(8), now) }
+}
+
+/// Applies a registration to a device row: tags (when `reset`), credential, new etag.
+fn shape_device(device: &mut DeviceRow, cx: &Ctx<'_>, group: &Group, p: &Prepared, reset: bool) {
+    let id = p.registration_id();
+    if reset {
+        let mut tags = group.initial_tags.clone();
+        if let Some(extra) = &p.req.tags {
+            tags.extend(extra.clone());
+        }
+        device.tags = Value::Object(tags).to_string();
+    }
+    match &p.keys {
+        Some((primary, secondary)) => {
+            device.auth_type = "sas".into();
+            device.key_version = Some(i64::from(cx.ring.current_version()));
+            device.primary_key = Some(cx.ring.seal(
+                SealContext { table: "devices", column: "primary_key", row_id: id },
+                primary.expose_secret(),
+            ));
+            device.secondary_key = Some(cx.ring.seal(
+                SealContext { table: "devices", column: "secondary_key", row_id: id },
+                secondary.expose_secret(),
+            ));
+        }
+        None => {
+            device.auth_type = "x509_ca".into();
+            (device.key_version, device.primary_key, device.secondary_key) = (None, None, None);
+        }
+    }
+    device.etag = random_hex(8);
+    device.updated_at = cx.now;
+}
+
+impl Prepared {
+    fn into_registered(self, now: i64, etag: String, operation_id: String) -> Registered {
+        let chain = self.issued.map(|i| vec![i.cert.der, i.issuer_der]).unwrap_or_default();
+        Registered {
+            device_id: self.req.registration_id,
+            chain,
+            device_keys: self.keys,
+            created: true,
+            operation_id,
+            created_at: now,
+            updated_at: now,
+            etag,
+            payload: self.req.payload,
+        }
+    }
+}
+
 async fn register_in(
     tx: &mut sqlx::AnyConnection,
     dialect: crate::store::Dialect,
     cx: &Ctx<'_>,
     authority: &Authority,
-    base_url: &str,
     group: &Group,
     prepared: Prepared,
     consume_jti: Option<&str>,
 ) -> Result<Registered, RegisterError> {
-    let Prepared { req, csr, csr_hash } = prepared;
-    let id = req.registration_id.as_str();
+    let id = prepared.registration_id().to_owned();
+    let id = id.as_str();
     let group_ref = (!group.individual).then(|| group.id.clone());
     if let Some(jti) = consume_jti {
         if !rows::consume_token(&mut *tx, jti, &group.id, cx.now).await? {
@@ -261,23 +576,19 @@ async fn register_in(
     }
     let previous = rows::registration(&mut *tx, id).await?;
     if let (Some(prev), Some(device)) = (&previous, &existing_device) {
-        if prev.csr_sha256 == csr_hash && prev.group_id == group_ref && consume_jti.is_none() {
+        if prev.csr_sha256 == prepared.csr_hash
+            && prev.group_id == group_ref
+            && consume_jti.is_none()
+        {
             // A retry: answer with what was issued, store nothing.
             let chain = match &prev.serial {
-                Some(serial) => {
-                    let cert = certificates::get(&mut *tx, serial).await?;
-                    let issuer = cert.as_ref().and_then(|c| authority.find(&c.issuer_id));
-                    match (cert, issuer) {
-                        (Some(c), Some(i)) => vec![c.der, i.cert_der.clone()],
-                        _ => Vec::new(),
-                    }
-                }
+                Some(serial) => stored_chain(&mut *tx, authority, serial).await?,
                 None => Vec::new(),
             };
             return Ok(Registered {
                 device_id: id.to_owned(),
                 chain,
-                device_keys: group.credential.sas().then(|| group.device_keys(id)),
+                device_keys: prepared.keys,
                 created: false,
                 operation_id: prev.operation_id.clone(),
                 created_at: prev.created_at,
@@ -294,54 +605,11 @@ async fn register_in(
     }
 
     // Device row: created, or updated per the reprovisioning policy.
-    let keys = group.credential.sas().then(|| group.device_keys(id));
     let reset = existing_device.is_none() || group.reprovisioning == Reprovisioning::Reissue;
-    let mut device = existing_device.clone().unwrap_or_else(|| DeviceRow {
-        device_id: id.to_owned(),
-        status: "enabled".into(),
-        status_reason: None,
-        auth_type: String::new(),
-        key_version: None,
-        primary_key: None,
-        secondary_key: None,
-        primary_thumbprint: None,
-        secondary_thumbprint: None,
-        etag: String::new(),
-        generation_id: random_hex(8),
-        tags: "{}".into(),
-        parent_id: None,
-        enrollment_group_id: group_ref.clone(),
-        created_at: cx.now,
-        updated_at: cx.now,
-    });
-    if reset {
-        let mut tags = group.initial_tags.clone();
-        if let Some(extra) = req.tags {
-            tags.extend(extra);
-        }
-        device.tags = Value::Object(tags).to_string();
-    }
-    match &keys {
-        Some((p, s)) => {
-            device.auth_type = "sas".into();
-            device.key_version = Some(i64::from(cx.ring.current_version()));
-            device.primary_key = Some(cx.ring.seal(
-                SealContext { table: "devices", column: "primary_key", row_id: id },
-                p.expose_secret(),
-            ));
-            device.secondary_key = Some(cx.ring.seal(
-                SealContext { table: "devices", column: "secondary_key", row_id: id },
-                s.expose_secret(),
-            ));
-        }
-        None => {
-            device.auth_type = "x509_ca".into();
-            (device.key_version, device.primary_key, device.secondary_key) = (None, None, None);
-        }
-    }
+    let mut device =
+        existing_device.clone().unwrap_or_else(|| blank_device(id, group_ref.clone(), cx.now));
     let old_etag = device.etag.clone();
-    device.etag = random_hex(8);
-    device.updated_at = cx.now;
+    shape_device(&mut device, cx, group, &prepared, reset);
     match &existing_device {
         None => device_rows::insert(&mut *tx, &device).await?,
         Some(_) => {
@@ -353,57 +621,54 @@ async fn register_in(
         }
     }
 
-    // Certificate.
-    let mut chain = Vec::new();
-    let mut serial = None;
-    if let Some(csr) = &csr {
-        if let (Some(prev), Reprovisioning::Reissue) = (&previous, group.reprovisioning) {
-            if let Some(old) = &prev.serial {
-                certificates::revoke(&mut *tx, old, "superseded", cx.now).await?;
-            }
+    // Certificate (signed in `prepare`).
+    if let (Some(_), Some(prev), Reprovisioning::Reissue) =
+        (&prepared.issued, &previous, group.reprovisioning)
+    {
+        if let Some(old) = &prev.serial {
+            certificates::revoke(&mut *tx, old, "superseded", cx.now).await?;
         }
-        let issuer = authority.active();
-        let urls = RevocationUrls { base_url: Some(base_url.to_owned()) };
-        let profile = DeviceProfile {
-            device_id: id,
-            validity_secs: group.validity_days.max(1) * 86_400,
-            urls: &urls,
-        };
-        let cert = issue_device(issuer, csr, &profile, cx.now)?;
-        certificates::insert(&mut *tx, &record(&cert, Some(id), &issuer.id(), "device", cx.now))
-            .await?;
-        serial = Some(cert.serial.clone());
-        chain = vec![cert.der, issuer.cert_der().to_vec()];
     }
-    let operation_id = previous
-        .as_ref()
-        .map_or_else(|| format!("4.{}", random_hex(12)), |p| p.operation_id.clone());
+    if let Some(issued) = &prepared.issued {
+        certificates::insert(
+            &mut *tx,
+            &record(&issued.cert, Some(id), &issued.issuer_id, "device", cx.now),
+        )
+        .await?;
+    }
+    let operation_id = previous.as_ref().map_or_else(new_operation_id, |p| p.operation_id.clone());
     let created_at = previous.as_ref().map_or(cx.now, |p| p.created_at);
-    let payload_text = req.payload.as_ref().map(Value::to_string);
     rows::upsert_registration(
         &mut *tx,
         &RegistrationRow {
             registration_id: id.to_owned(),
             group_id: group_ref,
-            csr_sha256: csr_hash,
-            serial,
+            csr_sha256: prepared.csr_hash.clone(),
+            serial: prepared.issued.as_ref().map(|i| i.cert.serial.clone()),
             operation_id: operation_id.clone(),
-            payload: payload_text,
+            payload: prepared.req.payload.as_ref().map(Value::to_string),
             created_at,
             updated_at: cx.now,
         },
     )
     .await?;
     cx.audit(&mut *tx, dialect, "registration.create", id).await?;
-    Ok(Registered {
-        device_id: id.to_owned(),
-        chain,
-        device_keys: keys,
-        created: true,
-        operation_id,
-        created_at,
-        updated_at: cx.now,
-        etag: device.etag,
-        payload: req.payload,
+    let etag = device.etag;
+    let mut done = prepared.into_registered(cx.now, etag, operation_id);
+    done.created_at = created_at;
+    Ok(done)
+}
+
+/// The chain (leaf, issuer) of a stored certificate, empty when it or its issuer is gone.
+pub async fn stored_chain(
+    conn: &mut sqlx::AnyConnection,
+    authority: &Authority,
+    serial: &str,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let cert = certificates::get(conn, serial).await?;
+    let issuer = cert.as_ref().and_then(|c| authority.find(&c.issuer_id));
+    Ok(match (cert, issuer) {
+        (Some(c), Some(i)) => vec![c.der, i.cert_der.clone()],
+        _ => Vec::new(),
     })
 }

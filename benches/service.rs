@@ -320,6 +320,7 @@ async fn main() {
             100.0 * ocsp / healthz
         );
     }
+    let mut batch_rate = None;
     if selected("ndjson") {
         // NDJSON batch enrollment vs the in-process ceiling (same CSRs, same cores).
         let csrs: Vec<String> = (0..batch).map(|i| csr(&format!("b-{i}"))).collect();
@@ -345,8 +346,41 @@ async fn main() {
         let batch_secs = t.elapsed().as_secs_f64();
         let ok_lines = out.lines().filter(|l| l.contains("certificate_chain")).count();
         assert_eq!(ok_lines, batch, "every line enrolled");
-        let batch_rate = batch as f64 / batch_secs;
-        println!("| NDJSON batch enrollment ({batch} P-256 CSRs) | {batch_rate:.0} certs/s | ca crate in-process, 2 threads: {ceiling:.0} certs/s | {:.0} % |", 100.0 * batch_rate / ceiling);
+        let rate_now = batch as f64 / batch_secs;
+        batch_rate = Some(rate_now);
+        println!("| NDJSON batch enrollment ({batch} P-256 CSRs) | {rate_now:.0} certs/s | ca crate in-process, 2 threads: {ceiling:.0} certs/s | {:.0} % |", 100.0 * rate_now / ceiling);
+    }
+    if let (true, Ok(cfssl)) = (selected("cfssl"), std::env::var("CFSSL_URL")) {
+        // cfssl `serve` /sign (parse + verify + sign, nothing stored), 16 clients, same CSRs
+        // shape: the external baseline for batch enrollment.
+        let csrs: Arc<Vec<String>> = Arc::new((0..512).map(|i| csr(&format!("c-{i}"))).collect());
+        let plain = reqwest::Client::new();
+        let next = Arc::new(AtomicU64::new(0));
+        let cfssl_rate = rate(secs, concurrency, move || {
+            let (c, url, csrs, next) = (plain.clone(), cfssl.clone(), csrs.clone(), next.clone());
+            async move {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize % csrs.len();
+                let r = c
+                    .post(format!("{url}/api/v1/cfssl/sign"))
+                    .json(&json!({"certificate_request": csrs[i]}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) => r.json::<Value>().await.is_ok_and(|v| v["success"] == true),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        println!(
+            "| cfssl serve /sign (16 conns, stores nothing) | {cfssl_rate:.0} certs/s | — | — |"
+        );
+        if let Some(batch_rate) = batch_rate {
+            println!(
+                "| NDJSON batch enrollment vs cfssl /sign | {batch_rate:.0} vs {cfssl_rate:.0} certs/s | cfssl {cfssl_rate:.0} certs/s | {:.2}× |",
+                batch_rate / cfssl_rate
+            );
+        }
     }
     if selected("single") {
         // Single registrations, 8 concurrent clients: latency.

@@ -55,6 +55,41 @@ pub enum StartError {
     /// metrics registry
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// another server already serves this SQLite database
+    #[error(
+        "another `provisiond serve` holds {0}: SQLite serves one instance; use PostgreSQL to run several"
+    )]
+    AlreadyServing(std::path::PathBuf),
+    /// the instance lock file cannot be opened
+    #[error("cannot open {path}: {source}")]
+    LockFile {
+        /// lock file
+        path: std::path::PathBuf,
+        /// cause
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// On SQLite, holds `<database file>.serve-lock` for the life of the server: one instance per
+/// SQLite database, as DESIGN.md "Scale-out" says — which is also what lets that instance keep
+/// policies in memory between changes it makes itself. The OS releases it if the process dies.
+fn lock_single_instance(config: &Config) -> Result<Option<std::fs::File>, StartError> {
+    let Some(db) = config.database().sqlite_file() else { return Ok(None) };
+    let mut path = db.into_os_string();
+    path.push(".serve-lock");
+    let path = std::path::PathBuf::from(path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StartError::LockFile { path: path.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::AlreadyServing(path)),
+        Err(std::fs::TryLockError::Error(source)) => Err(StartError::LockFile { path, source }),
+    }
 }
 
 /// How often a running server re-reads the master key file (online rotation).
@@ -68,6 +103,7 @@ pub struct Application {
     server: actix_web::dev::Server,
     addr: SocketAddr,
     state: web::Data<AppState>,
+    _instance_lock: Option<std::fs::File>,
 }
 
 /// Loads the master key ring, the database and the CA; checks that the ring opens the stored
@@ -110,6 +146,7 @@ pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
         limiter: FailureLimiter::default(),
         metrics: Metrics::new()?,
         registrations: Default::default(),
+        policy_cache: Default::default(),
     })
 }
 
@@ -117,6 +154,7 @@ impl Application {
     /// Builds the server for `config`: state, TLS certificate, routes; binds the socket.
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let instance_lock = lock_single_instance(&config)?;
         let state = open_state(config, clock).await?;
         let authority = state.authority();
         let cred = crate::usecase::server_cert::issue_for_instance(
@@ -184,7 +222,7 @@ impl Application {
             addr: listen.clone(),
             source: std::io::Error::other("no address bound"),
         })?;
-        Ok(Self { server: server.run(), addr, state })
+        Ok(Self { server: server.run(), addr, state, _instance_lock: instance_lock })
     }
 
     /// The bound address (the real port when listening on port 0).

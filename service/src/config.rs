@@ -52,6 +52,13 @@ impl DatabaseUrl {
         self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
     }
 
+    /// The SQLite database file (None for PostgreSQL or an in-memory database).
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        let rest = self.0.strip_prefix("sqlite://").or_else(|| self.0.strip_prefix("sqlite:"))?;
+        let path = rest.split('?').next().unwrap_or_default();
+        (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
+    }
+
     /// The URL with any password replaced by `***`.
     pub fn masked(&self) -> String {
         match (self.0.find("://"), self.0.rfind('@')) {

@@ -33,6 +33,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// single registrations waiting for their group commit
     pub registrations: crate::usecase::register::Queue,
+    /// verified policies (SQLite only; see `PolicyCache`)
+    pub policy_cache: crate::auth::sas::PolicyCache,
 }
 
 impl AppState {

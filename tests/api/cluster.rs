@@ -4,10 +4,44 @@
 use serde_json::{json, Value};
 
 use crate::enrollment::p256;
-use crate::helpers::spawn_app;
+use crate::helpers::{backend_is_postgres, command, spawn_app};
+
+/// DESIGN.md "Scale-out": SQLite serves one instance. A second `serve` on the same SQLite
+/// database is refused at start with a message that says why; on PostgreSQL it starts.
+#[tokio::test]
+async fn a_second_server_on_one_sqlite_database_is_refused() {
+    let app = spawn_app().await;
+    if backend_is_postgres() {
+        let sibling = app.sibling().await;
+        assert!(app
+            .client
+            .get(format!("{}/readyz", sibling.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success());
+        return;
+    }
+    let out = command(&app.data.database_url)
+        .args(["serve", "--data-dir"])
+        .arg(app.data.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SQLite serves one instance"), "{err}");
+    // The first one is unaffected.
+    assert!(app.client.get(app.url("/readyz")).send().await.unwrap().status().is_success());
+}
 
 #[tokio::test]
 async fn bundle_redeem_and_token_use_are_exactly_once_across_three_instances() {
+    if !backend_is_postgres() {
+        // Scale-out runs over PostgreSQL; on SQLite the test above checks the refusal.
+        return;
+    }
     let app = spawn_app().await;
     let s1 = app.sibling().await;
     let s2 = app.sibling().await;

@@ -42,6 +42,18 @@ async fn policy_crud_rotation_and_owner_protection() {
     assert_problem(app.get_as("/v1/audit", &token).await, 401).await;
     let token2 = policy_token("line-1", rotated["secondary_key"].as_str().unwrap());
     assert_eq!(app.get_as("/v1/audit", &token2).await.status(), 200, "secondary still works");
+    // Narrowing the permissions takes effect on the next request.
+    let narrowed = app
+        .client
+        .put(app.url("/v1/policies/line-1"))
+        .header("Authorization", &owner)
+        .json(&json!({"permissions": ["AuditRead"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(narrowed.status(), 200);
+    assert_problem(app.get_as("/v1/devices", &token2).await, 403).await;
+    assert_eq!(app.get_as("/v1/audit", &token2).await.status(), 200);
 
     let r = app
         .client

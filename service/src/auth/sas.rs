@@ -57,10 +57,85 @@ pub enum SasAuthError {
     Corrupt(String),
 }
 
+/// A policy as checked on each request: keys unsealed, permissions and scope parsed.
+struct CheckedPolicy {
+    generation: u64,
+    keys: PolicyKeys,
+    principal: Principal,
+}
+
+/// Policies read recently, kept only where every policy write happens in this process (SQLite:
+/// one instance) and only until the next committed policy change (`Store::policy_generation`):
+/// a rotated or deleted key is never served from here. On PostgreSQL, where another instance
+/// may rotate a key, every check reads the row.
+#[derive(Default)]
+pub struct PolicyCache {
+    entries: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<CheckedPolicy>>>,
+}
+
+impl std::fmt::Debug for PolicyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolicyCache([keys elided])")
+    }
+}
+
+/// Most policies kept; past it the cache starts over (policies are few; this bounds memory
+/// against a flood of distinct valid names).
+const MAX_CACHED_POLICIES: usize = 1024;
+
+impl PolicyCache {
+    fn get(&self, name: &str, generation: u64) -> Option<std::sync::Arc<CheckedPolicy>> {
+        let entries = self.entries.read().ok()?;
+        entries.get(name).filter(|e| e.generation == generation).cloned()
+    }
+
+    fn put(&self, name: &str, entry: std::sync::Arc<CheckedPolicy>) {
+        if let Ok(mut entries) = self.entries.write() {
+            if entries.len() >= MAX_CACHED_POLICIES {
+                entries.clear();
+            }
+            entries.insert(name.to_owned(), entry);
+        }
+    }
+}
+
+/// Reads, unseals and parses a policy (None when it does not exist).
+async fn load_policy(
+    store: &Store,
+    ring: &KeyRing,
+    name: &str,
+    generation: u64,
+) -> Result<Option<CheckedPolicy>, SasAuthError> {
+    let mut conn = store.conn().await?;
+    let Some(row) = crate::store::policies::get(&mut conn, name).await? else {
+        return Ok(None);
+    };
+    drop(conn);
+    let keys = unseal_policy_keys(ring, &row)?;
+    let names: Vec<String> = serde_json::from_str(&row.permissions)
+        .map_err(|_| SasAuthError::Corrupt(row.name.clone()))?;
+    let permissions = PermissionSet::parse(names.iter().map(String::as_str))
+        .map_err(|_| SasAuthError::Corrupt(row.name.clone()))?;
+    let scope = match row.scope.as_deref() {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_str::<Scope>(text)
+                .map_err(|_| SasAuthError::Corrupt(row.name.clone()))?,
+        ),
+    };
+    Ok(Some(CheckedPolicy {
+        generation,
+        keys,
+        principal: Principal { name: row.name, permissions, scope },
+    }))
+}
+
 /// Authenticates a policy SAS token: `skn` names the policy, `sr` must cover `host_name`, the
 /// signature must match the primary or secondary key, and the expiry must be within bounds.
+#[allow(clippy::too_many_arguments)]
 pub async fn authenticate_policy(
     store: &Store,
+    cache: &PolicyCache,
     ring: &KeyRing,
     host_name: &str,
     token_text: &str,
@@ -83,28 +158,26 @@ pub async fn authenticate_policy(
     {
         return refused(Some(name));
     }
-    let mut conn = store.conn().await?;
-    let Some(row) = crate::store::policies::get(&mut conn, name).await? else {
-        return refused(Some(name));
+    // Sampled before the read: an entry filled from a read that raced a change is already stale.
+    let generation = store.policy_generation();
+    let policy = match cache.get(name, generation) {
+        Some(p) => p,
+        None => {
+            let Some(loaded) = load_policy(store, ring, name, generation).await? else {
+                return refused(Some(name));
+            };
+            let loaded = std::sync::Arc::new(loaded);
+            if store.single_instance() {
+                cache.put(name, loaded.clone());
+            }
+            loaded
+        }
     };
-    drop(conn);
-    let keys = unseal_policy_keys(ring, &row)?;
     // Check both keys unconditionally so timing does not reveal which one matched.
-    let primary_ok = token.check_signature(&keys.primary).is_ok();
-    let secondary_ok = token.check_signature(&keys.secondary).is_ok();
+    let primary_ok = token.check_signature(&policy.keys.primary).is_ok();
+    let secondary_ok = token.check_signature(&policy.keys.secondary).is_ok();
     if !(primary_ok | secondary_ok) {
         return refused(Some(name));
     }
-    let names: Vec<String> = serde_json::from_str(&row.permissions)
-        .map_err(|_| SasAuthError::Corrupt(row.name.clone()))?;
-    let permissions = PermissionSet::parse(names.iter().map(String::as_str))
-        .map_err(|_| SasAuthError::Corrupt(row.name.clone()))?;
-    let scope = match row.scope.as_deref() {
-        None => None,
-        Some(text) => Some(
-            serde_json::from_str::<Scope>(text)
-                .map_err(|_| SasAuthError::Corrupt(row.name.clone()))?,
-        ),
-    };
-    Ok(PolicyAuth::Ok(Principal { name: row.name, permissions, scope }))
+    Ok(PolicyAuth::Ok(policy.principal.clone()))
 }

@@ -45,12 +45,23 @@ pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Princip
             let (host, now, skew) =
                 (&state.config.host_name, state.now(), state.config.sas_skew_secs);
             let ring = state.ring();
-            let mut result = authenticate_policy(&state.store, &ring, host, h, now, skew).await;
+            let mut result =
+                authenticate_policy(&state.store, &state.policy_cache, &ring, host, h, now, skew)
+                    .await;
             if let Err(SasAuthError::Seal(SealError::UnknownVersion(_))) = &result {
                 // A rotation added a key version this instance has not read yet.
                 state.reload_ring();
                 let ring = state.ring();
-                result = authenticate_policy(&state.store, &ring, host, h, now, skew).await;
+                result = authenticate_policy(
+                    &state.store,
+                    &state.policy_cache,
+                    &ring,
+                    host,
+                    h,
+                    now,
+                    skew,
+                )
+                .await;
             }
             match result {
                 Ok(PolicyAuth::Ok(p)) => Ok(p),

@@ -113,6 +113,7 @@ pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    policy_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -134,6 +135,7 @@ impl Store {
                         "PRAGMA synchronous = NORMAL",
                         "PRAGMA busy_timeout = 10000",
                         "PRAGMA foreign_keys = ON",
+                        "PRAGMA mmap_size = 268435456",
                         // The server checkpoints in the background (`checkpoint`), off the commit
                         // path; a committing writer only does it past ~40 MB of WAL.
                         "PRAGMA wal_autocheckpoint = 10000",
@@ -145,7 +147,12 @@ impl Store {
             });
         }
         let pool = pool.connect_with(options).await?;
-        Ok(Self { pool, dialect, writer: std::sync::Arc::new(tokio::sync::Mutex::new(())) })
+        Ok(Self {
+            pool,
+            dialect,
+            writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            policy_generation: Default::default(),
+        })
     }
 
     /// Applies pending migrations for this dialect.
@@ -160,6 +167,23 @@ impl Store {
     /// The dialect.
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// Counts committed policy changes made through this handle; caches of policy rows are
+    /// valid only while it is unchanged.
+    pub fn policy_generation(&self) -> u64 {
+        self.policy_generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Call after committing any change to the `policies` table.
+    pub fn policies_changed(&self) {
+        self.policy_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Whether every write comes through this process: SQLite serves one instance (the server
+    /// holds a lock file); PostgreSQL may have siblings writing too.
+    pub fn single_instance(&self) -> bool {
+        self.dialect == Dialect::Sqlite
     }
 
     /// Begins a write transaction.

@@ -151,6 +151,7 @@ pub async fn put(
         cx.audit(&mut tx, store.dialect(), "policy.update", name).await?;
     }
     tx.commit().await.map_err(StoreError::from)?;
+    store.policies_changed();
     Ok((policy, created))
 }
 
@@ -165,6 +166,7 @@ pub async fn delete(store: &Store, cx: &Ctx<'_>, name: &str) -> Result<(), Polic
     }
     cx.audit(&mut tx, store.dialect(), "policy.delete", name).await?;
     tx.commit().await.map_err(StoreError::from)?;
+    store.policies_changed();
     Ok(())
 }
 
@@ -187,5 +189,6 @@ pub async fn rotate_keys(
     rows::update(&mut tx, &encode(cx.ring, &p)).await?;
     cx.audit(&mut tx, store.dialect(), "policy.keys.rotate", name).await?;
     tx.commit().await.map_err(StoreError::from)?;
+    store.policies_changed();
     Ok(p)
 }

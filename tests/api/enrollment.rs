@@ -281,7 +281,7 @@ async fn ndjson_batches_answer_one_line_per_input_in_order() {
 }
 
 impl TestApp {
-    async fn ndjson(&self, group: &str, lines: &[Value]) -> Vec<Value> {
+    pub async fn ndjson(&self, group: &str, lines: &[Value]) -> Vec<Value> {
         let body: String = lines.iter().map(|l| l.to_string() + "\n").collect();
         let r = self
             .client

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::enrollment::p256;
-use crate::helpers::spawn_app;
+use crate::helpers::{backend_is_postgres, spawn_app, spawn_with, DataDir};
 
 #[tokio::test]
 async fn kill_9_during_a_batch_loses_no_acknowledged_registration() {
@@ -87,4 +87,150 @@ async fn kill_9_during_a_batch_loses_no_acknowledged_registration() {
     }
     let v: Value = app.get_as("/v1/audit/verify", &app.owner_token()).await.json().await.unwrap();
     assert_eq!(v["ok"], true, "{v}");
+}
+
+/// A PostgreSQL cluster of this test's own, so stopping it disturbs no other test.
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn bin(tool: &str) -> std::path::PathBuf {
+        let versions = std::fs::read_dir("/usr/lib/postgresql").expect("PostgreSQL installed");
+        let mut dirs: Vec<_> = versions.map(|e| e.unwrap().path()).collect();
+        dirs.sort();
+        dirs.last().unwrap().join("bin").join(tool)
+    }
+
+    /// `tool` run as the postgres user (initdb and pg_ctl refuse root).
+    fn as_postgres(tool: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(Self::bin(tool));
+        cmd
+    }
+
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::process::Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap();
+        let out = Self::as_postgres("initdb")
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pg = Self { dir, port };
+        pg.ctl("start");
+        pg
+    }
+
+    fn ctl(&self, action: &str) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let out = Self::as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-w", "-m", "fast", "-l"])
+            .arg(self.dir.path().join("pg.log"))
+            .args(["-o", &opts, action])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl {action}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = Self::as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// Issue "7 · hardening": PostgreSQL restarted under load. While it is down requests fail fast
+/// with a 503 problem that names no internals (no hang, no 500), and the server recovers by
+/// itself once it is back — reads and writes, no restart of provisiond.
+#[tokio::test]
+async fn postgres_restart_under_load_gives_503_then_recovers() {
+    if !backend_is_postgres() {
+        return; // the database of this fault is PostgreSQL; SQLite is a file in the process
+    }
+    let pg = PrivatePostgres::start();
+    let app = spawn_with(DataDir::init_with(Some(pg.url())).await, &[]).await;
+    app.put_device("probe", json!({})).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (client, url, token, stop) =
+            (app.client.clone(), app.url("/v1/devices/probe"), app.owner_token(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                let r = client
+                    .get(&url)
+                    .header("Authorization", &token)
+                    .timeout(std::time::Duration::from_secs(30))
+                    .send()
+                    .await
+                    .expect("the server answers while the database is down");
+                let status = r.status().as_u16();
+                let ctype = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+                let body = r.text().await.unwrap();
+                seen.push((status, ctype, body, t.elapsed()));
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    pg.ctl("stop");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    pg.ctl("start");
+    // Recovery by itself: reads answer 200 again within a bounded time.
+    let mut recovered = false;
+    for _ in 0..150 {
+        let r = app.get_as("/v1/devices/probe", &app.owner_token()).await;
+        if r.status() == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in load {
+        all.extend(t.await.unwrap());
+    }
+    assert!(recovered, "no 200 within 30 s of PostgreSQL coming back: {}", app.logs());
+    let unavailable: Vec<_> = all.iter().filter(|(s, ..)| *s == 503).collect();
+    let mut statuses: Vec<u16> = all.iter().map(|(s, ..)| *s).collect();
+    statuses.dedup();
+    assert!(!unavailable.is_empty(), "no request saw the outage: {statuses:?} over {} requests", all.len());
+    for (status, ctype, body, took) in &all {
+        assert!(*status == 200 || *status == 503, "{status}: {body}");
+        assert!(*took < std::time::Duration::from_secs(8), "a request hung for {took:?}");
+        if *status == 503 {
+            assert_eq!(ctype.as_deref(), Some("application/problem+json"));
+            let lower = body.to_lowercase();
+            for internal in ["sqlx", "postgres", "connection refused", "127.0.0.1", "io error"] {
+                assert!(!lower.contains(internal), "503 body names internals: {body}");
+            }
+        }
+    }
+    // Writes work again too, and the audit chain is intact.
+    app.put_device("after-restart", json!({})).await;
+    let verified: Value =
+        app.get_as("/v1/audit/verify", &app.owner_token()).await.json().await.unwrap();
+    assert_eq!(verified["ok"], true, "{verified}");
 }

@@ -48,8 +48,12 @@ pub struct DataDir {
 
 impl DataDir {
     pub async fn init() -> Self {
+        Self::init_with(fresh_database().await).await
+    }
+
+    /// Initializes against a given database (None = SQLite in the data dir).
+    pub async fn init_with(database_url: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let database_url = fresh_database().await;
         let creds = dir.path().join("owner.txt");
         let out = command(&database_url)
             .args(["init", "--data-dir"])

@@ -99,12 +99,24 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict {
                 constraint: db.constraint().unwrap_or(db.message()).to_owned(),
             },
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(e),
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| connection_lost(&c)) => {
                 StoreError::Unavailable(e)
             }
             _ => StoreError::Db(e),
         }
     }
+}
+
+/// SQLSTATEs that mean "the server is going away or not there yet", not "this statement is
+/// wrong": connection exceptions (class 08), administrator / crash shutdown and "cannot connect
+/// now" (57P01–57P03), too many connections (53300), and SQLite's busy / locked (5, 6).
+fn connection_lost(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "5" | "6")
 }
 
 /// The database handle shared by every request.

@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod azure_sdk;
 mod bundles;
+mod canary;
 mod cli;
 mod cluster;
 mod devices;

@@ -111,6 +111,66 @@ async fn bundle_redeem_and_token_use_are_exactly_once_across_three_instances() {
     assert_eq!(codes.iter().filter(|c| **c == 201).count(), 1, "{codes:?}");
     assert_eq!(codes.iter().filter(|c| **c == 401).count(), 8, "{codes:?}");
 
+    // One CRL generator at a time: after a revocation on one instance, 30 concurrent fetches
+    // across the three regenerate the stale CRL once — every answer is the same CRL, numbered
+    // one past the previous, listing the serial.
+    app.put_group("crl", json!({"allowed_key_types": ["p256"]})).await;
+    let reg: Value = app
+        .post_json(
+            "/v1/enrollment-groups/crl/registrations",
+            &app.owner_token(),
+            json!({"registration_id": "crl-dev", "csr": p256("crl-dev")}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let leaf = ::pem::parse_many(reg["certificate_chain"].as_str().unwrap()).unwrap()[0]
+        .contents()
+        .to_vec();
+    let serial = x509_parser::parse_x509_certificate(&leaf)
+        .unwrap()
+        .1
+        .raw_serial_as_string()
+        .replace(':', "");
+    let crl_of = |der: &[u8]| {
+        use x509_parser::prelude::FromDer as _;
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(der).unwrap();
+        let number = crl.crl_number().unwrap().to_string();
+        let serials: Vec<String> = crl
+            .iter_revoked_certificates()
+            .map(|r| r.raw_serial_as_string().replace(':', ""))
+            .collect();
+        (number.parse::<u64>().unwrap(), serials)
+    };
+    let before = app.client.get(app.url("/v1/ca/crl")).send().await.unwrap().bytes().await.unwrap();
+    let (number_before, _) = crl_of(&before);
+    let r = app
+        .client
+        .post(format!("{}/v1/certificates/{serial}/revoke", bases[1]))
+        .header("Authorization", app.owner_token())
+        .json(&json!({"reason": "key_compromise"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let (client, url) = (app.client.clone(), format!("{}/v1/ca/crl", bases[i % 3]));
+        tasks.push(tokio::spawn(async move {
+            client.get(url).send().await.unwrap().bytes().await.unwrap().to_vec()
+        }));
+    }
+    let mut crls = Vec::new();
+    for t in tasks {
+        crls.push(t.await.unwrap());
+    }
+    assert!(crls.iter().all(|c| *c == crls[0]), "two CRLs were generated for one change");
+    let (number, serials) = crl_of(&crls[0]);
+    assert_eq!(number, number_before + 1);
+    assert!(serials.contains(&serial), "{serials:?}");
+
     let v: Value = app.get_as("/v1/audit/verify", &app.owner_token()).await.json().await.unwrap();
     assert_eq!(v["ok"], true, "one linear audit chain: {v}");
 }

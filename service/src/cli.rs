@@ -511,6 +511,10 @@ async fn import(config: Config, file: PathBuf) -> Result<ExitCode, String> {
         bar.set_position(chunk.last().map_or(0, |(i, _)| *i as u64 + 1));
     }
     bar.finish_and_clear();
+    // Leave the write-ahead log folded into the database for the server that reads it next.
+    if let Err(e) = state.store.checkpoint().await {
+        eprintln!("note: WAL checkpoint after import failed: {e}");
+    }
     eprintln!("imported {ok} devices, {failed} lines failed");
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -91,6 +91,25 @@ const COLUMNS: &str = "device_id, status, status_reason, auth_type, key_version,
      secondary_key, primary_thumbprint, secondary_thumbprint, etag, generation_id, tags, parent_id, \
      enrollment_group_id, created_at, updated_at";
 
+/// Which of `ids` exist (one round trip).
+pub async fn existing(
+    conn: &mut AnyConnection,
+    ids: &[&str],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql = format!(
+        "SELECT device_id FROM devices WHERE device_id IN ({})",
+        super::placeholders(super::dialect_of(conn), 1, ids.len())
+    );
+    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+    for id in ids {
+        q = q.bind(*id);
+    }
+    Ok(q.fetch_all(conn).await?.into_iter().collect())
+}
+
 /// Inserts a device (Conflict when the id exists).
 pub async fn insert(conn: &mut AnyConnection, d: &DeviceRow) -> Result<(), StoreError> {
     insert_many(conn, std::slice::from_ref(d)).await

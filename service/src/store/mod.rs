@@ -147,7 +147,6 @@ impl Store {
                         "PRAGMA synchronous = NORMAL",
                         "PRAGMA busy_timeout = 10000",
                         "PRAGMA foreign_keys = ON",
-                        "PRAGMA mmap_size = 268435456",
                         // The server checkpoints in the background (`checkpoint`), off the commit
                         // path; a committing writer only does it past ~40 MB of WAL.
                         "PRAGMA wal_autocheckpoint = 10000",

@@ -203,7 +203,9 @@ pub async fn put(
     Ok(out)
 }
 
-/// Creates or replaces many devices in one transaction (imports): all or nothing.
+/// Creates or replaces many devices in one transaction (imports): all or nothing. New devices
+/// without a parent are stored with one multi-row insert and one audit append; the others
+/// (replacements, parents to check, ids repeated in the batch) one by one.
 pub async fn put_many(
     store: &Store,
     cx: &Ctx<'_>,
@@ -211,32 +213,47 @@ pub async fn put_many(
 ) -> Result<usize, DeviceError> {
     let mut tx = store.begin().await?;
     let n = items.len();
-    for (id, input) in items {
+    let ids: Vec<&str> = items.iter().map(|(id, _)| id.as_str()).collect();
+    let existing = rows::existing(&mut tx, &ids).await?;
+    let mut seen = std::collections::HashSet::new();
+    let repeated: std::collections::HashSet<String> =
+        ids.iter().filter(|id| !seen.insert(**id)).map(|id| (*id).to_owned()).collect();
+    let (fresh, rest): (Vec<_>, Vec<_>) = items.into_iter().partition(|(id, input)| {
+        !existing.contains(id) && !repeated.contains(id) && input.parent_id.is_none()
+    });
+    let mut new_rows = Vec::with_capacity(fresh.len());
+    let mut entries = Vec::with_capacity(fresh.len());
+    for (id, input) in fresh {
+        entries.push(cx.actor.did("device.create", &id));
+        new_rows.push(shape(cx, &id, None, input)?.row);
+    }
+    rows::insert_many(&mut tx, &new_rows).await?;
+    if !entries.is_empty() {
+        crate::audit::append_many(&mut tx, store.dialect(), cx.audit_key, &entries, cx.now).await?;
+    }
+    for (id, input) in rest {
         put_in(&mut tx, store.dialect(), cx, &id, input, &Precondition::default()).await?;
     }
     tx.commit().await.map_err(StoreError::from)?;
     Ok(n)
 }
 
-/// The body of [`put`], inside the caller's transaction.
-async fn put_in(
-    tx: &mut sqlx::AnyConnection,
-    dialect: crate::store::Dialect,
+/// A device row after applying an input to what is stored.
+struct Shaped {
+    row: DeviceRow,
+    auth: Authentication,
+    old_etag: String,
+    created: bool,
+    was_enabled: bool,
+}
+
+/// Applies `input` to the stored row (or a new one): no I/O.
+fn shape(
     cx: &Ctx<'_>,
     id: &str,
+    current: Option<DeviceRow>,
     input: DeviceInput,
-    pre: &Precondition,
-) -> Result<(Device, bool), DeviceError> {
-    let current = rows::get(&mut *tx, id).await?;
-    pre.check(current.as_ref())?;
-    if let Some(Some(parent)) = &input.parent_id {
-        if parent == id {
-            return Err(DeviceError::Invalid("parent_id must not be the device itself".into()));
-        }
-        if !rows::exists(&mut *tx, parent).await? {
-            return Err(DeviceError::Invalid(format!("parent device `{parent}` does not exist")));
-        }
-    }
+) -> Result<Shaped, DeviceError> {
     let created = current.is_none();
     let was_enabled = current.as_ref().is_some_and(|r| r.status == "enabled");
     let existing_auth = match current.clone() {
@@ -285,6 +302,29 @@ async fn put_in(
     apply_auth(&mut row, cx.ring, &auth);
     row.etag = random_hex(8);
     row.updated_at = cx.now;
+    Ok(Shaped { row, auth, old_etag, created, was_enabled })
+}
+
+/// The body of [`put`], inside the caller's transaction.
+async fn put_in(
+    tx: &mut sqlx::AnyConnection,
+    dialect: crate::store::Dialect,
+    cx: &Ctx<'_>,
+    id: &str,
+    input: DeviceInput,
+    pre: &Precondition,
+) -> Result<(Device, bool), DeviceError> {
+    let current = rows::get(&mut *tx, id).await?;
+    pre.check(current.as_ref())?;
+    if let Some(Some(parent)) = &input.parent_id {
+        if parent == id {
+            return Err(DeviceError::Invalid("parent_id must not be the device itself".into()));
+        }
+        if !rows::exists(&mut *tx, parent).await? {
+            return Err(DeviceError::Invalid(format!("parent device `{parent}` does not exist")));
+        }
+    }
+    let Shaped { row, auth, old_etag, created, was_enabled } = shape(cx, id, current, input)?;
     if created {
         rows::insert(&mut *tx, &row).await?;
         cx.audit(&mut *tx, dialect, "device.create", id).await?;

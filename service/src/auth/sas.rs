@@ -43,6 +43,17 @@ pub fn unseal_policy_keys(
     })
 }
 
+/// The permissions and scope stored in a policy row (None when the stored text is corrupt).
+pub fn policy_grants(row: &PolicyRow) -> Option<(PermissionSet, Option<Scope>)> {
+    let names: Vec<String> = serde_json::from_str(&row.permissions).ok()?;
+    let permissions = PermissionSet::parse(names.iter().map(String::as_str)).ok()?;
+    let scope = match row.scope.as_deref() {
+        None => None,
+        Some(text) => Some(serde_json::from_str::<Scope>(text).ok()?),
+    };
+    Some((permissions, scope))
+}
+
 /// Errors beyond a refused credential.
 #[derive(Debug, thiserror::Error)]
 pub enum SasAuthError {
@@ -112,17 +123,8 @@ async fn load_policy(
     };
     drop(conn);
     let keys = unseal_policy_keys(ring, &row)?;
-    let names: Vec<String> = serde_json::from_str(&row.permissions)
-        .map_err(|_| SasAuthError::Corrupt(row.name.clone()))?;
-    let permissions = PermissionSet::parse(names.iter().map(String::as_str))
-        .map_err(|_| SasAuthError::Corrupt(row.name.clone()))?;
-    let scope = match row.scope.as_deref() {
-        None => None,
-        Some(text) => Some(
-            serde_json::from_str::<Scope>(text)
-                .map_err(|_| SasAuthError::Corrupt(row.name.clone()))?,
-        ),
-    };
+    let (permissions, scope) =
+        policy_grants(&row).ok_or_else(|| SasAuthError::Corrupt(row.name.clone()))?;
     Ok(Some(CheckedPolicy {
         generation,
         keys,

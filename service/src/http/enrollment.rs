@@ -583,7 +583,7 @@ impl Registrar {
         while lines.peek().is_some() {
             let part: Vec<Vec<u8>> = lines.by_ref().take(per_part).collect();
             let (group, authority) = (self.group.clone(), self.authority.clone());
-            let (base_url, now) = (self.base_url.clone(), self.rc.cx(&self.state).now);
+            let (base_url, now) = (self.base_url.clone(), self.rc.now());
             handles.push(tokio::task::spawn_blocking(move || {
                 part.iter().map(|l| prepare_line(&group, &authority, &base_url, l, now)).collect()
             }));

@@ -37,6 +37,11 @@ impl RequestCtx {
         &self.actor
     }
 
+    /// The request's time.
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+
     /// Captures the context of `req` made by `who`.
     pub fn new(state: &AppState, req: &HttpRequest, who: &Authenticated) -> Self {
         Self::for_actor(state, Actor { name: who.0.name.clone(), addr: client_ip(req) })

@@ -7,7 +7,7 @@ use ca::SasKey;
 
 use super::devices::KeyChoice;
 use super::Ctx;
-use crate::auth::sas::unseal_policy_keys;
+use crate::auth::sas::{policy_grants, unseal_policy_keys};
 use crate::auth::{Permission, PermissionSet, Scope};
 use crate::seal::{KeyRing, SealContext, SealError};
 use crate::store::policies::{self as rows, PolicyRow};
@@ -69,14 +69,7 @@ pub struct PolicyInput {
 
 fn decode(ring: &KeyRing, row: PolicyRow) -> Result<Policy, PolicyError> {
     let keys = unseal_policy_keys(ring, &row)?;
-    let names: Vec<String> =
-        serde_json::from_str(&row.permissions).map_err(|_| PolicyError::Corrupt)?;
-    let permissions =
-        PermissionSet::parse(names.iter().map(String::as_str)).map_err(|_| PolicyError::Corrupt)?;
-    let scope = match row.scope.as_deref() {
-        Some(s) => Some(serde_json::from_str(s).map_err(|_| PolicyError::Corrupt)?),
-        None => None,
-    };
+    let (permissions, scope) = policy_grants(&row).ok_or(PolicyError::Corrupt)?;
     Ok(Policy {
         name: row.name,
         permissions,

@@ -281,14 +281,13 @@ pub async fn list(
     let status = q.status.map(|s| if s == Status::Enabled { "enabled" } else { "disabled" });
     let with_keys = who.0.has(Permission::RegistryReadWrite);
     let ring = state.ring();
-    let mut conn = state.store.conn().await?;
     let mut items = Vec::new();
     let mut cursor = after;
     let mut next = None;
     // Group scopes filter after the query; keep reading until the page is full.
     'pages: loop {
-        let rows = crate::store::devices::page(
-            &mut conn,
+        let rows = crate::store::devices::page_committed(
+            &state.store,
             &cursor,
             status,
             who.0.device_prefix(),
@@ -309,6 +308,8 @@ pub async fn list(
         if exhausted {
             break;
         }
+        // a scoped caller may need many pages: let other requests run in between
+        tokio::task::yield_now().await;
     }
     Ok(secret_json(StatusCode::OK, &json!({"items": items, "next_cursor": next})))
 }

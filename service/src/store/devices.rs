@@ -43,6 +43,28 @@ pub struct DeviceRow {
 }
 
 impl DeviceRow {
+    /// Decodes a row of `SELECT_ONE` read by [`super::direct`].
+    fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            device_id: r.get(0)?,
+            status: r.get(1)?,
+            status_reason: r.get(2)?,
+            auth_type: r.get(3)?,
+            key_version: r.get(4)?,
+            primary_key: r.get(5)?,
+            secondary_key: r.get(6)?,
+            primary_thumbprint: r.get(7)?,
+            secondary_thumbprint: r.get(8)?,
+            etag: r.get(9)?,
+            generation_id: r.get(10)?,
+            tags: r.get(11)?,
+            parent_id: r.get(12)?,
+            enrollment_group_id: r.get(13)?,
+            created_at: r.get(14)?,
+            updated_at: r.get(15)?,
+        })
+    }
+
     /// A new, enabled device without credentials or tags (the caller sets them).
     pub fn new(device_id: &str, generation_id: String, now: i64) -> Self {
         Self {
@@ -66,16 +88,23 @@ impl DeviceRow {
     }
 }
 
+/// `SELECT` of one device by id, in `COLUMNS` order.
+const SELECT_ONE: &str = "SELECT device_id, status, status_reason, auth_type, key_version, \
+     primary_key, secondary_key, primary_thumbprint, secondary_thumbprint, etag, generation_id, \
+     tags, parent_id, enrollment_group_id, created_at, updated_at FROM devices WHERE device_id = $1";
+
 /// Reads one device.
 pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<Option<DeviceRow>, StoreError> {
-    Ok(sqlx::query_as::<_, DeviceRow>(
-        "SELECT device_id, status, status_reason, auth_type, key_version, primary_key, \
-         secondary_key, primary_thumbprint, secondary_thumbprint, etag, generation_id, tags, parent_id, \
-         enrollment_group_id, created_at, updated_at FROM devices WHERE device_id = $1",
-    )
-    .bind(id)
-    .fetch_optional(conn)
-    .await?)
+    Ok(sqlx::query_as::<_, DeviceRow>(SELECT_ONE).bind(id).fetch_optional(conn).await?)
+}
+
+/// Reads one committed device outside any transaction: hop-free on SQLite (the token-check hot
+/// path), a pooled connection otherwise.
+pub async fn lookup(store: &super::Store, id: &str) -> Result<Option<DeviceRow>, StoreError> {
+    match store.direct().and_then(|d| d.row(SELECT_ONE, [id], DeviceRow::from_sqlite)) {
+        Some(found) => Ok(found),
+        None => get(&mut *store.conn().await?, id).await,
+    }
 }
 
 /// Whether a device exists.
@@ -192,8 +221,25 @@ pub async fn delete(
     Ok(done.rows_affected() == 1)
 }
 
+/// `SELECT` of one page: `$1` after this id, `$2` status or NULL, `$3` prefix upper bound or
+/// NULL, `$4` limit.
+const SELECT_PAGE: &str = "SELECT device_id, status, status_reason, auth_type, key_version, \
+     primary_key, secondary_key, primary_thumbprint, secondary_thumbprint, etag, generation_id, \
+     tags, parent_id, enrollment_group_id, created_at, updated_at FROM devices \
+     WHERE device_id > $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR device_id < $3) \
+     ORDER BY device_id LIMIT $4";
+
+/// The bounds of a page: the cursor raised to the prefix, and the prefix's upper bound (the
+/// prefix followed by U+10FFFF sorts after every id that starts with it; ids are ASCII), so
+/// the primary key index serves a prefix as a range.
+fn page_bounds<'a>(after: &'a str, prefix: Option<&'a str>) -> (&'a str, Option<String>) {
+    let prefix_lo = prefix.unwrap_or("");
+    let after = if after < prefix_lo { prefix_lo } else { after };
+    (after, prefix.map(|p| format!("{p}\u{10FFFF}")))
+}
+
 /// One page in `device_id` byte order after `after`, optionally filtered by status and id
-/// prefix (the prefix is matched with a range so the primary key index serves it).
+/// prefix.
 pub async fn page(
     conn: &mut AnyConnection,
     after: &str,
@@ -201,22 +247,83 @@ pub async fn page(
     prefix: Option<&str>,
     limit: i64,
 ) -> Result<Vec<DeviceRow>, StoreError> {
-    let prefix_lo = prefix.unwrap_or("");
-    let after = if after < prefix_lo { prefix_lo } else { after };
-    // Upper bound of the prefix range: the prefix followed by U+10FFFF sorts after every id
-    // that starts with it (ids are ASCII).
-    let prefix_hi = prefix.map(|p| format!("{p}\u{10FFFF}"));
-    Ok(sqlx::query_as::<_, DeviceRow>(
-        "SELECT device_id, status, status_reason, auth_type, key_version, primary_key, \
-         secondary_key, primary_thumbprint, secondary_thumbprint, etag, generation_id, tags, parent_id, \
-         enrollment_group_id, created_at, updated_at FROM devices \
-         WHERE device_id > $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR device_id < $3) \
-         ORDER BY device_id LIMIT $4",
-    )
-    .bind(after)
-    .bind(status)
-    .bind(prefix_hi)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?)
+    let (after, prefix_hi) = page_bounds(after, prefix);
+    Ok(sqlx::query_as::<_, DeviceRow>(SELECT_PAGE)
+        .bind(after)
+        .bind(status)
+        .bind(prefix_hi)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?)
+}
+
+/// [`page`] of committed rows outside any transaction: hop-free on SQLite (sqlx would hand
+/// every row across threads), a pooled connection otherwise.
+pub async fn page_committed(
+    store: &super::Store,
+    after: &str,
+    status: Option<&str>,
+    prefix: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeviceRow>, StoreError> {
+    let direct = store.direct().and_then(|d| {
+        let (after, prefix_hi) = page_bounds(after, prefix);
+        d.rows(
+            SELECT_PAGE,
+            rusqlite::params![after, status, prefix_hi, limit],
+            DeviceRow::from_sqlite,
+        )
+    });
+    match direct {
+        Some(rows) => Ok(rows),
+        None => page(&mut *store.conn().await?, after, status, prefix, limit).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    /// The hop-free read sees every commit at once (it is a read, not a cache) and decodes the
+    /// row exactly as the sqlx path does.
+    #[tokio::test]
+    async fn direct_lookup_reads_the_latest_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db.sqlite").display());
+        let store = Store::connect(&crate::config::DatabaseUrl::new(url), 2).await.unwrap();
+        store.migrate().await.unwrap();
+        let mut row = DeviceRow::new("dev-1", "g1".into(), 7);
+        row.auth_type = "sas".into();
+        row.key_version = Some(1);
+        row.primary_key = Some(vec![1, 2, 3]);
+        row.secondary_key = Some(vec![4, 5]);
+        row.etag = "e1".into();
+        let direct = |id: &'static str| {
+            store.direct().unwrap().row(SELECT_ONE, [id], DeviceRow::from_sqlite)
+        };
+        assert!(matches!(direct("dev-1"), Some(None)), "direct path taken, nothing there");
+
+        let mut tx = store.begin().await.unwrap();
+        insert(&mut tx, &row).await.unwrap();
+        tx.commit().await.unwrap();
+        let seen = direct("dev-1").unwrap().unwrap();
+        let pooled = get(&mut store.conn().await.unwrap(), "dev-1").await.unwrap().unwrap();
+        assert_eq!(format!("{seen:?}"), format!("{pooled:?}"));
+        assert_eq!(seen.primary_key.as_deref(), Some(&[1u8, 2, 3][..]));
+
+        let mut changed = row.clone();
+        changed.etag = "e2".into();
+        changed.status = "disabled".into();
+        let mut tx = store.begin().await.unwrap();
+        assert!(replace(&mut tx, &changed, "e1").await.unwrap());
+        tx.commit().await.unwrap();
+        let seen = lookup(&store, "dev-1").await.unwrap().unwrap();
+        assert_eq!((seen.etag.as_str(), seen.status.as_str()), ("e2", "disabled"));
+
+        let mut tx = store.begin().await.unwrap();
+        assert!(delete(&mut tx, "dev-1", "e2").await.unwrap());
+        tx.commit().await.unwrap();
+        assert!(lookup(&store, "dev-1").await.unwrap().is_none());
+    }
 }

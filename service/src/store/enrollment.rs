@@ -41,16 +41,48 @@ pub struct GroupRow {
     pub updated_at: i64,
 }
 
+/// `SELECT` of one group by id, in `GroupRow` order.
+const SELECT_GROUP: &str = "SELECT id, attestation_type, ca_certificates, credential, \
+     provisioning_status, certificate_validity_days, allowed_key_types, registration_id_pattern, \
+     initial_tags, reprovisioning, key_version, primary_key, secondary_key, etag, created_at, \
+     updated_at FROM enrollment_groups WHERE id = $1";
+
 /// Reads a group.
 pub async fn group(conn: &mut AnyConnection, id: &str) -> Result<Option<GroupRow>, StoreError> {
-    Ok(sqlx::query_as::<_, GroupRow>(
-        "SELECT id, attestation_type, ca_certificates, credential, provisioning_status, certificate_validity_days, \
-         allowed_key_types, registration_id_pattern, initial_tags, reprovisioning, key_version, primary_key, \
-         secondary_key, etag, created_at, updated_at FROM enrollment_groups WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(conn)
-    .await?)
+    Ok(sqlx::query_as::<_, GroupRow>(SELECT_GROUP).bind(id).fetch_optional(conn).await?)
+}
+
+/// Reads one committed group outside any transaction: hop-free on SQLite (every registration
+/// reads its group), a pooled connection otherwise.
+pub async fn lookup_group(store: &super::Store, id: &str) -> Result<Option<GroupRow>, StoreError> {
+    match store.direct().and_then(|d| d.row(SELECT_GROUP, [id], GroupRow::from_sqlite)) {
+        Some(found) => Ok(found),
+        None => group(&mut *store.conn().await?, id).await,
+    }
+}
+
+impl GroupRow {
+    /// Decodes a row of `SELECT_GROUP` read by [`super::direct`].
+    fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: r.get(0)?,
+            attestation_type: r.get(1)?,
+            ca_certificates: r.get(2)?,
+            credential: r.get(3)?,
+            provisioning_status: r.get(4)?,
+            certificate_validity_days: r.get(5)?,
+            allowed_key_types: r.get(6)?,
+            registration_id_pattern: r.get(7)?,
+            initial_tags: r.get(8)?,
+            reprovisioning: r.get(9)?,
+            key_version: r.get(10)?,
+            primary_key: r.get(11)?,
+            secondary_key: r.get(12)?,
+            etag: r.get(13)?,
+            created_at: r.get(14)?,
+            updated_at: r.get(15)?,
+        })
+    }
 }
 
 /// Enabled groups with the given attestation type.

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod bundles;
 pub mod certificates;
 pub mod devices;
+pub mod direct;
 pub mod enrollment;
 pub mod issuers;
 pub mod leases;
@@ -126,6 +127,7 @@ pub struct Store {
     dialect: Dialect,
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     policy_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    direct: Option<std::sync::Arc<direct::DirectReads>>,
 }
 
 impl Store {
@@ -163,6 +165,10 @@ impl Store {
             dialect,
             writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             policy_generation: Default::default(),
+            direct: match dialect {
+                Dialect::Sqlite => url.sqlite_file().map(|f| direct::DirectReads::new(f).into()),
+                Dialect::Postgres => None,
+            },
         })
     }
 
@@ -206,6 +212,11 @@ impl Store {
             }
             Dialect::Postgres => Tx { tx: self.pool.begin().await?, _writer: None },
         })
+    }
+
+    /// Hop-free committed reads (SQLite files only); see [`direct`].
+    pub(crate) fn direct(&self) -> Option<&direct::DirectReads> {
+        self.direct.as_deref()
     }
 
     /// A pooled connection for reads.

@@ -184,8 +184,7 @@ fn apply_auth(row: &mut DeviceRow, ring: &KeyRing, auth: &Authentication) {
 
 /// Reads one device.
 pub async fn get(store: &Store, ring: &KeyRing, id: &str) -> Result<Device, DeviceError> {
-    let mut conn = store.conn().await?;
-    let row = rows::get(&mut conn, id).await?.ok_or(DeviceError::NotFound)?;
+    let row = rows::lookup(store, id).await?.ok_or(DeviceError::NotFound)?;
     open(ring, row)
 }
 

@@ -316,11 +316,10 @@ pub async fn get(
     id: &str,
     individual: bool,
 ) -> Result<Group, GroupError> {
-    let mut conn = store.conn().await?;
     let row = if individual {
-        rows::enrollment(&mut conn, id).await?
+        rows::enrollment(&mut *store.conn().await?, id).await?
     } else {
-        rows::group(&mut conn, id).await?
+        rows::lookup_group(store, id).await?
     };
     decode(ring, row.ok_or(GroupError::NotFound)?, individual)
 }

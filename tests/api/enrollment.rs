@@ -1,7 +1,7 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, now, spawn_app, TestApp};
+use crate::helpers::{assert_problem, now, spawn_app, spawn_with, DataDir, TestApp};
 
 pub fn csr(cn: &str, alg: &'static rcgen::SignatureAlgorithm) -> String {
     let key = rcgen::KeyPair::generate_for(alg).unwrap();
@@ -368,6 +368,59 @@ async fn a_batch_mixing_new_ids_retries_duplicates_and_reissues_answers_each_exa
     let verified: Value =
         app.get_as("/v1/audit/verify", &app.owner_token()).await.json().await.unwrap();
     assert_eq!(verified["ok"], true, "{verified}");
+}
+
+/// Batches racing over the same ids (on PostgreSQL their transactions really overlap, so a
+/// bulk insert can be refused and its batch start over line by line): every id ends up
+/// registered once, with one certificate, and every line gets that certificate.
+#[tokio::test]
+async fn racing_batches_over_the_same_ids_register_each_once() {
+    let app = spawn_with(DataDir::init().await, &[("RUST_LOG", "service=debug")]).await;
+    app.put_group("race", json!({"allowed_key_types": ["p256"]})).await;
+    let lines: Vec<Value> = (0..40)
+        .map(|i| {
+            let id = format!("r-{i:02}");
+            json!({"registration_id": id, "csr": p256(&id)})
+        })
+        .collect();
+    // four clients, each sending the ids in a different rotation
+    let rotated = |k: usize| {
+        let mut mine = lines.clone();
+        mine.rotate_left(k * 10);
+        mine
+    };
+    let (l0, l1, l2, l3) = (rotated(0), rotated(1), rotated(2), rotated(3));
+    let (a0, a1, a2, a3) = tokio::join!(
+        app.ndjson("race", &l0),
+        app.ndjson("race", &l1),
+        app.ndjson("race", &l2),
+        app.ndjson("race", &l3)
+    );
+    let answers = [a0, a1, a2, a3];
+    let mut chain_of = std::collections::HashMap::new();
+    for out in &answers {
+        assert_eq!(out.len(), lines.len());
+        for line in out {
+            let id = line["device_id"].as_str().unwrap_or_else(|| panic!("{line}")).to_owned();
+            let chain = line["certificate_chain"].as_str().unwrap().to_owned();
+            assert_eq!(chain_of.entry(id.clone()).or_insert_with(|| chain.clone()), &chain, "{id}");
+        }
+    }
+    assert_eq!(chain_of.len(), 40);
+    let certs: Value =
+        app.get_as("/v1/certificates?limit=1000", &app.owner_token()).await.json().await.unwrap();
+    let device_certs = certs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["device_id"].as_str().is_some_and(|d| d.starts_with("r-")))
+        .count();
+    assert_eq!(device_certs, 40, "one certificate per id");
+    let verified: Value =
+        app.get_as("/v1/audit/verify", &app.owner_token()).await.json().await.unwrap();
+    assert_eq!(verified["ok"], true, "{verified}");
+    // how often a refused bulk insert made a batch start over (usually > 0 on PostgreSQL)
+    eprintln!("restarts: {}", app.logs().matches("bulk registration refused").count());
 }
 
 #[tokio::test]

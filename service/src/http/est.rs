@@ -81,26 +81,9 @@ async fn enroller(
             let decoded = base64::engine::general_purpose::STANDARD.decode(h[6..].trim()).ok();
             let pair = decoded.and_then(|d| String::from_utf8(d).ok());
             match pair.as_deref().and_then(|p| p.split_once(':')) {
-                Some((user, token)) => {
-                    match state.jwt.verify(token, ENROLLMENT_AUDIENCE, state.now(), 0) {
-                        Ok(claims) => match claims.grp {
-                            Some(g) => {
-                                match groups::get(&state.store, &state.ring(), &g, false).await {
-                                    Ok(group) => Ok(EstEnroller {
-                                        group,
-                                        registration_id: user.to_owned(),
-                                        jti: Some(claims.jti),
-                                    }),
-                                    Err(_) => {
-                                        Err(AuthError::Invalid { claimed: Some(user.to_owned()) })
-                                    }
-                                }
-                            }
-                            None => Err(AuthError::Invalid { claimed: Some(user.to_owned()) }),
-                        },
-                        Err(_) => Err(AuthError::Invalid { claimed: Some(user.to_owned()) }),
-                    }
-                }
+                Some((user, token)) => token_enroller(state, user, token)
+                    .await
+                    .ok_or_else(|| AuthError::Invalid { claimed: Some(user.to_owned()) }),
                 None => Err(AuthError::Invalid { claimed: None }),
             }
         }
@@ -118,6 +101,14 @@ async fn enroller(
         Ok(e) => Ok(e),
         Err(e) => Err(super::extract::refuse(state, req, e).await),
     }
+}
+
+/// HTTP Basic with an enrollment token as the password: the token's group, if it is valid.
+async fn token_enroller(state: &AppState, user: &str, token: &str) -> Option<EstEnroller> {
+    let claims = state.jwt.verify(token, ENROLLMENT_AUDIENCE, state.now(), 0).ok()?;
+    let group =
+        groups::get(&state.store, &state.ring(), claims.grp.as_deref()?, false).await.ok()?;
+    Some(EstEnroller { group, registration_id: user.to_owned(), jti: Some(claims.jti) })
 }
 
 /// `POST /.well-known/est/simpleenroll`

@@ -154,6 +154,65 @@ async fn scoped_policies_see_only_their_devices() {
     assert_eq!(ok.status(), 201);
 }
 
+/// A group-scoped principal changes only devices its groups enrolled; for any other device
+/// PUT, DELETE (even with a wrong If-Match: 404, not 412) and key rotation answer 404 and
+/// change nothing. The scope is checked on the row the write transaction reads.
+#[tokio::test]
+async fn group_scoped_writes_are_404_outside_the_scope() {
+    use crate::enrollment::p256;
+    let app = spawn_app().await;
+    let owner = app.owner_token();
+    for g in ["line-1", "line-2"] {
+        app.put_group(g, json!({"allowed_key_types": ["p256"], "credential": "both"})).await;
+    }
+    for (g, id) in [("line-1", "d-1"), ("line-2", "d-2")] {
+        let r = app.enroll(g, json!({"registration_id": id, "csr": p256(id)})).await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    let p: Value = app.client.put(app.url("/v1/policies/line-1-admin")).header("Authorization", &owner)
+        .json(&json!({"permissions": ["RegistryRead", "RegistryReadWrite"], "scope": {"enrollment_group_ids": ["line-1"]}}))
+        .send().await.unwrap().json().await.unwrap();
+    let scoped = policy_token("line-1-admin", p["primary_key"].as_str().unwrap());
+    let before: Value = app.get_as("/v1/devices/d-2", &owner).await.json().await.unwrap();
+
+    let send =
+        |method: reqwest::Method, path: &str, body: Option<Value>, if_match: Option<&str>| {
+            let mut rb = app.client.request(method, app.url(path)).header("Authorization", &scoped);
+            if let Some(b) = body {
+                rb = rb.json(&b);
+            }
+            if let Some(tag) = if_match {
+                rb = rb.header("If-Match", tag);
+            }
+            rb.send()
+        };
+    use reqwest::Method;
+    assert_problem(send(Method::PUT, "/v1/devices/d-2", Some(json!({})), None).await.unwrap(), 404)
+        .await;
+    assert_problem(
+        send(Method::DELETE, "/v1/devices/d-2", None, Some("\"nope\"")).await.unwrap(),
+        404,
+    )
+    .await;
+    let rotate =
+        send(Method::POST, "/v1/devices/d-2/keys/rotate", Some(json!({"key": "primary"})), None);
+    assert_problem(rotate.await.unwrap(), 404).await;
+    assert_problem(
+        send(Method::PUT, "/v1/devices/new-1", Some(json!({})), None).await.unwrap(),
+        404,
+    )
+    .await;
+    let after: Value = app.get_as("/v1/devices/d-2", &owner).await.json().await.unwrap();
+    assert_eq!(before, after, "the out-of-scope device is unchanged");
+
+    let rotate =
+        send(Method::POST, "/v1/devices/d-1/keys/rotate", Some(json!({"key": "swap"})), None);
+    assert_eq!(rotate.await.unwrap().status(), 200);
+    let wrong_tag =
+        send(Method::PUT, "/v1/devices/d-1", Some(json!({})), Some("\"nope\"")).await.unwrap();
+    assert_problem(wrong_tag, 412).await;
+}
+
 /// Every route of the table × every default policy: allowed routes never answer 401/403,
 /// refused ones answer 403 (the route table drives both).
 #[tokio::test]

@@ -52,6 +52,18 @@ pub struct Principal {
     pub scope: Option<Scope>,
 }
 
+impl Scope {
+    /// Whether a device (its id and the group that enrolled it) is inside this scope.
+    pub fn covers_device(&self, device_id: &str, group: Option<&str>) -> bool {
+        let prefix_ok = self.device_id_prefix.as_deref().is_none_or(|p| device_id.starts_with(p));
+        let group_ok = self
+            .enrollment_group_ids
+            .as_ref()
+            .is_none_or(|ids| group.is_some_and(|g| ids.iter().any(|i| i == g)));
+        prefix_ok && group_ok
+    }
+}
+
 impl Principal {
     /// Whether the principal holds `p` (directly or by implication).
     pub fn has(&self, p: Permission) -> bool {
@@ -62,13 +74,7 @@ impl Principal {
 impl Principal {
     /// Whether a device is within the principal's scope (unscoped principals see everything).
     pub fn sees_device(&self, device_id: &str, group: Option<&str>) -> bool {
-        let Some(scope) = &self.scope else { return true };
-        let prefix_ok = scope.device_id_prefix.as_deref().is_none_or(|p| device_id.starts_with(p));
-        let group_ok = scope
-            .enrollment_group_ids
-            .as_ref()
-            .is_none_or(|ids| group.is_some_and(|g| ids.iter().any(|i| i == g)));
-        prefix_ok && group_ok
+        self.scope.as_ref().is_none_or(|s| s.covers_device(device_id, group))
     }
 
     /// The device-id prefix lists are filtered by, if any.

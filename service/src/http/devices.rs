@@ -198,10 +198,11 @@ fn respond(status: StatusCode, d: &Device, who: &Authenticated) -> HttpResponse 
     resp
 }
 
-fn precondition(req: &HttpRequest) -> Result<Precondition, ApiError> {
+fn precondition(req: &HttpRequest, who: &Authenticated) -> Result<Precondition, ApiError> {
     Ok(Precondition {
         if_match: etag_header(req, header::IF_MATCH)?,
         if_none_match_any: etag_header(req, header::IF_NONE_MATCH)?.as_deref() == Some("*"),
+        scope: who.0.scope.clone(),
     })
 }
 
@@ -222,16 +223,8 @@ pub async fn put(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id", KIND)?;
     let input = validate(&id, body.into_inner())?;
-    // Scoped principals create and replace only devices inside their scope.
-    let in_scope = match devices::get(&state.store, &state.ring(), &id).await {
-        Ok(d) => who.0.sees_device(&id, d.row.enrollment_group_id.as_deref()),
-        Err(devices::DeviceError::NotFound) => who.0.sees_device(&id, None),
-        Err(e) => return Err(e.into()),
-    };
-    if !in_scope {
-        return Err(ApiError::NotFound("device not found".into()));
-    }
-    let pre = precondition(&req)?;
+    // scoped principals create and replace only devices inside their scope (in the precondition)
+    let pre = precondition(&req, &who)?;
     let rc = RequestCtx::new(&state, &req, &who);
     let (device, created) = devices::put(&state.store, &rc.cx(&state), &id, input, &pre).await?;
     Ok(respond(if created { StatusCode::CREATED } else { StatusCode::OK }, &device, &who))
@@ -255,8 +248,7 @@ pub async fn delete(
     who: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id", KIND)?;
-    visible(&state, &who, &id).await?;
-    let pre = precondition(&req)?;
+    let pre = precondition(&req, &who)?;
     let rc = RequestCtx::new(&state, &req, &who);
     devices::delete(&state.store, &rc.cx(&state), &id, &pre).await?;
     Ok(HttpResponse::NoContent().finish())
@@ -339,9 +331,9 @@ pub async fn rotate(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id", KIND)?;
     let which = key_choice(&body)?;
-    visible(&state, &who, &id).await?;
     let rc = RequestCtx::new(&state, &req, &who);
-    let d = devices::rotate_keys(&state.store, &rc.cx(&state), &id, which).await?;
+    let pre = Precondition::scoped(who.0.scope.clone());
+    let d = devices::rotate_keys(&state.store, &rc.cx(&state), &id, which, &pre).await?;
     Ok(respond(StatusCode::OK, &d, &who))
 }
 

@@ -118,10 +118,23 @@ pub struct Precondition {
     pub if_match: Option<String>,
     /// `If-None-Match: *`
     pub if_none_match_any: bool,
+    /// the caller's scope: the stored device (or, on create, the new one) must be inside it,
+    /// checked on the row the write transaction read (so it cannot change in between)
+    pub scope: Option<crate::auth::Scope>,
 }
 
 impl Precondition {
-    fn check(&self, current: Option<&DeviceRow>) -> Result<(), DeviceError> {
+    /// Only the caller's scope.
+    pub fn scoped(scope: Option<crate::auth::Scope>) -> Self {
+        Self { scope, ..Self::default() }
+    }
+
+    /// Out of scope is NotFound (checked first: a 412 would reveal the device exists).
+    fn check(&self, id: &str, current: Option<&DeviceRow>) -> Result<(), DeviceError> {
+        let group = current.and_then(|r| r.enrollment_group_id.as_deref());
+        if self.scope.as_ref().is_some_and(|s| !s.covers_device(id, group)) {
+            return Err(DeviceError::NotFound);
+        }
         match (current, &self.if_match) {
             (Some(_), _) if self.if_none_match_any => Err(DeviceError::PreconditionFailed),
             (None, Some(_)) => Err(DeviceError::PreconditionFailed),
@@ -314,7 +327,7 @@ async fn put_in(
     pre: &Precondition,
 ) -> Result<(Device, bool), DeviceError> {
     let current = rows::get(&mut *tx, id).await?;
-    pre.check(current.as_ref())?;
+    pre.check(id, current.as_ref())?;
     if let Some(Some(parent)) = &input.parent_id {
         if parent == id {
             return Err(DeviceError::Invalid("parent_id must not be the device itself".into()));
@@ -348,7 +361,7 @@ pub async fn delete(
 ) -> Result<(), DeviceError> {
     let mut tx = store.begin().await?;
     let current = rows::get(&mut tx, id).await?.ok_or(DeviceError::NotFound)?;
-    pre.check(Some(&current))?;
+    pre.check(id, Some(&current))?;
     if !rows::delete(&mut tx, id, &current.etag).await? {
         return Err(DeviceError::PreconditionFailed);
     }
@@ -375,9 +388,11 @@ pub async fn rotate_keys(
     cx: &Ctx<'_>,
     id: &str,
     which: KeyChoice,
+    pre: &Precondition,
 ) -> Result<Device, DeviceError> {
     let mut tx = store.begin().await?;
     let row = rows::get(&mut tx, id).await?.ok_or(DeviceError::NotFound)?;
+    pre.check(id, Some(&row))?;
     let old_etag = row.etag.clone();
     let mut device = open(cx.ring, row)?;
     let Authentication::Sas { primary, secondary } = device.auth else {

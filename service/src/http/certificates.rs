@@ -25,6 +25,9 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let limit = limit(q.limit)?;
     let after = decode_cursor(q.cursor.as_deref())?;
+    if let Some(id) = &q.device_id {
+        crate::ids::validate("device id", id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
     let now = state.now();
     let mut conn = state.store.conn().await?;
     let rows =

@@ -97,6 +97,11 @@ fn validate(id: &str, body: DeviceBody) -> Result<DeviceInput, ApiError> {
                 "status_reason must be at most 256 characters".into(),
             ));
         }
+        if reason.chars().any(char::is_control) {
+            return Err(ApiError::BadRequest(
+                "status_reason must not contain control characters".into(),
+            ));
+        }
     }
     if let Some(tags) = &body.tags {
         if Value::Object(tags.clone()).to_string().len() > devices::MAX_TAGS_BYTES {

@@ -159,6 +159,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::NotFound("not found".into()),
             StoreError::Conflict { .. } => ApiError::Conflict("the object already exists".into()),
             StoreError::Unavailable(_) => ApiError::Unavailable,
+            StoreError::Unstorable(_) => ApiError::BadRequest(
+                "a text value contains a character that cannot be stored (NUL)".into(),
+            ),
             other => ApiError::internal(other),
         }
     }

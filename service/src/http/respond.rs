@@ -101,7 +101,8 @@ pub fn decode_cursor(cursor: Option<&str>) -> Result<String, ApiError> {
             .decode(c)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .filter(|s| !s.is_empty() && s.len() <= 256)
+            // cursors are ids and serials we issued: printable ASCII
+            .filter(|s| !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| b.is_ascii_graphic()))
             .ok_or_else(|| ApiError::BadRequest("malformed cursor".into())),
     }
 }

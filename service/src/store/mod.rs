@@ -85,6 +85,9 @@ pub enum StoreError {
     /// The database cannot be reached (pool timeout, I/O, closed pool).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// A value the database cannot store as given (PostgreSQL text refuses NUL characters).
+    #[error("value cannot be stored")]
+    Unstorable(#[source] sqlx::Error),
     /// Any other database error.
     #[error("database error")]
     Db(#[source] sqlx::Error),
@@ -107,6 +110,12 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Protocol(_) => StoreError::Unavailable(e),
             sqlx::Error::Database(db) if db.code().is_some_and(|c| connection_lost(&c)) => {
                 StoreError::Unavailable(e)
+            }
+            // character_not_in_repertoire (NUL in text), untranslatable_character
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| c == "22021" || c == "22P05") =>
+            {
+                StoreError::Unstorable(e)
             }
             _ => StoreError::Db(e),
         }

@@ -423,6 +423,31 @@ async fn racing_batches_over_the_same_ids_register_each_once() {
     eprintln!("restarts: {}", app.logs().matches("bulk registration refused").count());
 }
 
+/// PUT is create-or-replace even when creates of the same new group race (on PostgreSQL
+/// several transactions can find no row): every one succeeds and one group remains.
+#[tokio::test]
+async fn racing_creates_of_one_group_all_succeed() {
+    let app = spawn_app().await;
+    for round in 0..10 {
+        let url = app.url(&format!("/v1/enrollment-groups/twin-{round}"));
+        let tasks: Vec<_> = (0..8)
+            .map(|k| {
+                let (client, url, token) = (app.client.clone(), url.clone(), app.owner_token());
+                tokio::spawn(async move {
+                    let body = json!({"initial_tags": {"by": k}});
+                    client.put(url).header("Authorization", token).json(&body).send().await
+                })
+            })
+            .collect();
+        for t in tasks {
+            let status = t.await.unwrap().unwrap().status();
+            assert!(status.is_success(), "round {round}: {status}");
+        }
+        let path = format!("/v1/enrollment-groups/twin-{round}");
+        assert_eq!(app.get_as(&path, &app.owner_token()).await.status(), 200);
+    }
+}
+
 #[tokio::test]
 async fn one_time_tokens_work_once_and_only_for_enrollment() {
     let app = spawn_app().await;

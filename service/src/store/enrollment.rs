@@ -101,39 +101,25 @@ pub async fn groups_by_attestation(
     .await?)
 }
 
-/// Inserts or replaces a group; true when created.
-pub async fn upsert_group(conn: &mut AnyConnection, g: &GroupRow) -> Result<bool, StoreError> {
-    let updated = sqlx::query(
-        "UPDATE enrollment_groups SET attestation_type = $2, ca_certificates = $3, credential = $4, \
-         provisioning_status = $5, certificate_validity_days = $6, allowed_key_types = $7, \
-         registration_id_pattern = $8, initial_tags = $9, reprovisioning = $10, key_version = $11, \
-         primary_key = $12, secondary_key = $13, etag = $14, updated_at = $15 WHERE id = $1",
-    )
-    .bind(&g.id)
-    .bind(&g.attestation_type)
-    .bind(g.ca_certificates.as_deref())
-    .bind(&g.credential)
-    .bind(&g.provisioning_status)
-    .bind(g.certificate_validity_days)
-    .bind(&g.allowed_key_types)
-    .bind(g.registration_id_pattern.as_deref())
-    .bind(&g.initial_tags)
-    .bind(&g.reprovisioning)
-    .bind(g.key_version)
-    .bind(&g.primary_key)
-    .bind(&g.secondary_key)
-    .bind(&g.etag)
-    .bind(g.updated_at)
-    .execute(&mut *conn)
-    .await?;
-    if updated.rows_affected() == 1 {
-        return Ok(false);
-    }
+/// Inserts or replaces a group (one statement, so concurrent creates cannot collide; the
+/// caller knows from its own read whether it created).
+pub async fn upsert_group(conn: &mut AnyConnection, g: &GroupRow) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO enrollment_groups (id, attestation_type, ca_certificates, credential, provisioning_status, \
-         certificate_validity_days, allowed_key_types, registration_id_pattern, initial_tags, reprovisioning, \
-         key_version, primary_key, secondary_key, etag, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        "INSERT INTO enrollment_groups (id, attestation_type, ca_certificates, credential, \
+         provisioning_status, certificate_validity_days, allowed_key_types, \
+         registration_id_pattern, initial_tags, reprovisioning, key_version, primary_key, \
+         secondary_key, etag, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         ON CONFLICT (id) DO UPDATE SET attestation_type = excluded.attestation_type, \
+         ca_certificates = excluded.ca_certificates, credential = excluded.credential, \
+         provisioning_status = excluded.provisioning_status, \
+         certificate_validity_days = excluded.certificate_validity_days, \
+         allowed_key_types = excluded.allowed_key_types, \
+         registration_id_pattern = excluded.registration_id_pattern, \
+         initial_tags = excluded.initial_tags, reprovisioning = excluded.reprovisioning, \
+         key_version = excluded.key_version, primary_key = excluded.primary_key, \
+         secondary_key = excluded.secondary_key, etag = excluded.etag, \
+         updated_at = excluded.updated_at",
     )
     .bind(&g.id)
     .bind(&g.attestation_type)
@@ -153,7 +139,7 @@ pub async fn upsert_group(conn: &mut AnyConnection, g: &GroupRow) -> Result<bool
     .bind(g.updated_at)
     .execute(conn)
     .await?;
-    Ok(true)
+    Ok(())
 }
 
 /// Deletes a group.
@@ -183,32 +169,18 @@ pub async fn enrollment(
     .await?)
 }
 
-/// Inserts or replaces an individual enrollment; true when created.
-pub async fn upsert_enrollment(conn: &mut AnyConnection, g: &GroupRow) -> Result<bool, StoreError> {
-    let updated = sqlx::query(
-        "UPDATE enrollments SET attestation_type = $2, ca_certificates = $3, credential = $4, \
-         provisioning_status = $5, key_version = $6, primary_key = $7, secondary_key = $8, etag = $9, \
-         updated_at = $10 WHERE registration_id = $1",
-    )
-    .bind(&g.id)
-    .bind(&g.attestation_type)
-    .bind(g.ca_certificates.as_deref())
-    .bind(&g.credential)
-    .bind(&g.provisioning_status)
-    .bind(g.key_version)
-    .bind(&g.primary_key)
-    .bind(&g.secondary_key)
-    .bind(&g.etag)
-    .bind(g.updated_at)
-    .execute(&mut *conn)
-    .await?;
-    if updated.rows_affected() == 1 {
-        return Ok(false);
-    }
+/// Inserts or replaces an individual enrollment (one statement, as [`upsert_group`]).
+pub async fn upsert_enrollment(conn: &mut AnyConnection, g: &GroupRow) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO enrollments (registration_id, attestation_type, ca_certificates, credential, \
-         provisioning_status, key_version, primary_key, secondary_key, etag, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         provisioning_status, key_version, primary_key, secondary_key, etag, created_at, \
+         updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (registration_id) DO UPDATE SET \
+         attestation_type = excluded.attestation_type, ca_certificates = excluded.ca_certificates, \
+         credential = excluded.credential, provisioning_status = excluded.provisioning_status, \
+         key_version = excluded.key_version, primary_key = excluded.primary_key, \
+         secondary_key = excluded.secondary_key, etag = excluded.etag, \
+         updated_at = excluded.updated_at",
     )
     .bind(&g.id)
     .bind(&g.attestation_type)
@@ -223,7 +195,7 @@ pub async fn upsert_enrollment(conn: &mut AnyConnection, g: &GroupRow) -> Result
     .bind(g.updated_at)
     .execute(conn)
     .await?;
-    Ok(true)
+    Ok(())
 }
 
 /// Deletes an individual enrollment.

@@ -339,6 +339,7 @@ pub async fn put(
         rows::group(&mut tx, &g.id).await?
     };
     let current = current.map(|r| decode(cx.ring, r, g.individual)).transpose()?;
+    let created = current.is_none();
     let (old_p, old_s, created_at) = match current {
         Some(c) => (Some(c.primary), Some(c.secondary), c.created_at),
         None => (None, None, cx.now),
@@ -349,11 +350,11 @@ pub async fn put(
     g.updated_at = cx.now;
     g.etag = random_hex(8);
     let row = encode(cx.ring, &g);
-    let created = if g.individual {
+    if g.individual {
         rows::upsert_enrollment(&mut tx, &row).await?
     } else {
         rows::upsert_group(&mut tx, &row).await?
-    };
+    }
     let action = match (g.individual, created) {
         (false, true) => "enrollment_group.create",
         (false, false) => "enrollment_group.update",

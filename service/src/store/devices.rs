@@ -88,10 +88,20 @@ impl DeviceRow {
     }
 }
 
-/// `SELECT` of one device by id, in `COLUMNS` order.
-const SELECT_ONE: &str = "SELECT device_id, status, status_reason, auth_type, key_version, \
-     primary_key, secondary_key, primary_thumbprint, secondary_thumbprint, etag, generation_id, \
-     tags, parent_id, enrollment_group_id, created_at, updated_at FROM devices WHERE device_id = $1";
+/// Every column of `devices`, in `DeviceRow` order (the order `from_sqlite` decodes): the one
+/// list each statement below is built from.
+macro_rules! columns {
+    () => {
+        "device_id, status, status_reason, auth_type, key_version, primary_key, secondary_key, \
+         primary_thumbprint, secondary_thumbprint, etag, generation_id, tags, parent_id, \
+         enrollment_group_id, created_at, updated_at"
+    };
+}
+
+const COLUMNS: &str = columns!();
+
+/// `SELECT` of one device by id.
+const SELECT_ONE: &str = concat!("SELECT ", columns!(), " FROM devices WHERE device_id = $1");
 
 /// Reads one device.
 pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<Option<DeviceRow>, StoreError> {
@@ -115,10 +125,6 @@ pub async fn exists(conn: &mut AnyConnection, id: &str) -> Result<bool, StoreErr
         .await?
         > 0)
 }
-
-const COLUMNS: &str = "device_id, status, status_reason, auth_type, key_version, primary_key, \
-     secondary_key, primary_thumbprint, secondary_thumbprint, etag, generation_id, tags, parent_id, \
-     enrollment_group_id, created_at, updated_at";
 
 /// Which of `ids` exist (one round trip).
 pub async fn existing(
@@ -223,11 +229,12 @@ pub async fn delete(
 
 /// `SELECT` of one page: `$1` after this id, `$2` status or NULL, `$3` prefix upper bound or
 /// NULL, `$4` limit.
-const SELECT_PAGE: &str = "SELECT device_id, status, status_reason, auth_type, key_version, \
-     primary_key, secondary_key, primary_thumbprint, secondary_thumbprint, etag, generation_id, \
-     tags, parent_id, enrollment_group_id, created_at, updated_at FROM devices \
-     WHERE device_id > $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR device_id < $3) \
-     ORDER BY device_id LIMIT $4";
+const SELECT_PAGE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM devices WHERE device_id > $1 AND ($2 IS NULL OR status = $2) \
+     AND ($3 IS NULL OR device_id < $3) ORDER BY device_id LIMIT $4"
+);
 
 /// The bounds of a page: the cursor raised to the prefix, and the prefix's upper bound (the
 /// prefix followed by U+10FFFF sorts after every id that starts with it; ids are ASCII), so

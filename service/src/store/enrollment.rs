@@ -41,11 +41,19 @@ pub struct GroupRow {
     pub updated_at: i64,
 }
 
-/// `SELECT` of one group by id, in `GroupRow` order.
-const SELECT_GROUP: &str = "SELECT id, attestation_type, ca_certificates, credential, \
-     provisioning_status, certificate_validity_days, allowed_key_types, registration_id_pattern, \
-     initial_tags, reprovisioning, key_version, primary_key, secondary_key, etag, created_at, \
-     updated_at FROM enrollment_groups WHERE id = $1";
+/// Every column of `enrollment_groups`, in `GroupRow` order (the order `from_sqlite` decodes
+/// and the upsert binds): the one list the group statements are built from.
+macro_rules! group_columns {
+    () => {
+        "id, attestation_type, ca_certificates, credential, provisioning_status, \
+         certificate_validity_days, allowed_key_types, registration_id_pattern, initial_tags, \
+         reprovisioning, key_version, primary_key, secondary_key, etag, created_at, updated_at"
+    };
+}
+
+/// `SELECT` of one group by id.
+const SELECT_GROUP: &str =
+    concat!("SELECT ", group_columns!(), " FROM enrollment_groups WHERE id = $1");
 
 /// Reads a group.
 pub async fn group(conn: &mut AnyConnection, id: &str) -> Result<Option<GroupRow>, StoreError> {
@@ -90,12 +98,12 @@ pub async fn groups_by_attestation(
     conn: &mut AnyConnection,
     attestation: &str,
 ) -> Result<Vec<GroupRow>, StoreError> {
-    Ok(sqlx::query_as::<_, GroupRow>(
-        "SELECT id, attestation_type, ca_certificates, credential, provisioning_status, certificate_validity_days, \
-         allowed_key_types, registration_id_pattern, initial_tags, reprovisioning, key_version, primary_key, \
-         secondary_key, etag, created_at, updated_at FROM enrollment_groups \
-         WHERE attestation_type = $1 AND provisioning_status = 'enabled' ORDER BY id",
-    )
+    Ok(sqlx::query_as::<_, GroupRow>(concat!(
+        "SELECT ",
+        group_columns!(),
+        " FROM enrollment_groups \
+         WHERE attestation_type = $1 AND provisioning_status = 'enabled' ORDER BY id"
+    ))
     .bind(attestation)
     .fetch_all(conn)
     .await?)
@@ -104,12 +112,10 @@ pub async fn groups_by_attestation(
 /// Inserts or replaces a group (one statement, so concurrent creates cannot collide; the
 /// caller knows from its own read whether it created).
 pub async fn upsert_group(conn: &mut AnyConnection, g: &GroupRow) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO enrollment_groups (id, attestation_type, ca_certificates, credential, \
-         provisioning_status, certificate_validity_days, allowed_key_types, \
-         registration_id_pattern, initial_tags, reprovisioning, key_version, primary_key, \
-         secondary_key, etag, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+    sqlx::query(concat!(
+        "INSERT INTO enrollment_groups (",
+        group_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
          ON CONFLICT (id) DO UPDATE SET attestation_type = excluded.attestation_type, \
          ca_certificates = excluded.ca_certificates, credential = excluded.credential, \
          provisioning_status = excluded.provisioning_status, \
@@ -119,8 +125,8 @@ pub async fn upsert_group(conn: &mut AnyConnection, g: &GroupRow) -> Result<(), 
          initial_tags = excluded.initial_tags, reprovisioning = excluded.reprovisioning, \
          key_version = excluded.key_version, primary_key = excluded.primary_key, \
          secondary_key = excluded.secondary_key, etag = excluded.etag, \
-         updated_at = excluded.updated_at",
-    )
+         updated_at = excluded.updated_at"
+    ))
     .bind(&g.id)
     .bind(&g.attestation_type)
     .bind(g.ca_certificates.as_deref())

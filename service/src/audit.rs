@@ -136,9 +136,9 @@ pub async fn append(
     append_many(conn, dialect, key, std::slice::from_ref(entry), now).await
 }
 
-/// Appends consecutive entries inside the caller's write transaction with three round trips
-/// however many there are (lock the head, insert the rows, move the head). Returns the last
-/// sequence number.
+/// Appends consecutive entries inside the caller's write transaction: locks the head (one round
+/// trip), then one insert and the head move (one more on PostgreSQL). Returns the last sequence
+/// number.
 pub async fn append_many(
     conn: &mut sqlx::AnyConnection,
     dialect: Dialect,
@@ -146,7 +146,23 @@ pub async fn append_many(
     entries: &[Entry],
     now: i64,
 ) -> Result<i64, StoreError> {
-    let (mut seq, mut prev_hash) = rows::lock_head(conn, dialect).await?;
+    let mut w = crate::store::Writes::new(dialect);
+    let seq = stage(conn, &mut w, key, entries, now).await?;
+    w.execute(conn).await?;
+    Ok(seq)
+}
+
+/// Locks the chain head and adds the rows for `entries` and the head move to `w`, for the
+/// caller to send with its own writes (one statement on PostgreSQL) before it commits. Returns
+/// the last sequence number.
+pub async fn stage(
+    conn: &mut sqlx::AnyConnection,
+    w: &mut crate::store::Writes,
+    key: &AuditKey,
+    entries: &[Entry],
+    now: i64,
+) -> Result<i64, StoreError> {
+    let (mut seq, mut prev_hash) = rows::lock_head(conn, w.dialect()).await?;
     let mut rows = Vec::with_capacity(entries.len());
     for entry in entries {
         seq += 1;
@@ -163,7 +179,7 @@ pub async fn append_many(
             hash,
         });
     }
-    rows::append(conn, &rows).await?;
+    rows::append(w, &rows);
     Ok(seq)
 }
 

@@ -41,19 +41,16 @@ pub async fn lock_head(
     Ok(sqlx::query_as::<_, (i64, String)>(sql).fetch_one(conn).await?)
 }
 
-/// Inserts consecutive rows (one statement) and moves the head to the last.
-pub async fn append(conn: &mut AnyConnection, rows: &[AuditRow]) -> Result<(), StoreError> {
-    let Some(last) = rows.last() else { return Ok(()) };
-    let sql = super::insert_values_sql(
-        super::dialect_of(conn),
+/// Adds the insert of consecutive rows and the move of the head to the last to `w`.
+pub fn append(w: &mut super::Writes, rows: &[AuditRow]) {
+    let Some(last) = rows.last() else { return };
+    w.insert(
         "audit_log",
         "seq, at, actor, action, target, outcome, client_addr, prev_hash, hash",
         rows.len(),
     );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for row in rows {
-        q = q
-            .bind(row.seq)
+        w.bind(row.seq)
             .bind(row.at)
             .bind(&row.actor)
             .bind(&row.action)
@@ -63,13 +60,9 @@ pub async fn append(conn: &mut AnyConnection, rows: &[AuditRow]) -> Result<(), S
             .bind(&row.prev_hash)
             .bind(&row.hash);
     }
-    q.execute(&mut *conn).await?;
-    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+    w.statement("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
         .bind(last.seq)
-        .bind(&last.hash)
-        .execute(conn)
-        .await?;
-    Ok(())
+        .bind(&last.hash);
 }
 
 /// Rows with `seq > after`, ascending, at most `limit`.

@@ -31,28 +31,21 @@ pub struct CertificateRow {
 
 /// Records an issued certificate.
 pub async fn insert(conn: &mut AnyConnection, row: &CertificateRow) -> Result<(), StoreError> {
-    insert_many(conn, std::slice::from_ref(row)).await
+    let mut w = super::Writes::new(super::dialect_of(conn));
+    insert_many(&mut w, std::slice::from_ref(row));
+    w.execute(conn).await
 }
 
-/// Records issued certificates in one statement.
-pub async fn insert_many(
-    conn: &mut AnyConnection,
-    rows: &[CertificateRow],
-) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let sql = super::insert_values_sql(
-        super::dialect_of(conn),
+/// Adds one multi-row insert of issued certificates to `w` (nothing for none).
+pub fn insert_many(w: &mut super::Writes, rows: &[CertificateRow]) {
+    w.insert(
         "certificates",
         "serial, device_id, issuer_id, profile, der, not_before, not_after, revoked_at, \
          revocation_reason, created_at",
         rows.len(),
     );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for row in rows {
-        q = q
-            .bind(&row.serial)
+        w.bind(&row.serial)
             .bind(row.device_id.as_deref())
             .bind(&row.issuer_id)
             .bind(&row.profile)
@@ -63,8 +56,6 @@ pub async fn insert_many(
             .bind(row.revocation_reason.as_deref())
             .bind(row.created_at);
     }
-    q.execute(conn).await?;
-    Ok(())
 }
 
 /// Revoked certificates of one issuer (CRL content).

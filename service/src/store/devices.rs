@@ -147,19 +147,16 @@ pub async fn existing(
 
 /// Inserts a device (Conflict when the id exists).
 pub async fn insert(conn: &mut AnyConnection, d: &DeviceRow) -> Result<(), StoreError> {
-    insert_many(conn, std::slice::from_ref(d)).await
+    let mut w = super::Writes::new(super::dialect_of(conn));
+    insert_many(&mut w, std::slice::from_ref(d));
+    w.execute(conn).await
 }
 
-/// Inserts new devices in one statement (Conflict, and nothing inserted, when any id exists).
-pub async fn insert_many(conn: &mut AnyConnection, rows: &[DeviceRow]) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let sql = super::insert_values_sql(super::dialect_of(conn), "devices", COLUMNS, rows.len());
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+/// Adds one multi-row insert of `rows` to `w` (nothing for none).
+pub fn insert_many(w: &mut super::Writes, rows: &[DeviceRow]) {
+    w.insert("devices", COLUMNS, rows.len());
     for d in rows {
-        q = q
-            .bind(&d.device_id)
+        w.bind(&d.device_id)
             .bind(&d.status)
             .bind(d.status_reason.as_deref())
             .bind(&d.auth_type)
@@ -176,8 +173,6 @@ pub async fn insert_many(conn: &mut AnyConnection, rows: &[DeviceRow]) -> Result
             .bind(d.created_at)
             .bind(d.updated_at);
     }
-    q.execute(conn).await?;
-    Ok(())
 }
 
 /// Replaces every mutable column, only if the stored etag is still `expected_etag`.

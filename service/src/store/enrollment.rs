@@ -309,25 +309,15 @@ pub async fn upsert_registration(
     Ok(())
 }
 
-/// Records first registrations in one statement (Conflict, and nothing inserted, when any
-/// exists).
-pub async fn insert_registrations(
-    conn: &mut AnyConnection,
-    rows: &[RegistrationRow],
-) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let sql = super::insert_values_sql(
-        super::dialect_of(conn),
+/// Adds one multi-row insert of registration records to `w` (nothing for none).
+pub fn insert_registrations(w: &mut super::Writes, rows: &[RegistrationRow]) {
+    w.insert(
         "registrations",
         "registration_id, group_id, csr_sha256, serial, operation_id, payload, created_at, updated_at",
         rows.len(),
     );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for r in rows {
-        q = q
-            .bind(&r.registration_id)
+        w.bind(&r.registration_id)
             .bind(r.group_id.as_deref())
             .bind(r.csr_sha256.as_deref())
             .bind(r.serial.as_deref())
@@ -336,8 +326,6 @@ pub async fn insert_registrations(
             .bind(r.created_at)
             .bind(r.updated_at);
     }
-    q.execute(conn).await?;
-    Ok(())
 }
 
 /// Which of `ids` already exist as a device or a registration (one round trip).

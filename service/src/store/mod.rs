@@ -18,6 +18,9 @@ pub mod meta;
 pub mod operators;
 pub mod policies;
 pub mod sealed;
+pub mod writes;
+
+pub use writes::Writes;
 
 use std::time::Duration;
 
@@ -273,29 +276,6 @@ fn placeholder(dialect: Dialect, n: usize) -> String {
     }
 }
 
-/// `INSERT INTO {table} ({columns}) VALUES (…), (…)` for `rows` rows, parameters bound row by
-/// row in column order: one statement (one round trip) for a whole group-committed chunk.
-pub(crate) fn insert_values_sql(
-    dialect: Dialect,
-    table: &str,
-    columns: &str,
-    rows: usize,
-) -> String {
-    let width = columns.split(',').count();
-    let mut sql = format!("INSERT INTO {table} ({columns}) VALUES ");
-    for r in 0..rows {
-        sql.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..width {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&placeholder(dialect, r * width + c + 1));
-        }
-        sql.push(')');
-    }
-    sql
-}
-
 /// A list of `n` placeholders numbered from `first`, bound in order.
 pub(crate) fn placeholders(dialect: Dialect, first: usize, n: usize) -> String {
     (first..first + n).map(|i| placeholder(dialect, i)).collect::<Vec<_>>().join(", ")
@@ -309,17 +289,10 @@ pub(crate) fn flag(v: i64) -> bool {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn multi_row_values_number_placeholders_row_by_row() {
+    fn placeholder_lists_number_from_first() {
         use super::Dialect::{Postgres, Sqlite};
-        assert_eq!(
-            super::insert_values_sql(Postgres, "t", "a, b", 2),
-            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
-        );
-        assert_eq!(
-            super::insert_values_sql(Sqlite, "t", "a, b", 2),
-            "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)"
-        );
         assert_eq!(super::placeholders(Postgres, 4, 3), "$4, $5, $6");
+        assert_eq!(super::placeholders(Sqlite, 4, 2), "?, ?");
     }
 
     #[test]

@@ -239,10 +239,12 @@ pub async fn put_many(
         entries.push(cx.actor.did("device.create", &id));
         new_rows.push(shape(cx, &id, None, input)?.row);
     }
-    rows::insert_many(&mut tx, &new_rows).await?;
+    let mut w = crate::store::Writes::new(store.dialect());
+    rows::insert_many(&mut w, &new_rows);
     if !entries.is_empty() {
-        crate::audit::append_many(&mut tx, store.dialect(), cx.audit_key, &entries, cx.now).await?;
+        crate::audit::stage(&mut tx, &mut w, cx.audit_key, &entries, cx.now).await?;
     }
+    w.execute(&mut tx).await?;
     for (id, input) in rest {
         put_in(&mut tx, store.dialect(), cx, &id, input, &Precondition::default()).await?;
     }

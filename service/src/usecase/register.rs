@@ -19,7 +19,7 @@ use crate::seal::KeyRing;
 use crate::seal::SealContext;
 use crate::store::devices::{self as device_rows, DeviceRow};
 use crate::store::enrollment::{self as rows, RegistrationRow};
-use crate::store::{certificates, Store, StoreError};
+use crate::store::{certificates, Store, StoreError, Writes};
 use std::sync::Arc;
 
 /// Why a registration failed (nothing was stored).
@@ -213,9 +213,12 @@ struct Line<'a> {
 }
 
 /// Registers a batch with group commit: one transaction for all lines, results only after the
-/// commit, in input order. Lines whose id is new to the database (and appears once in the batch,
-/// without a one-time token) are stored with one multi-row statement per table and one audit
-/// append; the others (retries, reprovisioning, duplicates, tokens) run one by one, each in a
+/// commit, in input order. Lines that look like first registrations (no one-time token, id once
+/// in the batch) are stored optimistically, with one multi-row statement per table (one
+/// statement in all on PostgreSQL) and one audit append, without looking their ids up first;
+/// if the database refuses that (an id is known: a retry, a reprovisioning, a device created
+/// otherwise, or another instance was faster), the transaction starts over, looks the ids up
+/// and stores the unknown ones in one go again. The others run one by one, each in a
 /// savepoint, so a failing line leaves nothing behind and does not affect the rest.
 pub async fn register_batch<'a>(
     store: &Store,
@@ -237,35 +240,42 @@ pub async fn register_batch<'a>(
     let Some(mut tx) = begin_or_fail(store, &mut results, &pending).await else {
         return finish(results);
     };
-    let (fresh, mut slow) = match split_fresh(&mut tx, pending).await {
-        Ok(split) => split,
-        Err((e, all)) => {
-            tracing::debug!(error = %e, "batch lookup failed; registering line by line");
-            (Vec::new(), all)
-        }
-    };
-    if !fresh.is_empty() {
-        // No savepoint around the bulk insert (two statements less per commit): if it is
-        // refused, nothing else has been written yet, so the transaction starts over.
+    let (mut fresh, mut slow) = split_unique(pending);
+    let mut looked_up = false;
+    while !fresh.is_empty() {
         match insert_fresh(&mut tx, store.dialect(), bx, &fresh).await {
             Ok(done) => {
-                for (line, (etag, operation_id)) in fresh.into_iter().zip(done) {
+                for (line, (etag, operation_id)) in fresh.drain(..).zip(done) {
                     results[line.i] = Some(Ok(line.p.into_registered(bx.now, etag, operation_id)));
                 }
             }
             Err(e) => {
-                // e.g. another instance registered one of the ids meanwhile: go line by line.
-                tracing::debug!(error = %e, "bulk registration refused; registering line by line");
+                // Nothing else has been written in this transaction yet: start it over.
+                tracing::debug!(error = %e, looked_up, "bulk registration refused");
                 let _ = tx.rollback().await;
-                slow.extend(fresh);
-                slow.sort_by_key(|line| line.i);
-                let Some(again) = begin_or_fail(store, &mut results, &slow).await else {
+                let mut all = std::mem::take(&mut fresh);
+                all.append(&mut slow);
+                let Some(again) = begin_or_fail(store, &mut results, &all).await else {
                     return finish(results);
                 };
                 tx = again;
+                if looked_up {
+                    // refused even after the lookup (a concurrent writer): line by line
+                    slow = all;
+                } else {
+                    looked_up = true;
+                    (fresh, slow) = match split_fresh(&mut tx, all).await {
+                        Ok(split) => split,
+                        Err((e, lines)) => {
+                            tracing::debug!(error = %e, "batch lookup failed; line by line");
+                            (Vec::new(), lines)
+                        }
+                    };
+                }
             }
         }
     }
+    slow.sort_by_key(|line| line.i);
     for line in slow {
         let mut sp = match sqlx::Connection::begin(&mut *tx).await {
             Ok(sp) => sp,
@@ -323,6 +333,18 @@ async fn begin_or_fail(
     }
 }
 
+/// Splits `pending` into lines that may be first registrations (no token, id once in the
+/// batch) and the rest, without asking the database.
+fn split_unique(pending: Vec<Line<'_>>) -> (Vec<Line<'_>>, Vec<Line<'_>>) {
+    let mut seen = std::collections::HashMap::<&str, usize>::new();
+    for line in &pending {
+        *seen.entry(line.p.registration_id()).or_default() += 1;
+    }
+    let once: std::collections::HashSet<String> =
+        seen.into_iter().filter(|(_, n)| *n == 1).map(|(id, _)| id.to_owned()).collect();
+    pending.into_iter().partition(|l| l.jti.is_none() && once.contains(l.p.registration_id()))
+}
+
 /// Splits `pending` into first registrations (ids the database has never seen, once in the
 /// batch, no token) and the rest.
 async fn split_fresh<'a>(
@@ -334,14 +356,11 @@ async fn split_fresh<'a>(
         Ok(k) => k,
         Err(e) => return Err((e, pending)),
     };
-    let mut seen = std::collections::HashMap::<String, usize>::new();
-    for id in &ids {
-        *seen.entry((*id).to_owned()).or_default() += 1;
-    }
-    Ok(pending.into_iter().partition(|l| {
-        let id = l.p.registration_id();
-        l.jti.is_none() && !known.contains(id) && seen.get(id) == Some(&1)
-    }))
+    let (maybe, rest) = split_unique(pending);
+    let (fresh, mut known_lines): (Vec<_>, Vec<_>) =
+        maybe.into_iter().partition(|l| !known.contains(l.p.registration_id()));
+    known_lines.extend(rest);
+    Ok((fresh, known_lines))
 }
 
 /// Stores first registrations: one multi-row insert per table and one audit append. Returns
@@ -382,10 +401,13 @@ async fn insert_fresh(
         out.push((device.etag.clone(), operation_id));
         devices.push(device);
     }
-    device_rows::insert_many(&mut *tx, &devices).await?;
-    certificates::insert_many(&mut *tx, &certs).await?;
-    rows::insert_registrations(&mut *tx, &regs).await?;
-    crate::audit::append_many(&mut *tx, dialect, bx.audit_key, &entries, now).await?;
+    // One statement on PostgreSQL (one round trip after the head lock), four on SQLite.
+    let mut w = Writes::new(dialect);
+    device_rows::insert_many(&mut w, &devices);
+    certificates::insert_many(&mut w, &certs);
+    rows::insert_registrations(&mut w, &regs);
+    crate::audit::stage(&mut *tx, &mut w, bx.audit_key, &entries, now).await?;
+    w.execute(tx).await?;
     Ok(out)
 }
 

@@ -147,22 +147,50 @@ pub async fn append_many(
     now: i64,
 ) -> Result<i64, StoreError> {
     let mut w = crate::store::Writes::new(dialect);
-    let seq = stage(conn, &mut w, key, entries, now).await?;
+    let (seq, _) = stage(conn, &mut w, key, entries, now).await?;
     w.execute(conn).await?;
     Ok(seq)
 }
 
 /// Locks the chain head and adds the rows for `entries` and the head move to `w`, for the
 /// caller to send with its own writes (one statement on PostgreSQL) before it commits. Returns
-/// the last sequence number.
+/// the new head.
 pub async fn stage(
     conn: &mut sqlx::AnyConnection,
     w: &mut crate::store::Writes,
     key: &AuditKey,
     entries: &[Entry],
     now: i64,
-) -> Result<i64, StoreError> {
-    let (mut seq, mut prev_hash) = rows::lock_head(conn, w.dialect()).await?;
+) -> Result<(i64, String), StoreError> {
+    let head = rows::lock_head(conn, w.dialect()).await?;
+    let (rows, new_head) = chain(key, &head, entries, now);
+    rows::append(w, &rows);
+    Ok(new_head)
+}
+
+/// PostgreSQL: adds the rows for `entries`, chained to `head` as last seen, to an empty `w` and
+/// gates all of `w` on the head still being `head` ([`rows::append_if_head`]): no lock, no
+/// transaction. Returns the new head (current only if the gate matches).
+pub fn stage_if_head(
+    w: &mut crate::store::Writes,
+    key: &AuditKey,
+    head: &(i64, String),
+    entries: &[Entry],
+    now: i64,
+) -> (i64, String) {
+    let (rows, new_head) = chain(key, head, entries, now);
+    rows::append_if_head(w, &rows, head);
+    new_head
+}
+
+/// Rows for `entries` chained after `head`, and the head they lead to.
+fn chain(
+    key: &AuditKey,
+    head: &(i64, String),
+    entries: &[Entry],
+    now: i64,
+) -> (Vec<AuditRow>, (i64, String)) {
+    let (mut seq, mut prev_hash) = head.clone();
     let mut rows = Vec::with_capacity(entries.len());
     for entry in entries {
         seq += 1;
@@ -179,8 +207,7 @@ pub async fn stage(
             hash,
         });
     }
-    rows::append(w, &rows);
-    Ok(seq)
+    (rows, (seq, prev_hash))
 }
 
 /// Appends in a transaction of its own (failed authentications, which change nothing else).

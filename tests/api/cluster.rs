@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::enrollment::p256;
-use crate::helpers::{backend_is_postgres, command, spawn_app};
+use crate::helpers::{backend_is_postgres, command, spawn_app, spawn_with, DataDir};
 
 /// DESIGN.md "Scale-out": SQLite serves one instance. A second `serve` on the same SQLite
 /// database is refused at start with a message that says why; on PostgreSQL it starts.
@@ -173,4 +173,92 @@ async fn bundle_redeem_and_token_use_are_exactly_once_across_three_instances() {
 
     let v: Value = app.get_as("/v1/audit/verify", &app.owner_token()).await.json().await.unwrap();
     assert_eq!(v["ok"], true, "one linear audit chain: {v}");
+}
+
+/// Single registrations commit without a lock or a transaction on PostgreSQL when the audit
+/// head is where this instance left it; registrations on three instances and other audited
+/// writes keep moving it. Every registration must still be stored exactly once with its
+/// certificate, and the chain must stay one linear, verifiable chain.
+#[tokio::test]
+async fn single_registrations_racing_other_writers_keep_one_audit_chain() {
+    let app = spawn_with(DataDir::init().await, &[("RUST_LOG", "service=debug")]).await;
+    let mut siblings = Vec::new();
+    if backend_is_postgres() {
+        siblings.push(app.sibling().await);
+        siblings.push(app.sibling().await);
+    }
+    let bases: Vec<String> =
+        std::iter::once(app.base.clone()).chain(siblings.iter().map(|s| s.base.clone())).collect();
+    app.put_group("line", json!({"allowed_key_types": ["p256"]})).await;
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let (client, token, bases) = (app.client.clone(), app.owner_token(), bases.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut chains = Vec::new();
+            for k in 0..8 {
+                let id = format!("s-{w}-{k}");
+                let csr = p256(&id);
+                let base = &bases[(w + k) % bases.len()];
+                let r = client
+                    .post(format!("{base}/v1/enrollment-groups/line/registrations"))
+                    .header("Authorization", &token)
+                    .json(&json!({"registration_id": id, "csr": csr}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201, "{id}");
+                let v: Value = r.json().await.unwrap();
+                chains.push((id, csr, v["certificate_chain"].as_str().unwrap().to_owned()));
+            }
+            chains
+        }));
+    }
+    // other audited writes in between move the head under the registrations
+    for i in 0..12 {
+        app.put_device(&format!("other-{i}"), json!({})).await;
+    }
+    let mut registered = Vec::new();
+    for t in tasks {
+        registered.extend(t.await.unwrap());
+    }
+    assert_eq!(registered.len(), 48);
+    let token = app.owner_token();
+    for (id, csr, chain) in &registered {
+        let device: Value =
+            app.get_as(&format!("/v1/devices/{id}"), &token).await.json().await.unwrap();
+        assert_eq!(device["device_id"], id.as_str(), "{device}");
+        // a retry answers the stored certificate: the one the first answer carried
+        let again: Value = app
+            .post_json(
+                "/v1/enrollment-groups/line/registrations",
+                &token,
+                json!({"registration_id": id, "csr": csr}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(again["certificate_chain"].as_str(), Some(chain.as_str()), "{id}");
+    }
+    let certs: Value =
+        app.get_as("/v1/certificates?limit=1000", &token).await.json().await.unwrap();
+    let device_certs = certs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["device_id"].as_str().is_some_and(|d| d.starts_with("s-")))
+        .count();
+    assert_eq!(device_certs, 48, "one certificate per registration");
+    let v: Value = app.get_as("/v1/audit/verify", &token).await.json().await.unwrap();
+    assert_eq!(v["ok"], true, "one linear audit chain: {v}");
+    let audit: Value = app.get_as("/v1/audit?limit=1000", &token).await.json().await.unwrap();
+    let registrations = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "registration.create")
+        .filter(|e| e["target"].as_str().is_some_and(|t| t.starts_with("s-")))
+        .count();
+    assert_eq!(registrations, 48, "one audit row per registration, none for the retries");
+    eprintln!("head moved under a committer: {}", app.logs().matches("audit head moved").count());
 }

@@ -636,7 +636,8 @@ impl Registrar {
             })
             .collect();
         let results =
-            register::register_batch(&self.state.store, &bx, &self.authority, items).await;
+            register::register_batch(&self.state.store, &bx, &self.authority, items, &mut None)
+                .await;
         for ((i, id), result) in slots.into_iter().zip(results) {
             let outcome = if result.is_ok() { "success" } else { "failure" };
             self.state.metrics.registrations.with_label_values(&[&self.group.id, outcome]).inc();

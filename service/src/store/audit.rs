@@ -41,9 +41,33 @@ pub async fn lock_head(
     Ok(sqlx::query_as::<_, (i64, String)>(sql).fetch_one(conn).await?)
 }
 
-/// Adds the insert of consecutive rows and the move of the head to the last to `w`.
+/// Adds the insert of consecutive rows and the move of the head to the last to `w` (the caller
+/// holds the head lock).
 pub fn append(w: &mut super::Writes, rows: &[AuditRow]) {
     let Some(last) = rows.last() else { return };
+    insert_rows(w, rows);
+    w.statement("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(last.seq)
+        .bind(&last.hash);
+}
+
+/// PostgreSQL, without a lock: gates `w` on moving the head from `expected` — the head the
+/// rows were chained to — to the last row, then adds their insert. If another writer moved the
+/// head meanwhile, the gate does not match and nothing of `w` is written. Call on an empty `w`.
+pub fn append_if_head(w: &mut super::Writes, rows: &[AuditRow], expected: &(i64, String)) {
+    let Some(last) = rows.last() else { return };
+    w.gate(
+        "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1 AND seq = $3 AND hash = $4 \
+         RETURNING seq",
+    )
+    .bind(last.seq)
+    .bind(&last.hash)
+    .bind(expected.0)
+    .bind(&expected.1);
+    insert_rows(w, rows);
+}
+
+fn insert_rows(w: &mut super::Writes, rows: &[AuditRow]) {
     w.insert(
         "audit_log",
         "seq, at, actor, action, target, outcome, client_addr, prev_hash, hash",
@@ -60,9 +84,6 @@ pub fn append(w: &mut super::Writes, rows: &[AuditRow]) {
             .bind(&row.prev_hash)
             .bind(&row.hash);
     }
-    w.statement("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-        .bind(last.seq)
-        .bind(&last.hash);
 }
 
 /// Rows with `seq > after`, ascending, at most `limit`.

@@ -23,6 +23,8 @@ pub struct Writes {
     args: Vec<AnyArguments>,
     /// values the statements added so far expect in the current list
     expected: usize,
+    /// the first statement is a gate the others depend on ([`Writes::gate`])
+    gated: bool,
     error: Option<sqlx::Error>,
 }
 
@@ -44,8 +46,23 @@ impl Writes {
             statements: Vec::new(),
             args: vec![AnyArguments::default()],
             expected: 0,
+            gated: false,
             error: None,
         }
+    }
+
+    /// PostgreSQL only: makes the writes added after it conditional on `sql`, an `UPDATE …
+    /// RETURNING` of at most one row written with `$1 … $n` (bind its values next): if it
+    /// matches, they all happen; if not, none does. Send with [`Writes::execute_gated`]. Must be
+    /// the first statement.
+    pub fn gate(&mut self, sql: &str) -> &mut Self {
+        if self.dialect != Dialect::Postgres || !self.statements.is_empty() {
+            self.error.get_or_insert(sqlx::Error::InvalidArgument(
+                "a gate is the first statement, on PostgreSQL".into(),
+            ));
+        }
+        self.gated = true;
+        self.statement(sql)
     }
 
     /// Adds `INSERT INTO {table} ({columns}) VALUES (…), (…)` for `rows` rows (nothing for
@@ -56,7 +73,10 @@ impl Writes {
         }
         let width = columns.split(',').count();
         let first = self.start(width * rows);
-        let mut sql = format!("INSERT INTO {table} ({columns}) VALUES ");
+        let mut sql = match self.gated {
+            true => format!("INSERT INTO {table} ({columns}) SELECT * FROM (VALUES "),
+            false => format!("INSERT INTO {table} ({columns}) VALUES "),
+        };
         for r in 0..rows {
             sql.push_str(if r == 0 { "(" } else { ", (" });
             for c in 0..width {
@@ -66,6 +86,9 @@ impl Writes {
                 sql.push_str(&placeholder(self.dialect, first + r * width + c));
             }
             sql.push(')');
+        }
+        if self.gated {
+            sql.push_str(") AS v WHERE EXISTS (SELECT 1 FROM w0)");
         }
         self.statements.push(sql);
         self
@@ -103,6 +126,11 @@ impl Writes {
     /// transaction when there is more than one write on SQLite.
     pub async fn execute(mut self, conn: &mut AnyConnection) -> Result<(), StoreError> {
         self.check_bound();
+        if self.gated {
+            self.error.get_or_insert(sqlx::Error::InvalidArgument(
+                "gated writes are sent with execute_gated".into(),
+            ));
+        }
         if let Some(e) = self.error {
             return Err(e.into());
         }
@@ -130,6 +158,29 @@ impl Writes {
             }
         }
         Ok(())
+    }
+
+    /// Sends gated writes as one statement, outside any transaction (a statement is atomic on
+    /// its own, and durable when it returns): true when the gate matched and everything was
+    /// written, false when nothing was.
+    pub async fn execute_gated(mut self, conn: &mut AnyConnection) -> Result<bool, StoreError> {
+        self.check_bound();
+        if !self.gated || self.dialect != Dialect::Postgres {
+            self.error.get_or_insert(sqlx::Error::InvalidArgument("no gate".into()));
+        }
+        if let Some(e) = self.error {
+            return Err(e.into());
+        }
+        let Some(args) = self.args.pop() else { return Ok(false) };
+        let mut combined = String::new();
+        for (i, s) in self.statements.iter().enumerate() {
+            combined.push_str(if i == 0 { "WITH " } else { ", " });
+            combined.push_str(&format!("w{i} AS ({s})"));
+        }
+        combined.push_str(" SELECT COUNT(*) FROM w0");
+        let matched: i64 =
+            sqlx::query_scalar_with(sqlx::AssertSqlSafe(combined), args).fetch_one(conn).await?;
+        Ok(matched == 1)
     }
 
     /// Opens room for a statement of `params` values; returns the number of its first

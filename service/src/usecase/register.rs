@@ -19,7 +19,7 @@ use crate::seal::KeyRing;
 use crate::seal::SealContext;
 use crate::store::devices::{self as device_rows, DeviceRow};
 use crate::store::enrollment::{self as rows, RegistrationRow};
-use crate::store::{certificates, Store, StoreError, Writes};
+use crate::store::{certificates, Dialect, Store, StoreError, Writes};
 use std::sync::Arc;
 
 /// Why a registration failed (nothing was stored).
@@ -220,11 +220,17 @@ struct Line<'a> {
 /// otherwise, or another instance was faster), the transaction starts over, looks the ids up
 /// and stores the unknown ones in one go again. The others run one by one, each in a
 /// savepoint, so a failing line leaves nothing behind and does not affect the rest.
+///
+/// `last_head` is the audit head after this caller's previous batch, if it knows it; with it,
+/// on PostgreSQL, a batch of first registrations only is one statement without a transaction
+/// ([`insert_fresh_if_head`]), and the normal path runs only if that is refused. It is updated
+/// for the next batch.
 pub async fn register_batch<'a>(
     store: &Store,
     bx: &BatchCtx<'a>,
     authority: &Authority,
     items: Vec<BatchItem<'a>>,
+    last_head: &mut Option<(i64, String)>,
 ) -> Vec<Result<Registered, RegisterError>> {
     let mut results: Vec<Option<Result<Registered, RegisterError>>> =
         items.iter().map(|_| None).collect();
@@ -237,14 +243,48 @@ pub async fn register_batch<'a>(
             Err(e) => results[i] = Some(Err(e)),
         }
     }
-    let Some(mut tx) = begin_or_fail(store, &mut results, &pending).await else {
+    let (mut fresh, mut slow) = split_unique(pending);
+    let mut refused = false;
+    if let (Some(head), true, Dialect::Postgres) =
+        (last_head.take(), slow.is_empty() && !fresh.is_empty(), store.dialect())
+    {
+        match insert_fresh_if_head(store, bx, &fresh, &head).await {
+            Ok(Some((done, new_head))) => {
+                *last_head = Some(new_head);
+                for (line, (etag, operation_id)) in fresh.into_iter().zip(done) {
+                    results[line.i] = Some(Ok(line.p.into_registered(bx.now, etag, operation_id)));
+                }
+                return finish(results);
+            }
+            Ok(None) => tracing::debug!("audit head moved; registering under the head lock"),
+            Err(e) => {
+                tracing::debug!(error = %e, "bulk registration refused");
+                refused = true;
+            }
+        }
+    }
+    let mut all_fresh = slow.is_empty();
+    let Some(mut tx) = begin_or_fail(store, &mut results, fresh.iter().chain(&slow)).await else {
         return finish(results);
     };
-    let (mut fresh, mut slow) = split_unique(pending);
     let mut looked_up = false;
+    if refused {
+        // an id is known: find which before trying again
+        looked_up = true;
+        (fresh, slow) = match split_fresh(&mut tx, fresh).await {
+            Ok(split) => split,
+            Err((e, lines)) => {
+                tracing::debug!(error = %e, "batch lookup failed; line by line");
+                (Vec::new(), lines)
+            }
+        };
+        all_fresh = slow.is_empty();
+    }
+    let mut new_head = None;
     while !fresh.is_empty() {
         match insert_fresh(&mut tx, store.dialect(), bx, &fresh).await {
-            Ok(done) => {
+            Ok((done, head)) => {
+                new_head = Some(head);
                 for (line, (etag, operation_id)) in fresh.drain(..).zip(done) {
                     results[line.i] = Some(Ok(line.p.into_registered(bx.now, etag, operation_id)));
                 }
@@ -259,6 +299,7 @@ pub async fn register_batch<'a>(
                     return finish(results);
                 };
                 tx = again;
+                all_fresh = false;
                 if looked_up {
                     // refused even after the lookup (a concurrent writer): line by line
                     slow = all;
@@ -304,11 +345,15 @@ pub async fn register_batch<'a>(
         };
         results[line.i] = Some(r);
     }
-    if let Err(e) = tx.commit().await {
-        tracing::warn!(error = %e, "batch commit failed");
-        for r in results.iter_mut() {
-            if matches!(r, Some(Ok(_))) {
-                *r = Some(Err(RegisterError::Store(unavailable())));
+    match tx.commit().await {
+        // the head is known only if nothing but the bulk insert appended to the chain
+        Ok(()) => *last_head = new_head.filter(|_| all_fresh),
+        Err(e) => {
+            tracing::warn!(error = %e, "batch commit failed");
+            for r in results.iter_mut() {
+                if matches!(r, Some(Ok(_))) {
+                    *r = Some(Err(RegisterError::Store(unavailable())));
+                }
             }
         }
     }
@@ -316,10 +361,10 @@ pub async fn register_batch<'a>(
 }
 
 /// Begins the batch transaction; when it cannot, every line in `lines` fails as unavailable.
-async fn begin_or_fail(
+async fn begin_or_fail<'l, 'a: 'l>(
     store: &Store,
     results: &mut [Option<Result<Registered, RegisterError>>],
-    lines: &[Line<'_>],
+    lines: impl IntoIterator<Item = &'l Line<'a>>,
 ) -> Option<crate::store::Tx> {
     match store.begin().await {
         Ok(tx) => Some(tx),
@@ -363,52 +408,94 @@ async fn split_fresh<'a>(
     Ok((fresh, known_lines))
 }
 
-/// Stores first registrations: one multi-row insert per table and one audit append. Returns
-/// each line's device etag and operation id.
+/// The rows of first registrations, and each line's device etag and operation id.
+struct FreshRows {
+    devices: Vec<DeviceRow>,
+    certs: Vec<certificates::CertificateRow>,
+    regs: Vec<RegistrationRow>,
+    entries: Vec<crate::audit::Entry>,
+    out: Vec<(String, String)>,
+}
+
+impl FreshRows {
+    fn new(bx: &BatchCtx<'_>, fresh: &[Line<'_>]) -> Self {
+        let now = bx.now;
+        let mut rows = FreshRows {
+            devices: Vec::with_capacity(fresh.len()),
+            certs: Vec::new(),
+            regs: Vec::with_capacity(fresh.len()),
+            entries: Vec::with_capacity(fresh.len()),
+            out: Vec::with_capacity(fresh.len()),
+        };
+        for line in fresh {
+            let (p, group) = (&line.p, line.group);
+            let id = p.registration_id();
+            let group_ref = (!group.individual).then(|| group.id.clone());
+            let mut device = blank_device(id, group_ref.clone(), now);
+            shape_device(&mut device, &bx.cx(line.actor), group, p, true);
+            if let Some(issued) = &p.issued {
+                rows.certs.push(record(&issued.cert, Some(id), &issued.issuer_id, "device", now));
+            }
+            let operation_id = new_operation_id();
+            rows.regs.push(RegistrationRow {
+                registration_id: id.to_owned(),
+                group_id: group_ref,
+                csr_sha256: p.csr_hash.clone(),
+                serial: p.issued.as_ref().map(|i| i.cert.serial.clone()),
+                operation_id: operation_id.clone(),
+                payload: p.req.payload.as_ref().map(Value::to_string),
+                created_at: now,
+                updated_at: now,
+            });
+            rows.entries.push(line.actor.did("registration.create", id));
+            rows.out.push((device.etag.clone(), operation_id));
+            rows.devices.push(device);
+        }
+        rows
+    }
+
+    fn add_to(&self, w: &mut Writes) {
+        device_rows::insert_many(w, &self.devices);
+        certificates::insert_many(w, &self.certs);
+        rows::insert_registrations(w, &self.regs);
+    }
+}
+
+/// What storing first registrations returns: each line's device etag and operation id, and
+/// the audit head after them.
+type Stored = (Vec<(String, String)>, (i64, String));
+
+/// Stores first registrations in the caller's transaction: the head lock, then one multi-row
+/// insert per table and the audit append (one statement on PostgreSQL, four on SQLite).
 async fn insert_fresh(
     tx: &mut sqlx::AnyConnection,
     dialect: crate::store::Dialect,
     bx: &BatchCtx<'_>,
     fresh: &[Line<'_>],
-) -> Result<Vec<(String, String)>, StoreError> {
-    let now = bx.now;
-    let mut devices = Vec::with_capacity(fresh.len());
-    let mut certs = Vec::new();
-    let mut regs = Vec::with_capacity(fresh.len());
-    let mut entries = Vec::with_capacity(fresh.len());
-    let mut out = Vec::with_capacity(fresh.len());
-    for line in fresh {
-        let (p, group) = (&line.p, line.group);
-        let id = p.registration_id();
-        let group_ref = (!group.individual).then(|| group.id.clone());
-        let mut device = blank_device(id, group_ref.clone(), now);
-        shape_device(&mut device, &bx.cx(line.actor), group, p, true);
-        if let Some(issued) = &p.issued {
-            certs.push(record(&issued.cert, Some(id), &issued.issuer_id, "device", now));
-        }
-        let operation_id = new_operation_id();
-        regs.push(RegistrationRow {
-            registration_id: id.to_owned(),
-            group_id: group_ref,
-            csr_sha256: p.csr_hash.clone(),
-            serial: p.issued.as_ref().map(|i| i.cert.serial.clone()),
-            operation_id: operation_id.clone(),
-            payload: p.req.payload.as_ref().map(Value::to_string),
-            created_at: now,
-            updated_at: now,
-        });
-        entries.push(line.actor.did("registration.create", id));
-        out.push((device.etag.clone(), operation_id));
-        devices.push(device);
-    }
-    // One statement on PostgreSQL (one round trip after the head lock), four on SQLite.
+) -> Result<Stored, StoreError> {
+    let rows = FreshRows::new(bx, fresh);
     let mut w = Writes::new(dialect);
-    device_rows::insert_many(&mut w, &devices);
-    certificates::insert_many(&mut w, &certs);
-    rows::insert_registrations(&mut w, &regs);
-    crate::audit::stage(&mut *tx, &mut w, bx.audit_key, &entries, now).await?;
+    rows.add_to(&mut w);
+    let head = crate::audit::stage(&mut *tx, &mut w, bx.audit_key, &rows.entries, bx.now).await?;
     w.execute(tx).await?;
-    Ok(out)
+    Ok((rows.out, head))
+}
+
+/// PostgreSQL: stores first registrations in **one** statement and no transaction (one round
+/// trip in all), chained to the audit head this committer wrote last; `None` (nothing written)
+/// when another writer moved the head since.
+async fn insert_fresh_if_head(
+    store: &Store,
+    bx: &BatchCtx<'_>,
+    fresh: &[Line<'_>],
+    head: &(i64, String),
+) -> Result<Option<Stored>, StoreError> {
+    let rows = FreshRows::new(bx, fresh);
+    let mut w = Writes::new(store.dialect());
+    let new_head = crate::audit::stage_if_head(&mut w, bx.audit_key, head, &rows.entries, bx.now);
+    rows.add_to(&mut w);
+    let mut conn = store.conn().await?;
+    Ok(w.execute_gated(&mut conn).await?.then_some((rows.out, new_head)))
 }
 
 /// A single registration waiting for the group commit.
@@ -477,6 +564,7 @@ impl Queue {
         audit_key: &AuditKey,
     ) {
         let mut jobs = Vec::with_capacity(MAX_GROUP_COMMIT);
+        let mut head = None;
         while rx.recv_many(&mut jobs, MAX_GROUP_COMMIT).await > 0 {
             let (ring, authority, now) = shared();
             let bx = BatchCtx { ring: &ring, audit_key, now };
@@ -498,7 +586,7 @@ impl Queue {
                     prepared: Ok(p),
                 })
                 .collect();
-            let results = register_batch(store, &bx, &authority, items).await;
+            let results = register_batch(store, &bx, &authority, items, &mut head).await;
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);
             }

@@ -251,9 +251,7 @@ pub async fn register_batch<'a>(
         match insert_fresh_if_head(store, bx, &fresh, &head).await {
             Ok(Some((done, new_head))) => {
                 *last_head = Some(new_head);
-                for (line, (etag, operation_id)) in fresh.into_iter().zip(done) {
-                    results[line.i] = Some(Ok(line.p.into_registered(bx.now, etag, operation_id)));
-                }
+                answer(&mut results, fresh, done, bx.now);
                 return finish(results);
             }
             Ok(None) => tracing::debug!("audit head moved; registering under the head lock"),
@@ -271,13 +269,7 @@ pub async fn register_batch<'a>(
     if refused {
         // an id is known: find which before trying again
         looked_up = true;
-        (fresh, slow) = match split_fresh(&mut tx, fresh).await {
-            Ok(split) => split,
-            Err((e, lines)) => {
-                tracing::debug!(error = %e, "batch lookup failed; line by line");
-                (Vec::new(), lines)
-            }
-        };
+        (fresh, slow) = split_fresh(&mut tx, fresh).await;
         all_fresh = slow.is_empty();
     }
     let mut new_head = None;
@@ -285,9 +277,7 @@ pub async fn register_batch<'a>(
         match insert_fresh(&mut tx, store.dialect(), bx, &fresh).await {
             Ok((done, head)) => {
                 new_head = Some(head);
-                for (line, (etag, operation_id)) in fresh.drain(..).zip(done) {
-                    results[line.i] = Some(Ok(line.p.into_registered(bx.now, etag, operation_id)));
-                }
+                answer(&mut results, std::mem::take(&mut fresh), done, bx.now);
             }
             Err(e) => {
                 // Nothing else has been written in this transaction yet: start it over.
@@ -305,13 +295,7 @@ pub async fn register_batch<'a>(
                     slow = all;
                 } else {
                     looked_up = true;
-                    (fresh, slow) = match split_fresh(&mut tx, all).await {
-                        Ok(split) => split,
-                        Err((e, lines)) => {
-                            tracing::debug!(error = %e, "batch lookup failed; line by line");
-                            (Vec::new(), lines)
-                        }
-                    };
+                    (fresh, slow) = split_fresh(&mut tx, all).await;
                 }
             }
         }
@@ -391,21 +375,36 @@ fn split_unique(pending: Vec<Line<'_>>) -> (Vec<Line<'_>>, Vec<Line<'_>>) {
 }
 
 /// Splits `pending` into first registrations (ids the database has never seen, once in the
-/// batch, no token) and the rest.
+/// batch, no token) and the rest; all are the rest when the lookup fails.
 async fn split_fresh<'a>(
     tx: &mut sqlx::AnyConnection,
     pending: Vec<Line<'a>>,
-) -> Result<(Vec<Line<'a>>, Vec<Line<'a>>), (StoreError, Vec<Line<'a>>)> {
+) -> (Vec<Line<'a>>, Vec<Line<'a>>) {
     let ids: Vec<&str> = pending.iter().map(|l| l.p.registration_id()).collect();
     let known = match rows::known_ids(tx, &ids).await {
         Ok(k) => k,
-        Err(e) => return Err((e, pending)),
+        Err(e) => {
+            tracing::debug!(error = %e, "batch lookup failed; registering line by line");
+            return (Vec::new(), pending);
+        }
     };
     let (maybe, rest) = split_unique(pending);
     let (fresh, mut known_lines): (Vec<_>, Vec<_>) =
         maybe.into_iter().partition(|l| !known.contains(l.p.registration_id()));
     known_lines.extend(rest);
-    Ok((fresh, known_lines))
+    (fresh, known_lines)
+}
+
+/// Records the results of stored first registrations.
+fn answer(
+    results: &mut [Option<Result<Registered, RegisterError>>],
+    stored: Vec<Line<'_>>,
+    done: Vec<(String, String)>,
+    now: i64,
+) {
+    for (line, (etag, operation_id)) in stored.into_iter().zip(done) {
+        results[line.i] = Some(Ok(line.p.into_registered(now, etag, operation_id)));
+    }
 }
 
 /// The rows of first registrations, and each line's device etag and operation id.

@@ -3,8 +3,9 @@
 //! wake-up of a server process and of ours — on a loaded machine most of a commit's latency.
 //! [`Writes`] collects them and sends them to PostgreSQL as **one** statement: every write but
 //! the last becomes a data-modifying `WITH` clause, which PostgreSQL runs atomically (one
-//! statement: all or none) and checks constraints at its end. On SQLite (no data-modifying
-//! `WITH`, no network) they run one statement each, in order, in the caller's transaction.
+//! statement: all or none) and checks constraints at its end. SQLite has no data-modifying
+//! `WITH`; there they go as one multi-statement query, run in order in the caller's
+//! transaction — one hop to sqlx's connection thread instead of one per statement.
 //!
 //! Rule for callers: the writes of one `Writes` must not depend on each other's effects
 //! (PostgreSQL runs them with one snapshot) — insert rows, move a head row; never update or
@@ -19,9 +20,9 @@ use super::{placeholder, Dialect, StoreError};
 pub struct Writes {
     dialect: Dialect,
     statements: Vec<String>,
-    /// PostgreSQL: one list for the one combined statement; SQLite: one list per statement
-    args: Vec<AnyArguments>,
-    /// values the statements added so far expect in the current list
+    /// the values of all statements, in placeholder order
+    args: AnyArguments,
+    /// values the statements added so far expect
     expected: usize,
     /// the first statement is a gate the others depend on ([`Writes::gate`])
     gated: bool,
@@ -44,7 +45,7 @@ impl Writes {
         Self {
             dialect,
             statements: Vec::new(),
-            args: vec![AnyArguments::default()],
+            args: AnyArguments::default(),
             expected: 0,
             gated: false,
             error: None,
@@ -94,20 +95,24 @@ impl Writes {
         self
     }
 
-    /// Adds a statement written with placeholders `$1 … $n`; bind its `n` values next, in order.
+    /// Adds a statement written with placeholders `$1 … $n`, each once and in that order; bind
+    /// its `n` values next, in order.
     pub fn statement(&mut self, sql: &str) -> &mut Self {
-        let (params, _) = renumber(sql, 0);
-        let first = self.start(params);
-        self.statements.push(renumber(sql, first - 1).1);
+        let params = placeholders_in(sql);
+        let first = self.start(params.len());
+        if params.iter().enumerate().any(|(i, n)| *n != i + 1) {
+            self.error.get_or_insert(sqlx::Error::InvalidArgument(format!(
+                "placeholders out of order in `{sql}`"
+            )));
+        }
+        self.statements.push(renumber(sql, |n| placeholder(self.dialect, first + n - 1)));
         self
     }
 
     /// Binds the next value of the statement added last.
     pub fn bind<'t, T: Encode<'t, Any> + Type<Any>>(&mut self, value: T) -> &mut Self {
-        if let Some(args) = self.args.last_mut() {
-            if let Err(e) = args.add(value) {
-                self.error.get_or_insert(sqlx::Error::Encode(e));
-            }
+        if let Err(e) = self.args.add(value) {
+            self.error.get_or_insert(sqlx::Error::Encode(e));
         }
         self
     }
@@ -122,8 +127,8 @@ impl Writes {
         self.statements.is_empty()
     }
 
-    /// Sends everything: one statement on PostgreSQL, one per write on SQLite. Call inside a
-    /// transaction when there is more than one write on SQLite.
+    /// Sends everything: one statement on PostgreSQL, one multi-statement query on SQLite.
+    /// Call inside a transaction when there is more than one write on SQLite.
     pub async fn execute(mut self, conn: &mut AnyConnection) -> Result<(), StoreError> {
         self.check_bound();
         if self.gated {
@@ -134,29 +139,19 @@ impl Writes {
         if let Some(e) = self.error {
             return Err(e.into());
         }
-        let sql = std::mem::take(&mut self.statements);
-        match self.dialect {
+        let Some((last, init)) = self.statements.split_last() else { return Ok(()) };
+        let sql = match self.dialect {
             Dialect::Postgres => {
-                let (Some(last), Some(args)) = (sql.last(), self.args.pop()) else {
-                    return Ok(());
-                };
                 let mut combined = String::new();
-                for (i, s) in sql[..sql.len() - 1].iter().enumerate() {
+                for (i, s) in init.iter().enumerate() {
                     combined.push_str(if i == 0 { "WITH " } else { ", " });
-                    combined.push_str(&format!("w{i} AS ({s})"));
+                    combined.push_str(&format!("w{i} AS ({s}) "));
                 }
-                if !combined.is_empty() {
-                    combined.push(' ');
-                }
-                combined.push_str(last);
-                sqlx::query_with(sqlx::AssertSqlSafe(combined), args).execute(conn).await?;
+                combined + last
             }
-            Dialect::Sqlite => {
-                for (s, args) in sql.into_iter().zip(self.args) {
-                    sqlx::query_with(sqlx::AssertSqlSafe(s), args).execute(&mut *conn).await?;
-                }
-            }
-        }
+            Dialect::Sqlite => self.statements.join(";\n"),
+        };
+        sqlx::query_with(sqlx::AssertSqlSafe(sql), self.args).execute(conn).await?;
         Ok(())
     }
 
@@ -171,15 +166,15 @@ impl Writes {
         if let Some(e) = self.error {
             return Err(e.into());
         }
-        let Some(args) = self.args.pop() else { return Ok(false) };
         let mut combined = String::new();
         for (i, s) in self.statements.iter().enumerate() {
             combined.push_str(if i == 0 { "WITH " } else { ", " });
             combined.push_str(&format!("w{i} AS ({s})"));
         }
         combined.push_str(" SELECT COUNT(*) FROM w0");
-        let matched: i64 =
-            sqlx::query_scalar_with(sqlx::AssertSqlSafe(combined), args).fetch_one(conn).await?;
+        let matched: i64 = sqlx::query_scalar_with(sqlx::AssertSqlSafe(combined), self.args)
+            .fetch_one(conn)
+            .await?;
         Ok(matched == 1)
     }
 
@@ -187,10 +182,6 @@ impl Writes {
     /// placeholder.
     fn start(&mut self, params: usize) -> usize {
         self.check_bound();
-        if self.dialect == Dialect::Sqlite && !self.statements.is_empty() {
-            self.args.push(AnyArguments::default());
-            self.expected = 0;
-        }
         let first = self.expected + 1;
         self.expected += params;
         first
@@ -199,7 +190,7 @@ impl Writes {
     /// Records a bug in the caller: a statement bound more or fewer values than it has
     /// placeholders.
     fn check_bound(&mut self) {
-        let bound = self.args.last().map_or(0, |a| a.len());
+        let bound = self.args.len();
         if bound != self.expected && self.error.is_none() {
             self.error = Some(sqlx::Error::InvalidArgument(format!(
                 "statement {} has {} placeholders but {bound} bound values",
@@ -210,30 +201,34 @@ impl Writes {
     }
 }
 
-/// Adds `offset` to every `$n` placeholder of `sql`; returns the highest `n` before the shift
-/// and the shifted text. (Our statements hold no `$` in literals.)
-fn renumber(sql: &str, offset: usize) -> (usize, String) {
+/// The numbers of the `$n` placeholders of `sql`, in order of appearance. (Our statements hold
+/// no `$` in literals.)
+fn placeholders_in(sql: &str) -> Vec<usize> {
+    let mut found = Vec::new();
+    renumber(sql, |n| {
+        found.push(n);
+        String::new()
+    });
+    found
+}
+
+/// `sql` with every `$n` placeholder replaced by `to(n)`.
+fn renumber(sql: &str, mut to: impl FnMut(usize) -> String) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
-    let mut highest = 0;
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
-        out.push(c);
-        if c != '$' {
-            continue;
-        }
-        let mut n = 0usize;
-        let mut digits = false;
-        while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
-            n = n * 10 + d as usize;
-            digits = true;
+        let mut n = None;
+        while let Some(d) = (c == '$').then(|| chars.peek().and_then(|d| d.to_digit(10))).flatten()
+        {
+            n = Some(n.unwrap_or(0) * 10 + d as usize);
             chars.next();
         }
-        if digits {
-            highest = highest.max(n);
-            out.push_str(&(n + offset).to_string());
+        match n {
+            Some(n) => out.push_str(&to(n)),
+            None => out.push(c),
         }
     }
-    (highest, out)
+    out
 }
 
 #[cfg(test)]
@@ -249,21 +244,19 @@ mod tests {
         assert_eq!(w.statements[1], "UPDATE h SET x = $5, y = $6 WHERE id = 1");
         w.check_bound();
         assert!(w.error.is_none());
-        assert_eq!(w.args.len(), 1);
     }
 
     #[test]
-    fn sqlite_statements_keep_their_own_lists() {
+    fn sqlite_statements_take_their_values_in_order() {
         let mut w = Writes::new(Dialect::Sqlite);
         w.insert("t", "a, b", 1).bind(1i64).bind(2i64);
-        w.statement("UPDATE h SET x = $1 WHERE id = 1").bind(3i64);
+        w.statement("UPDATE h SET x = $1, y = $2 WHERE id = 1").bind(3i64).bind(4i64);
         assert_eq!(
             w.statements,
-            ["INSERT INTO t (a, b) VALUES (?, ?)", "UPDATE h SET x = $1 WHERE id = 1"]
+            ["INSERT INTO t (a, b) VALUES (?, ?)", "UPDATE h SET x = ?, y = ? WHERE id = 1"]
         );
         w.check_bound();
         assert!(w.error.is_none());
-        assert_eq!(w.args.len(), 2);
     }
 
     #[test]
@@ -279,10 +272,16 @@ mod tests {
     }
 
     #[test]
+    fn placeholders_must_come_in_order() {
+        let mut w = Writes::new(Dialect::Sqlite);
+        w.statement("UPDATE h SET x = $2, y = $1").bind(1i64).bind(2i64);
+        assert!(matches!(w.error, Some(sqlx::Error::InvalidArgument(_))));
+    }
+
+    #[test]
     fn renumbering_shifts_only_placeholders() {
-        assert_eq!(
-            renumber("a = $1 AND b = $12 AND c = '$'", 3),
-            (12, "a = $4 AND b = $15 AND c = '$'".into())
-        );
+        let shifted = renumber("a = $1 AND b = $12 AND c = '$'", |n| format!("${}", n + 3));
+        assert_eq!(shifted, "a = $4 AND b = $15 AND c = '$'");
+        assert_eq!(placeholders_in("a = $1 AND b = $12 AND c = '$'"), [1, 12]);
     }
 }

@@ -162,8 +162,12 @@ impl Store {
                         "PRAGMA busy_timeout = 10000",
                         "PRAGMA foreign_keys = ON",
                         // The server checkpoints in the background (`checkpoint`), off the commit
-                        // path; a committing writer only does it past ~40 MB of WAL.
-                        "PRAGMA wal_autocheckpoint = 10000",
+                        // path. A committing writer checkpoints only past ~400 MB of WAL (a
+                        // reader pinning an old snapshot): its checkpoint ends in fsyncs, which
+                        // took 40-100 ms here, and every registration waiting for that commit
+                        // waited too. At 10,000 pages (~40 MB, under 1 s of sustained single
+                        // registrations) that set single-registration p99 on SQLite.
+                        "PRAGMA wal_autocheckpoint = 100000",
                     ] {
                         sqlx::query(pragma).execute(&mut *conn).await?;
                     }

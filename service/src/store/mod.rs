@@ -153,6 +153,11 @@ impl Store {
             .acquire_timeout(Duration::from_secs(5))
             // Each acquire would otherwise cost a round trip (halves PostgreSQL tx rates).
             .test_before_acquire(false);
+        if dialect == Dialect::Postgres {
+            // Connected ahead, not by the first requests (a PostgreSQL connection costs a
+            // backend start: it was most of the slowest 1 % of a single-registration run).
+            pool = pool.min_connections(max_connections.max(1));
+        }
         if dialect == Dialect::Sqlite {
             pool = pool.after_connect(|conn, _meta| {
                 Box::pin(async move {

@@ -2,9 +2,10 @@
 //!
 //! Every function is a single portable SQL text with `$N` placeholders; the only dialect switches
 //! are the connect hook (SQLite pragmas), how a write transaction begins (`BEGIN IMMEDIATE` on
-//! SQLite, so read-then-write never deadlocks on lock upgrade) and the chain-head lock of the
-//! audit log (`FOR UPDATE` on PostgreSQL). Secret columns are stored sealed; this layer never
-//! sees plaintext secrets.
+//! SQLite, so read-then-write never deadlocks on lock upgrade), the chain-head lock of the
+//! audit log (`FOR UPDATE` on PostgreSQL) and how [`Writes`] sends several writes at once (one
+//! statement of data-modifying `WITH` clauses on PostgreSQL, one multi-statement query on
+//! SQLite). Secret columns are stored sealed; this layer never sees plaintext secrets.
 
 pub mod audit;
 pub mod bundles;

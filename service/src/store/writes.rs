@@ -122,11 +122,6 @@ impl Writes {
         self.dialect
     }
 
-    /// Whether nothing was added.
-    pub fn is_empty(&self) -> bool {
-        self.statements.is_empty()
-    }
-
     /// Sends everything: one statement on PostgreSQL, one multi-statement query on SQLite.
     /// Call inside a transaction when there is more than one write on SQLite.
     pub async fn execute(mut self, conn: &mut AnyConnection) -> Result<(), StoreError> {

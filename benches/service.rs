@@ -42,6 +42,8 @@ struct Server {
     base: String,
     chain: Vec<u8>,
     owner: String,
+    /// the PostgreSQL database made for this run (dropped at the end)
+    database: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -100,7 +102,7 @@ async fn start() -> Server {
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let base = line.trim().strip_prefix("listening on ").unwrap().to_owned();
     let chain = std::fs::read(d.join("ca-chain.pem")).unwrap();
-    Server { child, base, chain, owner, _dir: dir }
+    Server { child, base, chain, owner, database: db, _dir: dir }
 }
 
 fn client(s: &Server) -> reqwest::Client {
@@ -477,6 +479,20 @@ async fn main() {
                 batch_rate / cfssl_rate
             );
         }
+    }
+    drop_database(s).await;
+}
+
+/// Stops the server and drops its PostgreSQL database, so runs do not pile databases up.
+async fn drop_database(mut s: Server) {
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+    let Some(url) = s.database.take() else { return };
+    use sqlx::Connection as _;
+    let Some((admin, name)) = url.rsplit_once('/') else { return };
+    if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{admin}/postgres")).await {
+        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut c).await;
     }
 }
 

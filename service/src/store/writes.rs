@@ -125,25 +125,10 @@ impl Writes {
     /// Sends everything: one statement on PostgreSQL, one multi-statement query on SQLite.
     /// Call inside a transaction when there is more than one write on SQLite.
     pub async fn execute(mut self, conn: &mut AnyConnection) -> Result<(), StoreError> {
-        self.check_bound();
-        if self.gated {
-            self.error.get_or_insert(sqlx::Error::InvalidArgument(
-                "gated writes are sent with execute_gated".into(),
-            ));
-        }
-        if let Some(e) = self.error {
-            return Err(e.into());
-        }
+        self.ready(!self.gated, "gated writes are sent with execute_gated")?;
         let Some((last, init)) = self.statements.split_last() else { return Ok(()) };
         let sql = match self.dialect {
-            Dialect::Postgres => {
-                let mut combined = String::new();
-                for (i, s) in init.iter().enumerate() {
-                    combined.push_str(if i == 0 { "WITH " } else { ", " });
-                    combined.push_str(&format!("w{i} AS ({s}) "));
-                }
-                combined + last
-            }
+            Dialect::Postgres => with_clauses(init) + last,
             Dialect::Sqlite => self.statements.join(";\n"),
         };
         sqlx::query_with(sqlx::AssertSqlSafe(sql), self.args).execute(conn).await?;
@@ -154,23 +139,23 @@ impl Writes {
     /// its own, and durable when it returns): true when the gate matched and everything was
     /// written, false when nothing was.
     pub async fn execute_gated(mut self, conn: &mut AnyConnection) -> Result<bool, StoreError> {
-        self.check_bound();
-        if !self.gated || self.dialect != Dialect::Postgres {
-            self.error.get_or_insert(sqlx::Error::InvalidArgument("no gate".into()));
-        }
-        if let Some(e) = self.error {
-            return Err(e.into());
-        }
-        let mut combined = String::new();
-        for (i, s) in self.statements.iter().enumerate() {
-            combined.push_str(if i == 0 { "WITH " } else { ", " });
-            combined.push_str(&format!("w{i} AS ({s})"));
-        }
-        combined.push_str(" SELECT COUNT(*) FROM w0");
-        let matched: i64 = sqlx::query_scalar_with(sqlx::AssertSqlSafe(combined), self.args)
-            .fetch_one(conn)
-            .await?;
+        self.ready(self.gated && self.dialect == Dialect::Postgres, "no gate")?;
+        let sql = with_clauses(&self.statements) + "SELECT COUNT(*) FROM w0";
+        let matched: i64 =
+            sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), self.args).fetch_one(conn).await?;
         Ok(matched == 1)
+    }
+
+    /// The first error recorded while adding (or `misuse` when `fits` is false), if any.
+    fn ready(&mut self, fits: bool, misuse: &str) -> Result<(), StoreError> {
+        self.check_bound();
+        if !fits {
+            self.error.get_or_insert(sqlx::Error::InvalidArgument(misuse.into()));
+        }
+        match self.error.take() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 
     /// Opens room for a statement of `params` values; returns the number of its first
@@ -194,6 +179,20 @@ impl Writes {
             )));
         }
     }
+}
+
+/// `WITH w0 AS (…), w1 AS (…) ` naming each statement, for a main statement to follow (empty
+/// for none).
+fn with_clauses(statements: &[String]) -> String {
+    let mut sql = String::new();
+    for (i, s) in statements.iter().enumerate() {
+        sql.push_str(if i == 0 { "WITH " } else { ", " });
+        sql.push_str(&format!("w{i} AS ({s})"));
+    }
+    if !sql.is_empty() {
+        sql.push(' ');
+    }
+    sql
 }
 
 /// The numbers of the `$n` placeholders of `sql`, in order of appearance. (Our statements hold
@@ -271,6 +270,16 @@ mod tests {
         let mut w = Writes::new(Dialect::Sqlite);
         w.statement("UPDATE h SET x = $2, y = $1").bind(1i64).bind(2i64);
         assert!(matches!(w.error, Some(sqlx::Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn with_clauses_name_each_statement() {
+        assert_eq!(with_clauses(&[]), "");
+        let two = ["INSERT INTO a VALUES ($1)".to_owned(), "UPDATE h SET x = $2".to_owned()];
+        assert_eq!(
+            with_clauses(&two),
+            "WITH w0 AS (INSERT INTO a VALUES ($1)), w1 AS (UPDATE h SET x = $2) "
+        );
     }
 
     #[test]

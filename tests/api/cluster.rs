@@ -240,15 +240,7 @@ async fn single_registrations_racing_other_writers_keep_one_audit_chain() {
             .unwrap();
         assert_eq!(again["certificate_chain"].as_str(), Some(chain.as_str()), "{id}");
     }
-    let certs: Value =
-        app.get_as("/v1/certificates?limit=1000", &token).await.json().await.unwrap();
-    let device_certs = certs["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["device_id"].as_str().is_some_and(|d| d.starts_with("s-")))
-        .count();
-    assert_eq!(device_certs, 48, "one certificate per registration");
+    assert_eq!(app.device_certificates("s-").await, 48, "one certificate per registration");
     let v: Value = app.get_as("/v1/audit/verify", &token).await.json().await.unwrap();
     assert_eq!(v["ok"], true, "one linear audit chain: {v}");
     let audit: Value = app.get_as("/v1/audit?limit=1000", &token).await.json().await.unwrap();

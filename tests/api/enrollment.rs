@@ -16,6 +16,22 @@ pub fn p256(cn: &str) -> String {
 }
 
 impl TestApp {
+    /// How many stored certificates belong to devices whose id starts with `prefix`.
+    pub async fn device_certificates(&self, prefix: &str) -> usize {
+        let certs: Value = self
+            .get_as("/v1/certificates?limit=1000", &self.owner_token())
+            .await
+            .json()
+            .await
+            .unwrap();
+        certs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["device_id"].as_str().is_some_and(|d| d.starts_with(prefix)))
+            .count()
+    }
+
     pub async fn put_group(&self, id: &str, body: Value) -> Value {
         let r = self
             .client
@@ -407,15 +423,7 @@ async fn racing_batches_over_the_same_ids_register_each_once() {
         }
     }
     assert_eq!(chain_of.len(), 40);
-    let certs: Value =
-        app.get_as("/v1/certificates?limit=1000", &app.owner_token()).await.json().await.unwrap();
-    let device_certs = certs["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["device_id"].as_str().is_some_and(|d| d.starts_with("r-")))
-        .count();
-    assert_eq!(device_certs, 40, "one certificate per id");
+    assert_eq!(app.device_certificates("r-").await, 40, "one certificate per id");
     let verified: Value =
         app.get_as("/v1/audit/verify", &app.owner_token()).await.json().await.unwrap();
     assert_eq!(verified["ok"], true, "{verified}");

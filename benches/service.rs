@@ -4,7 +4,7 @@
 //!
 //! Run: `scripts/bench` (or `cargo bench --bench service`); `BENCH_SECS` (default 5) per
 //! throughput measurement, `BENCH_BATCH` (default 5000) NDJSON lines, `PROVISIOND_TEST_DB=postgres`
-//! for PostgreSQL.
+//! for PostgreSQL, `BENCH_BIN` to run another build of `provisiond` under the same conditions.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -22,6 +22,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_provisiond");
+
+/// The server binary: this build's, or `BENCH_BIN` (to compare another build in the same run
+/// conditions).
+fn bin() -> String {
+    std::env::var("BENCH_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
 
 /// Whether measurement `name` is selected by `BENCH_ONLY` (comma list; unset = all).
 fn selected(name: &str) -> bool {
@@ -74,7 +80,7 @@ async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("d");
     let db = database_url().await;
-    let mut init = Command::new(BIN);
+    let mut init = Command::new(bin());
     init.args(["init", "--data-dir"]).arg(&d).arg("--credentials-out").arg(dir.path().join("o"));
     if let Some(u) = &db {
         init.env("DATABASE_URL", u);
@@ -88,7 +94,7 @@ async fn start() -> Server {
         now() + 86400,
         Some("owner"),
     );
-    let mut serve = Command::new(BIN);
+    let mut serve = Command::new(bin());
     serve
         .args(["serve", "--data-dir"])
         .arg(&d)

@@ -1,7 +1,7 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, now, spawn_app, spawn_with, DataDir, TestApp};
+use crate::helpers::{assert_problem, leaf_serial, now, spawn_app, spawn_with, DataDir, TestApp};
 
 pub fn csr(cn: &str, alg: &'static rcgen::SignatureAlgorithm) -> String {
     let key = rcgen::KeyPair::generate_for(alg).unwrap();
@@ -30,6 +30,22 @@ impl TestApp {
             .iter()
             .filter(|c| c["device_id"].as_str().is_some_and(|d| d.starts_with(prefix)))
             .count()
+    }
+
+    /// The targets of the audit's `registration.create` rows, once the chain has verified.
+    pub async fn audited_registrations(&self) -> Vec<String> {
+        let verified: Value =
+            self.get_as("/v1/audit/verify", &self.owner_token()).await.json().await.unwrap();
+        assert_eq!(verified["ok"], true, "the audit chain verifies: {verified}");
+        let audit: Value =
+            self.get_as("/v1/audit?limit=1000", &self.owner_token()).await.json().await.unwrap();
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["action"] == "registration.create")
+            .map(|r| r["target"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     pub async fn put_group(&self, id: &str, body: Value) -> Value {
@@ -368,22 +384,77 @@ async fn a_batch_mixing_new_ids_retries_duplicates_and_reissues_answers_each_exa
         assert_eq!(certs["items"].as_array().unwrap().len(), 1, "{id}: retries issue nothing");
     }
     assert!(app.get_as("/v1/devices/n-2", &app.owner_token()).await.status() == 404);
-    let audit: Value =
-        app.get_as("/v1/audit?limit=1000", &app.owner_token()).await.json().await.unwrap();
-    let mut registered: Vec<&str> = audit["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["action"] == "registration.create")
-        .map(|r| r["target"].as_str().unwrap())
-        .collect();
+    let mut registered = app.audited_registrations().await;
     // One row per stored registration (retries store nothing); within a batch, first
     // registrations are written before the others, so compare as a multiset.
     registered.sort_unstable();
     assert_eq!(registered, ["m-0", "m-1", "m-1", "n-0", "n-1"]);
-    let verified: Value =
-        app.get_as("/v1/audit/verify", &app.owner_token()).await.json().await.unwrap();
-    assert_eq!(verified["ok"], true, "{verified}");
+}
+
+/// One stream of several group commits (on PostgreSQL the chunks' transactions overlap): an
+/// id repeated in a later chunk meets the earlier chunk's registration exactly as it would
+/// line by line: the same CSR is a retry, a new CSR reissues and the later line wins; the audit
+/// chain verifies.
+#[tokio::test]
+async fn repeats_across_the_chunks_of_one_stream_follow_the_stream_order() {
+    let app = spawn_app().await;
+    app.put_group("order", json!({"allowed_key_types": ["p256"]})).await;
+    let id = |i: usize| format!("o-{i:03}");
+    let csrs: Vec<String> = (0..700).map(|i| p256(&id(i))).collect();
+    let reissued: Vec<String> = (0..20).map(|i| p256(&id(i))).collect();
+    let line = |i: usize, csr: &str| json!({"registration_id": id(i), "csr": csr});
+    // ids 0..700 once each; after every 240 new lines, ten retries of earlier ids (same CSR)
+    // and ten reissues (new CSR) of others, so repeats land in later chunks than their firsts
+    let mut lines = Vec::new();
+    let mut repeats = Vec::new(); // (line index, id index, reissued?)
+    for i in 0..700 {
+        lines.push(line(i, &csrs[i]));
+        if i % 240 == 239 && i < 700 - 10 {
+            let round = i / 240;
+            for k in 0..10 {
+                let (retry, reissue) = (round * 10 + k + 100, round * 10 + k);
+                repeats.push((lines.len(), retry, false));
+                lines.push(line(retry, &csrs[retry]));
+                repeats.push((lines.len(), reissue, true));
+                lines.push(line(reissue, &reissued[reissue]));
+            }
+        }
+    }
+    let out = app.ndjson("order", &lines).await;
+    assert_eq!(out.len(), lines.len());
+    let first: std::collections::HashMap<String, String> = out
+        .iter()
+        .rev()
+        .map(|l| {
+            let chain = l["certificate_chain"].as_str().unwrap_or_else(|| panic!("{l}"));
+            (l["device_id"].as_str().unwrap().to_owned(), chain.to_owned())
+        })
+        .collect();
+    for (at, i, reissue) in repeats {
+        let chain = out[at]["certificate_chain"].as_str().unwrap();
+        if !reissue {
+            assert_eq!(chain, first[&id(i)], "line {at}: a retry answers the first certificate");
+            continue;
+        }
+        assert_ne!(chain, first[&id(i)], "line {at}: a new CSR is reissued");
+        let certs: Value = app
+            .get_as(&format!("/v1/certificates?device_id={}", id(i)), &app.owner_token())
+            .await
+            .json()
+            .await
+            .unwrap();
+        let status_of = |serial: &str| {
+            let items = certs["items"].as_array().unwrap();
+            let item =
+                items.iter().find(|c| c["serial"] == serial).unwrap_or_else(|| panic!("{certs}"));
+            item["status"].as_str().unwrap().to_owned()
+        };
+        assert_eq!(status_of(&leaf_serial(chain)), "valid", "{}: the later line wins", id(i));
+        assert_eq!(status_of(&leaf_serial(&first[&id(i)])), "revoked", "{}", id(i));
+    }
+    assert_eq!(app.device_certificates("o-").await, 700 + 20);
+    let registered = app.audited_registrations().await;
+    assert_eq!(registered.len(), 720, "one row per stored registration; retries store none");
 }
 
 /// Batches racing over the same ids (on PostgreSQL their transactions really overlap, so a

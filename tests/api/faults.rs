@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::enrollment::p256;
-use crate::helpers::{backend_is_postgres, spawn_app, spawn_with, DataDir};
+use crate::helpers::{backend_is_postgres, leaf_serial, spawn_app, spawn_with, DataDir};
 
 #[tokio::test]
 async fn kill_9_during_a_batch_loses_no_acknowledged_registration() {
@@ -35,12 +35,7 @@ async fn kill_9_during_a_batch_loses_no_acknowledged_registration() {
             let line: Vec<u8> = buf.drain(..=pos).collect();
             let v: Value = serde_json::from_slice(&line).unwrap();
             let chain = v["certificate_chain"].as_str().expect("all lines are valid");
-            let leaf = ::pem::parse_many(chain).unwrap()[0].contents().to_vec();
-            let (_, c) = x509_parser::parse_x509_certificate(&leaf).unwrap();
-            acknowledged.push((
-                v["device_id"].as_str().unwrap().to_owned(),
-                c.raw_serial_as_string().replace(':', ""),
-            ));
+            acknowledged.push((v["device_id"].as_str().unwrap().to_owned(), leaf_serial(chain)));
         }
         if acknowledged.len() >= 300 {
             let pid = nix::unistd::Pid::from_raw(app.child.id() as i32);
@@ -287,11 +282,9 @@ async fn repeated_kill_9_under_mixed_load_keeps_every_acknowledged_operation() {
                         let line: Vec<u8> = buf.drain(..=pos).collect();
                         let v: Value = serde_json::from_slice(&line).unwrap();
                         let Some(chain) = v["certificate_chain"].as_str() else { continue };
-                        let leaf = ::pem::parse_many(chain).unwrap()[0].contents().to_vec();
-                        let (_, c) = x509_parser::parse_x509_certificate(&leaf).unwrap();
                         acked.lock().unwrap().push((
                             v["device_id"].as_str().unwrap().to_owned(),
-                            c.raw_serial_as_string().replace(':', ""),
+                            leaf_serial(chain),
                         ));
                     }
                 }

@@ -12,6 +12,13 @@ use ca::SasKey;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_provisiond");
 
+/// The serial (hex, as the API spells it) of the first certificate of a PEM chain.
+pub fn leaf_serial(chain_pem: &str) -> String {
+    let leaf = ::pem::parse_many(chain_pem).unwrap()[0].contents().to_vec();
+    let (_, c) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    c.raw_serial_as_string().replace(':', "")
+}
+
 /// Which database the suite runs on (`PROVISIOND_TEST_DB=sqlite|postgres`).
 pub fn backend_is_postgres() -> bool {
     std::env::var("PROVISIOND_TEST_DB").as_deref() == Ok("postgres")

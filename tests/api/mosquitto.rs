@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{leaf_serial, spawn_app, TestApp};
 
 struct Broker {
     child: Child,
@@ -128,9 +128,7 @@ async fn device(app: &TestApp, dir: &Path, id: &str) -> String {
     let chain = r["certificate_chain"].as_str().unwrap();
     std::fs::write(dir.join(format!("{id}.pem")), chain).unwrap();
     std::fs::write(dir.join(format!("{id}.key")), key.serialize_pem()).unwrap();
-    let leaf = ::pem::parse_many(chain).unwrap()[0].contents().to_vec();
-    let (_, c) = x509_parser::parse_x509_certificate(&leaf).unwrap();
-    c.raw_serial_as_string().replace(':', "")
+    leaf_serial(chain)
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 use serde_json::{json, Value};
 
 use crate::enrollment::p256;
-use crate::helpers::{assert_problem, spawn_app, TestApp};
+use crate::helpers::{assert_problem, leaf_serial, spawn_app, TestApp};
 
 struct Files {
     dir: tempfile::TempDir,
@@ -38,12 +38,6 @@ async fn enrolled(app: &TestApp, group: &str, id: &str) -> (String, String) {
     (::pem::encode(&certs[0]), ::pem::encode(&certs[1]))
 }
 
-fn serial_of(leaf_pem: &str) -> String {
-    let der = ::pem::parse(leaf_pem).unwrap().into_contents();
-    let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
-    c.raw_serial_as_string().replace(':', "")
-}
-
 #[tokio::test]
 async fn revocation_shows_in_ocsp_and_crl_for_openssl_and_python() {
     let app = spawn_app().await;
@@ -72,7 +66,7 @@ async fn revocation_shows_in_ocsp_and_crl_for_openssl_and_python() {
         out
     };
     query("good");
-    let serial = serial_of(&leaf);
+    let serial = leaf_serial(&leaf);
     let r = app
         .post_json(
             &format!("/v1/certificates/{}/revoke", serial.to_uppercase()),
@@ -239,7 +233,7 @@ async fn rotated_out_intermediates_keep_verifying_and_stay_revocable() {
             })
             .unwrap()
     };
-    let serial = serial_of(&old_leaf);
+    let serial = leaf_serial(&old_leaf);
     app.post_json(&format!("/v1/certificates/{serial}/revoke"), &app.owner_token(), json!({}))
         .await;
     let crl = app

@@ -456,13 +456,34 @@ pub async fn registrations(
     // possession, signing) on the blocking pool as soon as the chunk is complete; the committer
     // stores chunks in order, one transaction each, and only then sends their result lines. So
     // the next chunks are verified and signed while the current one commits.
-    let (jobs, mut queue) = tokio::sync::mpsc::channel::<PreparingChunk>(2);
+    // On PostgreSQL two chunks commit at a time (see `register::Turn`): one inserts its rows
+    // while the one before waits for the audit-head lock and its commit. SQLite has one writer.
+    let (jobs, queue) = tokio::sync::mpsc::channel::<PreparingChunk>(2);
     let registrar = Arc::new(registrar);
     let committer = registrar.clone();
     let out = tx.clone();
+    let in_flight = match registrar.state.store.dialect() {
+        crate::store::Dialect::Postgres => 2,
+        crate::store::Dialect::Sqlite => 1,
+    };
     actix_web::rt::spawn(async move {
-        while let Some(chunk) = queue.recv().await {
-            for line in committer.commit(chunk).await {
+        let mut turns = register::Turns::default();
+        let chunks = futures_util::stream::unfold(queue, |mut queue| async move {
+            queue.recv().await.map(|chunk| (chunk, queue))
+        });
+        // Each commit is its own task, so it goes on while result lines wait to be sent.
+        let mut committed = std::pin::pin!(chunks
+            .map(|chunk| {
+                let (committer, turn) = (committer.clone(), turns.next_turn());
+                actix_web::rt::spawn(async move { committer.commit(chunk, turn).await })
+            })
+            .buffered(in_flight));
+        while let Some(done) = committed.next().await {
+            let lines = done.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "registration commit failed");
+                vec![error_line(None, &ApiError::Internal(Box::new(e)))]
+            });
+            for line in lines {
                 if out.send(line).await.is_err() {
                     return; // client went away
                 }
@@ -591,9 +612,9 @@ impl Registrar {
         PreparingChunk::Lines(handles)
     }
 
-    /// Stores a prepared chunk in one group-committed transaction; one result line per input
-    /// line, in order, made only after the commit.
-    async fn commit(&self, chunk: PreparingChunk) -> Vec<Bytes> {
+    /// Stores a prepared chunk in one group-committed transaction, in `turn`; one result line
+    /// per input line, in order, made only after the commit.
+    async fn commit(&self, chunk: PreparingChunk, turn: register::Turn) -> Vec<Bytes> {
         let handles = match chunk {
             PreparingChunk::Lines(h) => h,
             PreparingChunk::Fatal(line) => return vec![line],
@@ -636,7 +657,7 @@ impl Registrar {
             })
             .collect();
         let results =
-            register::register_batch(&self.state.store, &bx, &self.authority, items, &mut None)
+            register::register_batch_in_turn(&self.state.store, &bx, &self.authority, items, turn)
                 .await;
         for ((i, id), result) in slots.into_iter().zip(results) {
             let outcome = if result.is_ok() { "success" } else { "failure" };

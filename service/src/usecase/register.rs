@@ -232,8 +232,156 @@ pub async fn register_batch<'a>(
     items: Vec<BatchItem<'a>>,
     last_head: &mut Option<(i64, String)>,
 ) -> Vec<Result<Registered, RegisterError>> {
-    let mut results: Vec<Option<Result<Registered, RegisterError>>> =
-        items.iter().map(|_| None).collect();
+    let (mut results, fresh, slow) = lines_of(items);
+    commit_lines(store, bx, authority, &mut results, fresh, slow, last_head).await;
+    finish(results)
+}
+
+type Results = Vec<Option<Result<Registered, RegisterError>>>;
+
+/// A batch's place in a stream of batches (an NDJSON request's chunks) whose commits overlap
+/// on PostgreSQL: a batch writes its rows once the batch before it has written its own, and
+/// chains its audit rows and commits once that batch has committed. So one batch's inserts run
+/// while the one before waits for the audit-head lock and its commit, the audit chain and the
+/// results keep the stream's order, and an id repeated in a later batch meets the earlier
+/// batch's rows (a retry, a reprovisioning), never the other way round. Every wait points at an
+/// earlier batch, so waits cannot form a cycle the database would not see. Dropping a turn
+/// releases the next batch.
+#[derive(Debug)]
+pub struct Turn {
+    prev_written: Option<tokio::sync::oneshot::Receiver<()>>,
+    prev_committed: Option<tokio::sync::oneshot::Receiver<()>>,
+    written: Option<tokio::sync::oneshot::Sender<()>>,
+    committed: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Hands out [`Turn`]s in stream order.
+#[derive(Debug, Default)]
+pub struct Turns {
+    written: Option<tokio::sync::oneshot::Receiver<()>>,
+    committed: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Turns {
+    /// The turn of the next batch.
+    pub fn next_turn(&mut self) -> Turn {
+        let (written, written_rx) = tokio::sync::oneshot::channel();
+        let (committed, committed_rx) = tokio::sync::oneshot::channel();
+        Turn {
+            prev_written: self.written.replace(written_rx),
+            prev_committed: self.committed.replace(committed_rx),
+            written: Some(written),
+            committed: Some(committed),
+        }
+    }
+}
+
+impl Turn {
+    /// Waits until the batch before has written its rows (or is gone).
+    async fn after_written(&mut self) {
+        if let Some(rx) = self.prev_written.take() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Waits until the batch before has committed (or is gone).
+    async fn after_committed(&mut self) {
+        self.after_written().await;
+        if let Some(rx) = self.prev_committed.take() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Lets the next batch write.
+    fn wrote(&mut self) {
+        if let Some(tx) = self.written.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Lets the next batch commit (and write, if it was not let yet).
+    fn committed(&mut self) {
+        self.wrote();
+        if let Some(tx) = self.committed.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// [`register_batch`] for a batch of a stream in `turn` (see [`Turn`]). On PostgreSQL, a batch
+/// of first registrations only writes its rows while the batch before commits; every other
+/// batch, and one whose rows the database refuses, runs as [`register_batch`] does once the
+/// batch before has committed. On SQLite (one writer) batches simply run in turn.
+pub async fn register_batch_in_turn<'a>(
+    store: &Store,
+    bx: &BatchCtx<'a>,
+    authority: &Authority,
+    items: Vec<BatchItem<'a>>,
+    mut turn: Turn,
+) -> Vec<Result<Registered, RegisterError>> {
+    let (mut results, fresh, slow) = lines_of(items);
+    if store.dialect() == Dialect::Postgres && slow.is_empty() && !fresh.is_empty() {
+        turn.after_written().await;
+        match insert_fresh_in_turn(store, bx, &fresh, &mut turn).await {
+            Ok(Some(done)) => {
+                answer(&mut results, fresh, done, bx.now);
+                return finish(results);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "batch commit failed");
+                for line in fresh {
+                    results[line.i] = Some(Err(RegisterError::Store(unavailable())));
+                }
+                return finish(results);
+            }
+        }
+    }
+    turn.after_committed().await;
+    commit_lines(store, bx, authority, &mut results, fresh, slow, &mut None).await;
+    turn.committed();
+    finish(results)
+}
+
+/// PostgreSQL, in `turn`: one statement inserts the rows of first registrations, then, once
+/// the batch before has committed, the audit rows are chained under the head lock and all
+/// commits. `Ok(None)`: the rows were refused before the next batch was let write (nothing
+/// stored; the caller goes the [`register_batch`] way). `Err`: nothing is stored and the lines
+/// fail, since going back would wait on a later batch that may wait on this one.
+async fn insert_fresh_in_turn(
+    store: &Store,
+    bx: &BatchCtx<'_>,
+    fresh: &[Line<'_>],
+    turn: &mut Turn,
+) -> Result<Option<Vec<(String, String)>>, StoreError> {
+    let rows = FreshRows::new(bx, fresh);
+    let mut w = Writes::new(store.dialect());
+    rows.add_to(&mut w);
+    let mut tx = match store.begin().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::debug!(error = %e, "batch transaction failed");
+            return Ok(None);
+        }
+    };
+    if let Err(e) = w.execute(&mut tx).await {
+        tracing::debug!(error = %e, "bulk registration refused");
+        let _ = tx.rollback().await;
+        return Ok(None);
+    }
+    turn.wrote();
+    turn.after_committed().await;
+    crate::audit::append_many(&mut tx, store.dialect(), bx.audit_key, &rows.entries, bx.now)
+        .await?;
+    tx.commit().await?;
+    turn.committed();
+    Ok(Some(rows.out))
+}
+
+/// The lines of a batch, split as [`split_unique`] does, and its results so far (the lines
+/// whose preparation failed).
+fn lines_of<'a>(items: Vec<BatchItem<'a>>) -> (Results, Vec<Line<'a>>, Vec<Line<'a>>) {
+    let mut results: Results = items.iter().map(|_| None).collect();
     let mut pending = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         match item.prepared {
@@ -243,7 +391,20 @@ pub async fn register_batch<'a>(
             Err(e) => results[i] = Some(Err(e)),
         }
     }
-    let (mut fresh, mut slow) = split_unique(pending);
+    let (fresh, slow) = split_unique(pending);
+    (results, fresh, slow)
+}
+
+/// The body of [`register_batch`]: stores `fresh` and `slow` and records their results.
+async fn commit_lines<'a>(
+    store: &Store,
+    bx: &BatchCtx<'a>,
+    authority: &Authority,
+    results: &mut Results,
+    mut fresh: Vec<Line<'a>>,
+    mut slow: Vec<Line<'a>>,
+    last_head: &mut Option<(i64, String)>,
+) {
     let mut refused = false;
     if let (Some(head), true, Dialect::Postgres) =
         (last_head.take(), slow.is_empty() && !fresh.is_empty(), store.dialect())
@@ -251,8 +412,8 @@ pub async fn register_batch<'a>(
         match insert_fresh_if_head(store, bx, &fresh, &head).await {
             Ok(Some((done, new_head))) => {
                 *last_head = Some(new_head);
-                answer(&mut results, fresh, done, bx.now);
-                return finish(results);
+                answer(results, fresh, done, bx.now);
+                return;
             }
             Ok(None) => tracing::debug!("audit head moved; registering under the head lock"),
             Err(e) => {
@@ -262,8 +423,8 @@ pub async fn register_batch<'a>(
         }
     }
     let mut all_fresh = slow.is_empty();
-    let Some(mut tx) = begin_or_fail(store, &mut results, fresh.iter().chain(&slow)).await else {
-        return finish(results);
+    let Some(mut tx) = begin_or_fail(store, results, fresh.iter().chain(&slow)).await else {
+        return;
     };
     let mut looked_up = false;
     if refused {
@@ -277,7 +438,7 @@ pub async fn register_batch<'a>(
         match insert_fresh(&mut tx, store.dialect(), bx, &fresh).await {
             Ok((done, head)) => {
                 new_head = Some(head);
-                answer(&mut results, std::mem::take(&mut fresh), done, bx.now);
+                answer(results, std::mem::take(&mut fresh), done, bx.now);
             }
             Err(e) => {
                 // Nothing else has been written in this transaction yet: start it over.
@@ -285,8 +446,8 @@ pub async fn register_batch<'a>(
                 let _ = tx.rollback().await;
                 let mut all = std::mem::take(&mut fresh);
                 all.append(&mut slow);
-                let Some(again) = begin_or_fail(store, &mut results, &all).await else {
-                    return finish(results);
+                let Some(again) = begin_or_fail(store, results, &all).await else {
+                    return;
                 };
                 tx = again;
                 all_fresh = false;
@@ -341,13 +502,12 @@ pub async fn register_batch<'a>(
             }
         }
     }
-    finish(results)
 }
 
 /// Begins the batch transaction; when it cannot, every line in `lines` fails as unavailable.
 async fn begin_or_fail<'l, 'a: 'l>(
     store: &Store,
-    results: &mut [Option<Result<Registered, RegisterError>>],
+    results: &mut Results,
     lines: impl IntoIterator<Item = &'l Line<'a>>,
 ) -> Option<crate::store::Tx> {
     match store.begin().await {

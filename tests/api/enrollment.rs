@@ -1,7 +1,9 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, leaf_serial, now, spawn_app, spawn_with, DataDir, TestApp};
+use crate::helpers::{
+    assert_problem, backend_is_postgres, leaf_serial, now, spawn_app, spawn_with, DataDir, TestApp,
+};
 
 pub fn csr(cn: &str, alg: &'static rcgen::SignatureAlgorithm) -> String {
     let key = rcgen::KeyPair::generate_for(alg).unwrap();
@@ -18,18 +20,24 @@ pub fn p256(cn: &str) -> String {
 impl TestApp {
     /// How many stored certificates belong to devices whose id starts with `prefix`.
     pub async fn device_certificates(&self, prefix: &str) -> usize {
-        let certs: Value = self
-            .get_as("/v1/certificates?limit=1000", &self.owner_token())
-            .await
-            .json()
-            .await
-            .unwrap();
-        certs["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["device_id"].as_str().is_some_and(|d| d.starts_with(prefix)))
-            .count()
+        let (mut count, mut cursor) = (0, None::<String>);
+        loop {
+            let page = match &cursor {
+                Some(c) => format!("/v1/certificates?limit=1000&cursor={c}"),
+                None => "/v1/certificates?limit=1000".to_owned(),
+            };
+            let certs: Value = self.get_as(&page, &self.owner_token()).await.json().await.unwrap();
+            count += certs["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["device_id"].as_str().is_some_and(|d| d.starts_with(prefix)))
+                .count();
+            match certs["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return count,
+            }
+        }
     }
 
     /// The targets of the audit's `registration.create` rows, once the chain has verified.
@@ -37,15 +45,22 @@ impl TestApp {
         let verified: Value =
             self.get_as("/v1/audit/verify", &self.owner_token()).await.json().await.unwrap();
         assert_eq!(verified["ok"], true, "the audit chain verifies: {verified}");
-        let audit: Value =
-            self.get_as("/v1/audit?limit=1000", &self.owner_token()).await.json().await.unwrap();
-        audit["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["action"] == "registration.create")
-            .map(|r| r["target"].as_str().unwrap().to_owned())
-            .collect()
+        let (mut targets, mut after) = (Vec::new(), 0);
+        loop {
+            let page = format!("/v1/audit?after={after}&limit=1000");
+            let audit: Value = self.get_as(&page, &self.owner_token()).await.json().await.unwrap();
+            let items = audit["items"].as_array().unwrap();
+            targets.extend(
+                items
+                    .iter()
+                    .filter(|r| r["action"] == "registration.create")
+                    .map(|r| r["target"].as_str().unwrap().to_owned()),
+            );
+            match items.last() {
+                Some(last) if items.len() == 1000 => after = last["seq"].as_i64().unwrap(),
+                _ => return targets,
+            }
+        }
     }
 
     pub async fn put_group(&self, id: &str, body: Value) -> Value {
@@ -455,6 +470,79 @@ async fn repeats_across_the_chunks_of_one_stream_follow_the_stream_order() {
     assert_eq!(app.device_certificates("o-").await, 700 + 20);
     let registered = app.audited_registrations().await;
     assert_eq!(registered.len(), 720, "one row per stored registration; retries store none");
+}
+
+/// Server backends of this database, other than `conn`'s and the one holding the audit head,
+/// that are inside a transaction and wait for a lock or sit idle (waiting on something else).
+async fn waiting(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() AND xact_start IS NOT NULL \
+         AND query NOT LIKE '%audit_head FOR UPDATE%' \
+         AND (wait_event_type = 'Lock' OR state = 'idle in transaction')",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// PostgreSQL: while one chunk of a stream waits for the audit-head lock, the next inserts its
+/// rows. A writer that holds the head and then inserts one of those ids (as a single
+/// registration does) closes a cycle; every wait in it must be one the database sees, so it
+/// breaks the deadlock instead of everything hanging, and the stream still registers every line.
+#[tokio::test]
+async fn a_writer_holding_the_audit_head_cannot_hang_a_stream() {
+    use sqlx::Connection as _;
+    if !backend_is_postgres() {
+        return; // SQLite has one writer: chunks commit one after the other
+    }
+    let app = spawn_app().await;
+    app.put_group("held", json!({"allowed_key_types": ["p256"]})).await;
+    let url = app.data.database_url.clone().unwrap();
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut watcher = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT seq FROM audit_head FOR UPDATE").execute(&mut holder).await.unwrap();
+
+    let (lines, rx) = tokio::sync::mpsc::channel::<String>(4);
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|l| (Ok::<_, std::io::Error>(l), rx))
+    });
+    let request = app
+        .client
+        .post(app.url("/v1/enrollment-groups/held/registrations"))
+        .header("Authorization", app.owner_token())
+        .header("Content-Type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let response = tokio::spawn(async move { request.await.unwrap().text().await.unwrap() });
+    let line = |id: &str| json!({"registration_id": id, "csr": p256(id)}).to_string() + "\n";
+    lines.send(line("h-a")).await.unwrap();
+    while waiting(&mut watcher).await < 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // the first chunk waits for the head; the second inserts h-b and then waits too
+    lines.send(line("h-b")).await.unwrap();
+    while waiting(&mut watcher).await < 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let insert = sqlx::query(
+        "INSERT INTO registrations (registration_id, operation_id, created_at, updated_at) \
+         VALUES ('h-b', 'held', 0, 0)",
+    )
+    .execute(&mut holder);
+    let inserted = tokio::time::timeout(std::time::Duration::from_secs(20), insert)
+        .await
+        .expect("a deadlock the database cannot see: the writer, the stream and its chunks hang");
+    eprintln!("the writer's insert: {inserted:?}");
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    drop(lines);
+    let out: Vec<Value> =
+        response.await.unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(out.iter().all(|l| l["certificate_chain"].is_string()), "{out:?}");
+    assert_eq!(app.device_certificates("h-").await, 2);
+    assert_eq!(app.audited_registrations().await.len(), 2);
 }
 
 /// Batches racing over the same ids (on PostgreSQL their transactions really overlap, so a

@@ -240,13 +240,15 @@ pub async fn register_batch<'a>(
 type Results = Vec<Option<Result<Registered, RegisterError>>>;
 
 /// A batch's place in a stream of batches (an NDJSON request's chunks) whose commits overlap
-/// on PostgreSQL: a batch writes its rows once the batch before it has written its own, and
-/// chains its audit rows and commits once that batch has committed. So one batch's inserts run
-/// while the one before waits for the audit-head lock and its commit, the audit chain and the
-/// results keep the stream's order, and an id repeated in a later batch meets the earlier
-/// batch's rows (a retry, a reprovisioning), never the other way round. Every wait points at an
-/// earlier batch, so waits cannot form a cycle the database would not see. Dropping a turn
-/// releases the next batch.
+/// on PostgreSQL: a batch inserts its rows once the batch before has inserted its own, then
+/// takes the audit-head lock and commits while the next batch inserts. An id repeated in a
+/// later batch therefore meets the earlier batch's rows (the database makes it wait for that
+/// commit), so a retry or a reissue answers as it would line by line, and the results keep the
+/// stream's order; the audit rows of two batches may commit in either order, like those of two
+/// clients. A batch waits here only while it holds nothing in the database: every wait between
+/// transactions is then one the database sees, and a deadlock (a single registration takes
+/// the head before its rows) is broken by it instead of hanging. Dropping a turn releases the
+/// next batch.
 #[derive(Debug)]
 pub struct Turn {
     prev_written: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -309,9 +311,9 @@ impl Turn {
 }
 
 /// [`register_batch`] for a batch of a stream in `turn` (see [`Turn`]). On PostgreSQL, a batch
-/// of first registrations only writes its rows while the batch before commits; every other
-/// batch, and one whose rows the database refuses, runs as [`register_batch`] does once the
-/// batch before has committed. On SQLite (one writer) batches simply run in turn.
+/// of first registrations inserts its rows while the batch before commits; every other batch,
+/// and one that the database refuses or picks as a deadlock victim, runs as [`register_batch`]
+/// does once the batch before has committed. On SQLite (one writer) batches simply run in turn.
 pub async fn register_batch_in_turn<'a>(
     store: &Store,
     bx: &BatchCtx<'a>,
@@ -325,6 +327,7 @@ pub async fn register_batch_in_turn<'a>(
         match insert_fresh_in_turn(store, bx, &fresh, &mut turn).await {
             Ok(Some(done)) => {
                 answer(&mut results, fresh, done, bx.now);
+                turn.committed();
                 return finish(results);
             }
             Ok(None) => {}
@@ -337,17 +340,18 @@ pub async fn register_batch_in_turn<'a>(
             }
         }
     }
+    // Holding nothing in the database while it waits.
     turn.after_committed().await;
     commit_lines(store, bx, authority, &mut results, fresh, slow, &mut None).await;
     turn.committed();
     finish(results)
 }
 
-/// PostgreSQL, in `turn`: one statement inserts the rows of first registrations, then, once
-/// the batch before has committed, the audit rows are chained under the head lock and all
-/// commits. `Ok(None)`: the rows were refused before the next batch was let write (nothing
-/// stored; the caller goes the [`register_batch`] way). `Err`: nothing is stored and the lines
-/// fail, since going back would wait on a later batch that may wait on this one.
+/// PostgreSQL, in `turn`: one statement inserts the rows of first registrations; the next
+/// batch may insert from then on; the audit rows are chained under the head lock and all
+/// commits. `Ok(None)`: nothing is stored (the rows were refused, or the transaction was
+/// picked to break a deadlock) and the caller goes the [`register_batch`] way. `Err`: the
+/// commit failed.
 async fn insert_fresh_in_turn(
     store: &Store,
     bx: &BatchCtx<'_>,
@@ -370,11 +374,15 @@ async fn insert_fresh_in_turn(
         return Ok(None);
     }
     turn.wrote();
-    turn.after_committed().await;
-    crate::audit::append_many(&mut tx, store.dialect(), bx.audit_key, &rows.entries, bx.now)
-        .await?;
+    let dialect = store.dialect();
+    if let Err(e) =
+        crate::audit::append_many(&mut tx, dialect, bx.audit_key, &rows.entries, bx.now).await
+    {
+        tracing::debug!(error = %e, "bulk registration refused at the audit head");
+        let _ = tx.rollback().await;
+        return Ok(None);
+    }
     tx.commit().await?;
-    turn.committed();
     Ok(Some(rows.out))
 }
 

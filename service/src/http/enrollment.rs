@@ -456,16 +456,13 @@ pub async fn registrations(
     // possession, signing) on the blocking pool as soon as the chunk is complete; the committer
     // stores chunks in order, one transaction each, and only then sends their result lines. So
     // the next chunks are verified and signed while the current one commits.
-    // On PostgreSQL two chunks commit at a time (see `register::Turn`): one inserts its rows
-    // while the one before waits for the audit-head lock and its commit. SQLite has one writer.
+    // Two chunks commit at a time; `register::Turn` decides how far they overlap (on
+    // PostgreSQL one inserts its rows while the one before takes the audit head and commits;
+    // on SQLite, one writer, the second waits for the first).
     let (jobs, queue) = tokio::sync::mpsc::channel::<PreparingChunk>(2);
     let registrar = Arc::new(registrar);
     let committer = registrar.clone();
     let out = tx.clone();
-    let in_flight = match registrar.state.store.dialect() {
-        crate::store::Dialect::Postgres => 2,
-        crate::store::Dialect::Sqlite => 1,
-    };
     actix_web::rt::spawn(async move {
         let mut turns = register::Turns::default();
         let chunks = futures_util::stream::unfold(queue, |mut queue| async move {
@@ -477,7 +474,7 @@ pub async fn registrations(
                 let (committer, turn) = (committer.clone(), turns.next_turn());
                 actix_web::rt::spawn(async move { committer.commit(chunk, turn).await })
             })
-            .buffered(in_flight));
+            .buffered(2));
         while let Some(done) = committed.next().await {
             let lines = done.unwrap_or_else(|e| {
                 tracing::error!(error = %e, "registration commit failed");

@@ -236,6 +236,26 @@ impl Store {
         })
     }
 
+    /// [`Store::begin`] for a transaction of the large multi-row writes a stream sends again
+    /// and again (see [`Writes`]). On PostgreSQL they also run on generic plans, set in the
+    /// same round trip as `BEGIN`: left to choose, PostgreSQL kept planning each execution of
+    /// the same 250-row insert for its 4,000 parameter values (custom plans) — about 15 % of
+    /// its CPU per registration in `scripts/bench-enroll` — although the plan never changes.
+    /// Only here: a generic plan would be wrong for reads whose best index depends on which
+    /// parameters are null (`$1 IS NULL OR device_id = $1`).
+    pub async fn begin_bulk(&self) -> Result<Tx, StoreError> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.begin().await?,
+            Dialect::Postgres => Tx {
+                tx: self
+                    .pool
+                    .begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+                    .await?,
+                _writer: None,
+            },
+        })
+    }
+
     /// Hop-free committed reads (SQLite files only); see [`direct`].
     pub(crate) fn direct(&self) -> Option<&direct::DirectReads> {
         self.direct.as_deref()

@@ -361,7 +361,7 @@ async fn insert_fresh_in_turn(
     let rows = FreshRows::new(bx, fresh);
     let mut w = Writes::new(store.dialect());
     rows.add_to(&mut w);
-    let mut tx = match store.begin().await {
+    let mut tx = match store.begin_bulk().await {
         Ok(tx) => tx,
         Err(e) => {
             tracing::debug!(error = %e, "batch transaction failed");

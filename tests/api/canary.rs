@@ -39,7 +39,7 @@ fn pem_body(pem: &str) -> String {
 }
 
 async fn database_bytes(app: &TestApp) -> Vec<u8> {
-    if let Some(url) = &app.data.database_url {
+    if let Some(url) = &*app.data.database_url {
         let out = std::process::Command::new("pg_dump").arg(url).output().unwrap();
         assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
         return out.stdout;

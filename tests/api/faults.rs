@@ -4,7 +4,9 @@
 use serde_json::{json, Value};
 
 use crate::enrollment::p256;
-use crate::helpers::{backend_is_postgres, leaf_serial, spawn_app, spawn_with, DataDir};
+use crate::helpers::{
+    backend_is_postgres, leaf_serial, spawn_app, spawn_with, DataDir, TestDatabase,
+};
 
 #[tokio::test]
 async fn kill_9_during_a_batch_loses_no_acknowledged_registration() {
@@ -161,7 +163,7 @@ async fn postgres_restart_under_load_gives_503_then_recovers() {
         return; // the database of this fault is PostgreSQL; SQLite is a file in the process
     }
     let pg = PrivatePostgres::start();
-    let app = spawn_with(DataDir::init_with(Some(pg.url())).await, &[]).await;
+    let app = spawn_with(DataDir::init_with(TestDatabase::given(Some(pg.url()))).await, &[]).await;
     app.put_device("probe", json!({})).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut load = Vec::new();

@@ -29,10 +29,52 @@ fn pg_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// A fresh database URL for one test (None = embedded SQLite in the data dir).
-pub async fn fresh_database() -> Option<String> {
+/// A test's database URL (`None` = embedded SQLite in the data dir). A PostgreSQL database
+/// made by [`fresh_database`] is dropped with it, so runs do not pile databases up.
+pub struct TestDatabase {
+    url: Option<String>,
+    owned: bool,
+}
+
+impl TestDatabase {
+    /// A database the test does not own (never dropped here).
+    pub fn given(url: Option<String>) -> Self {
+        Self { url, owned: false }
+    }
+}
+
+impl std::ops::Deref for TestDatabase {
+    type Target = Option<String>;
+    fn deref(&self) -> &Option<String> {
+        &self.url
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some(url) = self.url.take().filter(|_| self.owned) else { return };
+        let Some((_, name)) = url.rsplit_once('/') else { return };
+        let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                use sqlx::Connection as _;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A fresh database for one test (None = embedded SQLite), dropped when it is.
+pub async fn fresh_database() -> TestDatabase {
     if !backend_is_postgres() {
-        return None;
+        return TestDatabase::given(None);
     }
     use sqlx::Connection as _;
     let admin = pg_admin_url();
@@ -43,13 +85,13 @@ pub async fn fresh_database() -> Option<String> {
         .await
         .unwrap();
     let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-    Some(format!("{base}/{name}"))
+    TestDatabase { url: Some(format!("{base}/{name}")), owned: true }
 }
 
 /// A data dir initialized with `provisiond init`.
 pub struct DataDir {
     pub dir: tempfile::TempDir,
-    pub database_url: Option<String>,
+    pub database_url: TestDatabase,
     pub owner_key: String,
 }
 
@@ -59,7 +101,7 @@ impl DataDir {
     }
 
     /// Initializes against a given database (None = SQLite in the data dir).
-    pub async fn init_with(database_url: Option<String>) -> Self {
+    pub async fn init_with(database_url: TestDatabase) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("owner.txt");
         let out = command(&database_url)

@@ -24,7 +24,7 @@ async fn no_policy_key_or_private_key_appears_in_the_database_in_any_form() {
     for name in ["registryRead", "registryReadWrite", "service", "device"] {
         keys.push(app.policy_key(name).await);
     }
-    let dump: Vec<u8> = if let Some(url) = &app.data.database_url {
+    let dump: Vec<u8> = if let Some(url) = &*app.data.database_url {
         let out = std::process::Command::new("pg_dump").arg(url).output().unwrap();
         assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
         out.stdout

@@ -431,20 +431,22 @@ async fn main() {
     // After the single-registration latency: cfssl's after-effects on these two cores once
     // put SQLite's single-registration p99 at 9.7-40 ms (5.3-8.4 ms otherwise).
     let rounds = env_num("BENCH_ROUNDS", 3).max(1) as usize;
-    let cfssl = std::env::var("CFSSL_URL").ok().filter(|_| selected("cfssl"));
+    let cfssl = std::env::var("CFSSL_URL").ok().filter(|_| selected("cfssl")).map(|url| {
+        let csrs: Arc<Vec<String>> = Arc::new((0..512).map(|i| csr(&format!("c-{i}"))).collect());
+        (url, csrs)
+    });
     let ceiling = selected("ndjson").then(|| {
         let csrs: Vec<String> = (0..256).map(|i| csr(&format!("b-{i}"))).collect();
         ca_ceiling(&csrs, 2, secs as f64)
     });
-    let cfssl_csrs: Arc<Vec<String>> = Arc::new((0..512).map(|i| csr(&format!("c-{i}"))).collect());
     let (mut batch_rates, mut cfssl_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let batch_rate = match ceiling {
             Some(_) => Some(ndjson_batch(&c, &base, &owner, batch, round).await),
             None => None,
         };
-        if let Some(url) = &cfssl {
-            let cfssl_rate = cfssl_sign_rate(url, &cfssl_csrs, secs, concurrency).await;
+        if let Some((url, csrs)) = &cfssl {
+            let cfssl_rate = cfssl_sign_rate(url, csrs, secs, concurrency).await;
             if let Some(b) = batch_rate {
                 ratios.push(b / cfssl_rate);
             }
@@ -454,7 +456,7 @@ async fn main() {
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
+        (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
     };
     let list = |v: &[f64], decimals: usize, unit: &str| {
         v.iter().map(|x| format!("{x:.decimals$}{unit}")).collect::<Vec<_>>().join(", ")

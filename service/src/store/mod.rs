@@ -239,8 +239,9 @@ impl Store {
     /// [`Store::begin`] for a transaction of the large multi-row writes a stream sends again
     /// and again (see [`Writes`]). On PostgreSQL they also run on generic plans, set in the
     /// same round trip as `BEGIN`: left to choose, PostgreSQL kept planning each execution of
-    /// the same 250-row insert for its 4,000 parameter values (custom plans) — about 15 % of
-    /// its CPU per registration in `scripts/bench-enroll` — although the plan never changes.
+    /// the same 250-row insert for its 4,000 parameter values (custom plans) — about a tenth
+    /// of its CPU per registration (`scripts/cpu-per-registration`) — although the plan never
+    /// changes.
     /// Only here: a generic plan would be wrong for reads whose best index depends on which
     /// parameters are null (`$1 IS NULL OR device_id = $1`).
     pub async fn begin_bulk(&self) -> Result<Tx, StoreError> {

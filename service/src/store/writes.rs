@@ -11,8 +11,6 @@
 //! (PostgreSQL runs them with one snapshot) — insert rows, move a head row; never update or
 //! read a row that another of them inserts.
 
-use std::fmt::Write as _;
-
 use sqlx::any::AnyArguments;
 use sqlx::{Any, AnyConnection, Arguments as _, Encode, Type};
 
@@ -80,20 +78,13 @@ impl Writes {
             true => format!("INSERT INTO {table} ({columns}) SELECT * FROM (VALUES "),
             false => format!("INSERT INTO {table} ({columns}) VALUES "),
         };
-        // Thousands of placeholders per batch: written in place, not formatted one by one.
-        sql.reserve(rows * width * 7);
         for r in 0..rows {
             sql.push_str(if r == 0 { "(" } else { ", (" });
             for c in 0..width {
                 if c > 0 {
                     sql.push_str(", ");
                 }
-                match self.dialect {
-                    Dialect::Postgres => {
-                        let _ = write!(sql, "${}", first + r * width + c);
-                    }
-                    Dialect::Sqlite => sql.push('?'),
-                }
+                sql.push_str(&placeholder(self.dialect, first + r * width + c));
             }
             sql.push(')');
         }

@@ -251,9 +251,19 @@ impl Config {
         })
     }
 
-    /// The public base URL for CRL / OCSP pointers.
+    /// The public base URL for CRL / OCSP pointers: `public_url`, else
+    /// `https://{host_name}:{port of listen}` (`serve` fills in the bound port before it
+    /// issues anything, so a certificate never points at port 0).
     pub fn public_base_url(&self) -> String {
-        self.public_url.clone().unwrap_or_else(|| format!("https://{}", self.listen))
+        self.public_url.clone().unwrap_or_else(|| self.default_public_url(None))
+    }
+
+    /// `https://{host_name}:{port}`, the port being `bound_port` or the one of `listen`.
+    pub fn default_public_url(&self, bound_port: Option<u16>) -> String {
+        let port = bound_port.map(|p| p.to_string()).unwrap_or_else(|| {
+            self.listen.rsplit_once(':').map_or_else(|| "8443".to_owned(), |(_, p)| p.to_owned())
+        });
+        format!("https://{}:{port}", self.host_name)
     }
 
     /// Writes the persistent part of the config (mode 0600: it may hold a database URL).

@@ -20,6 +20,10 @@ impl From<BundleError> for ApiError {
         match e {
             BundleError::Invalid(m) => ApiError::BadRequest(m),
             BundleError::DeviceNotFound => ApiError::NotFound("device not found".into()),
+            BundleError::DeviceDisabled => ApiError::Conflict(
+                "the device is disabled: enable it first (a pending bundle stays redeemable)"
+                    .into(),
+            ),
             BundleError::NotFound => ApiError::NotFound("bundle not found".into()),
             BundleError::Unauthorized => {
                 ApiError::Unauthorized { detail: "missing or invalid bundle token" }
@@ -70,9 +74,6 @@ pub async fn create(
             "pkcs12 needs a certificate: use credential x509 or both".into(),
         ));
     }
-    if !who.0.sees_device(&body.device_id, None) && who.0.scope.is_some() {
-        return Err(ApiError::NotFound("device not found".into()));
-    }
     let rc = RequestCtx::new(&state, &req, &who);
     let authority = state.authority();
     let new = NewBundle { device_id: body.device_id, credential, format, ttl_secs: ttl };
@@ -81,6 +82,7 @@ pub async fn create(
         &rc.cx(&state),
         &authority,
         &state.config.public_base_url(),
+        who.0.scope.as_ref(),
         new,
     )
     .await?;
@@ -103,12 +105,10 @@ fn bundle_id(req: &HttpRequest) -> Result<String, ApiError> {
 pub async fn status(
     state: web::Data<AppState>,
     req: HttpRequest,
+    who: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     let id = bundle_id(&req)?;
-    let mut conn = state.store.conn().await?;
-    let b = crate::store::bundles::get(&mut conn, &id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("bundle not found".into()))?;
+    let b = bundles::get(&state.store, who.0.scope.as_ref(), &id).await?;
     Ok(HttpResponse::Ok().json(json!({
         "id": b.id, "device_id": b.device_id, "credential": b.credential, "format": b.format,
         "status": bundles::status(&b, state.now()), "created_at": ts(b.created_at), "expires_at": ts(b.expires_at),
@@ -124,7 +124,7 @@ pub async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     let id = bundle_id(&req)?;
     let rc = RequestCtx::new(&state, &req, &who);
-    bundles::cancel(&state.store, &rc.cx(&state), &id).await?;
+    bundles::cancel(&state.store, &rc.cx(&state), who.0.scope.as_ref(), &id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

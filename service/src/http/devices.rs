@@ -104,12 +104,7 @@ fn validate(id: &str, body: DeviceBody) -> Result<DeviceInput, ApiError> {
         }
     }
     if let Some(tags) = &body.tags {
-        if Value::Object(tags.clone()).to_string().len() > devices::MAX_TAGS_BYTES {
-            return Err(ApiError::BadRequest(format!(
-                "tags must be at most {} bytes",
-                devices::MAX_TAGS_BYTES
-            )));
-        }
+        devices::check_tags("tags", tags).map_err(ApiError::BadRequest)?;
     }
     if let Some(Some(parent)) = &body.parent_id {
         crate::ids::validate("parent_id", parent)
@@ -190,9 +185,20 @@ pub fn device_json(d: &Device, with_keys: bool) -> Value {
         "tags": serde_json::from_str::<Value>(&r.tags).unwrap_or_else(|_| json!({})),
         "parent_id": r.parent_id,
         "enrollment_group_id": r.enrollment_group_id,
+        "owner": owner_json(r),
         "created_at": ts(r.created_at),
         "updated_at": ts(r.updated_at),
     })
+}
+
+/// The device's owner (API.md A30): `{"kind", "id"}`.
+fn owner_json(r: &crate::store::devices::DeviceRow) -> Value {
+    let id = match r.owner_kind.as_str() {
+        "enrollment_group" => r.enrollment_group_id.clone(),
+        "enrollment" => Some(r.device_id.clone()),
+        _ => None,
+    };
+    json!({"kind": r.owner_kind, "id": id})
 }
 
 fn respond(status: StatusCode, d: &Device, who: &Authenticated) -> HttpResponse {
@@ -213,7 +219,7 @@ fn precondition(req: &HttpRequest, who: &Authenticated) -> Result<Precondition, 
 
 async fn visible(state: &AppState, who: &Authenticated, id: &str) -> Result<Device, ApiError> {
     let d = devices::get(&state.store, &state.ring(), id).await?;
-    if !who.0.sees_device(id, d.row.enrollment_group_id.as_deref()) {
+    if !who.0.sees_device(id, d.row.owner_group()) {
         return Err(ApiError::NotFound("device not found".into()));
     }
     Ok(d)
@@ -298,7 +304,7 @@ pub async fn list(
                 break 'pages;
             }
             cursor = row.device_id.clone();
-            if who.0.sees_device(&row.device_id, row.enrollment_group_id.as_deref()) {
+            if who.0.sees_device(&row.device_id, row.owner_group()) {
                 items.push(device_json(&devices::open(&ring, row)?, with_keys));
             }
         }
@@ -356,7 +362,6 @@ pub async fn issue_certificate(
     body: web::Json<CsrBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id", KIND)?;
-    visible(&state, &who, &id).await?;
     let rc = RequestCtx::new(&state, &req, &who);
     let authority = state.authority();
     let base = state.config.public_base_url();
@@ -365,6 +370,7 @@ pub async fn issue_certificate(
         &rc.cx(&state),
         &authority,
         &base,
+        who.0.scope.as_ref(),
         &id,
         body.csr.as_bytes(),
     )
@@ -421,6 +427,7 @@ pub struct VerifyBody {
 /// `POST /v1/sas/verify`: 200 for any string (RFC 7662-style introspection).
 pub async fn verify(
     state: web::Data<AppState>,
+    who: Authenticated,
     body: web::Json<VerifyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let Value::String(token) = &body.token else {
@@ -429,6 +436,7 @@ pub async fn verify(
     let verdict = crate::usecase::sas::verify(
         &state.store,
         &state.ring(),
+        who.0.scope.as_ref(),
         &state.config.host_name,
         token,
         state.now(),

@@ -14,7 +14,6 @@ use serde_json::{json, Map, Value};
 use super::extract::Authenticated;
 use super::problem::ApiError;
 use super::respond::{path_id, secret_json, ts, RequestCtx};
-use crate::auth::Principal;
 use crate::state::AppState;
 use crate::usecase::groups::{self, Attestation, Credential, Group, Reprovisioning};
 use crate::usecase::register::{self, Registered, RegistrationRequest};
@@ -139,9 +138,7 @@ fn parse_group(id: &str, body: GroupBody, individual: bool) -> Result<(Group, Ke
             .ok_or_else(|| bad("reprovisioning must be reissue, keep or deny".into()))?,
     };
     let tags = body.initial_tags.unwrap_or_default();
-    if Value::Object(tags.clone()).to_string().len() > crate::usecase::devices::MAX_TAGS_BYTES {
-        return Err(bad("initial_tags too large".into()));
-    }
+    crate::usecase::devices::check_tags("initial_tags", &tags).map_err(bad)?;
     let group = Group {
         id: id.to_owned(),
         individual,
@@ -196,13 +193,6 @@ fn group_json(g: &Group) -> Value {
     v
 }
 
-fn sees_group(p: &Principal, id: &str) -> bool {
-    p.scope
-        .as_ref()
-        .and_then(|s| s.enrollment_group_ids.as_ref())
-        .is_none_or(|ids| ids.iter().any(|g| g == id))
-}
-
 /// The group id / registration id of the path, hidden (404) outside the caller's group scope.
 fn enrollment_id(
     req: &HttpRequest,
@@ -215,8 +205,10 @@ fn enrollment_id(
         ("id", "enrollment group id")
     };
     let id = path_id(req, param, kind)?;
-    if !individual && !sees_group(&who.0, &id) {
-        return Err(ApiError::NotFound("enrollment group not found".into()));
+    let visible = if individual { who.0.sees_enrollment(&id) } else { who.0.sees_group(&id) };
+    if !visible {
+        let what = if individual { "enrollment" } else { "enrollment group" };
+        return Err(ApiError::NotFound(format!("{what} not found")));
     }
     Ok(id)
 }
@@ -309,11 +301,13 @@ pub async fn delete_enrollment(
     delete_any(s, r, w, true).await
 }
 
-/// `{"count", "ttl_secs"}`
+/// `{"count", "ttl_secs", "registration_ids"?}`
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokensBody {
     count: Option<i64>,
     ttl_secs: Option<i64>,
+    registration_ids: Option<Vec<String>>,
 }
 
 /// `POST /v1/enrollment-groups/{id}/tokens`
@@ -323,11 +317,30 @@ pub async fn tokens(
     who: Authenticated,
     body: web::Json<TokensBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path_id(&req, "id", "enrollment group id")?;
-    if !sees_group(&who.0, &id) {
-        return Err(ApiError::NotFound("enrollment group not found".into()));
+    let id = enrollment_id(&req, &who, false)?;
+    let body = body.into_inner();
+    if let Some(ids) = &body.registration_ids {
+        if ids.is_empty() || ids.len() > 1000 {
+            return Err(ApiError::BadRequest(
+                "registration_ids must list between 1 and 1000 ids".into(),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for rid in ids {
+            crate::ids::validate("registration id", rid)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            if !seen.insert(rid.as_str()) {
+                return Err(ApiError::BadRequest(format!("registration_ids lists `{rid}` twice")));
+            }
+        }
+        if body.count.is_some_and(|c| c != ids.len() as i64) {
+            return Err(ApiError::BadRequest(
+                "count must equal the number of registration_ids (or be omitted)".into(),
+            ));
+        }
     }
-    let count = body.count.unwrap_or(1);
+    let count =
+        body.registration_ids.as_ref().map_or(body.count.unwrap_or(1), |ids| ids.len() as i64);
     let ttl = body.ttl_secs.unwrap_or(86_400);
     if !(1..=1000).contains(&count) {
         return Err(ApiError::BadRequest("count must be between 1 and 1000".into()));
@@ -336,9 +349,16 @@ pub async fn tokens(
         return Err(ApiError::BadRequest("ttl_secs must be between 1 and 2592000".into()));
     }
     let rc = RequestCtx::new(&state, &req, &who);
-    let (tokens, exp) =
-        groups::mint_tokens(&state.store, &rc.cx(&state), &state.jwt, &id, count as usize, ttl)
-            .await?;
+    let (tokens, exp) = groups::mint_tokens(
+        &state.store,
+        &rc.cx(&state),
+        &state.jwt,
+        &id,
+        count as usize,
+        body.registration_ids.as_deref(),
+        ttl,
+    )
+    .await?;
     Ok(secret_json(StatusCode::CREATED, &json!({"tokens": tokens, "expires_at": ts(exp)})))
 }
 
@@ -388,11 +408,16 @@ struct Registrar {
     group: Arc<Group>,
     authority: Arc<crate::authority::Authority>,
     base_url: String,
+    scope: Option<Arc<crate::auth::Scope>>,
 }
 
 impl Registrar {
     async fn run(&self, req: RegistrationRequest) -> Result<Registered, ApiError> {
-        Ok(self.state.register(self.rc.actor().clone(), self.group.clone(), None, req).await?)
+        let door = crate::state::Door { name: "json", scope: self.scope.as_deref() };
+        Ok(self
+            .state
+            .register(door, self.rc.actor().clone(), self.group.clone(), None, req)
+            .await?)
     }
 }
 
@@ -404,7 +429,7 @@ pub async fn registrations(
     mut payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id", "enrollment group id")?;
-    if !sees_group(&who.0, &id) {
+    if who.0.scope.as_ref().is_some_and(|s| !s.admits_registrations_of(&id)) {
         return Err(ApiError::NotFound("enrollment group not found".into()));
     }
     let mime = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -432,6 +457,7 @@ pub async fn registrations(
         rc: RequestCtx::new(&state, &req, &who),
         authority: state.authority(),
         base_url: state.config.public_base_url(),
+        scope: who.0.scope.clone().map(Arc::new),
         state,
         group: Arc::new(group),
     };
@@ -601,9 +627,11 @@ impl Registrar {
         while lines.peek().is_some() {
             let part: Vec<Vec<u8>> = lines.by_ref().take(per_part).collect();
             let (group, authority) = (self.group.clone(), self.authority.clone());
-            let (base_url, now) = (self.base_url.clone(), self.rc.now());
+            let (base_url, now, scope) = (self.base_url.clone(), self.rc.now(), self.scope.clone());
             handles.push(tokio::task::spawn_blocking(move || {
-                part.iter().map(|l| prepare_line(&group, &authority, &base_url, l, now)).collect()
+                part.iter()
+                    .map(|l| prepare_line(&group, &authority, &base_url, scope.as_deref(), l, now))
+                    .collect()
             }));
         }
         PreparingChunk::Lines(handles)
@@ -658,7 +686,7 @@ impl Registrar {
                 .await;
         for ((i, id), result) in slots.into_iter().zip(results) {
             let outcome = if result.is_ok() { "success" } else { "failure" };
-            self.state.metrics.registrations.with_label_values(&[&self.group.id, outcome]).inc();
+            self.state.metrics.registrations.with_label_values(&["ndjson", outcome]).inc();
             out[i] = Some(match result {
                 Ok(r) => {
                     let mut v = registration_json(&r);
@@ -677,6 +705,7 @@ fn prepare_line(
     group: &Group,
     authority: &crate::authority::Authority,
     base_url: &str,
+    scope: Option<&crate::auth::Scope>,
     line: &[u8],
     now: i64,
 ) -> PreparedLine {
@@ -685,7 +714,7 @@ fn prepare_line(
             let id = body.registration_id.clone();
             PreparedLine::Request(
                 id,
-                register::prepare(group, authority, base_url, body.into_request(), now),
+                register::prepare(group, authority, base_url, scope, body.into_request(), now),
             )
         }
         Err(e) => {

@@ -41,9 +41,22 @@ pub enum Access {
     Public,
     /// A policy or operator holding this permission.
     Requires(Permission),
+    /// An unscoped policy or operator holding this permission: CA-level objects and the audit
+    /// trail (a scoped principal gets 403, API.md A30).
+    Unscoped(Permission),
     /// The handler authenticates the device itself (SAS attestation, enrollment JWT, client
     /// certificate, bundle token): there is no principal with permissions.
     Attestation,
+}
+
+impl Access {
+    /// The permission the route needs, if any.
+    pub fn permission(self) -> Option<Permission> {
+        match self {
+            Requires(p) | Unscoped(p) => Some(p),
+            Public | Attestation => None,
+        }
+    }
 }
 
 /// One row of the route table.
@@ -58,7 +71,7 @@ pub struct RouteRule {
     pub route: fn() -> Route,
 }
 
-use Access::{Attestation, Public, Requires};
+use Access::{Attestation, Public, Requires, Unscoped};
 use Permission::*;
 
 /// THE route table: one line per route — method, path, who may call it, handler.
@@ -74,8 +87,8 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET",    "/v1/ca/crl/{issuer_id}",           Public,                       || web::get().to(ca::crl_of)),
     rule("POST",   "/v1/ca/ocsp",                      Public,                       || web::post().to(ca::ocsp_post)),
     rule("GET",    "/v1/ca/ocsp/{req:.*}",             Public,                       || web::get().to(ca::ocsp_get)),
-    rule("POST",   "/v1/ca/intermediate/rotate",       Requires(CertificateAdmin),   || web::post().to(ca::rotate_intermediate)),
-    rule("POST",   "/v1/ca/server-certificates",       Requires(CertificateAdmin),   || web::post().to(ca::server_certificate)),
+    rule("POST",   "/v1/ca/intermediate/rotate",       Unscoped(CertificateAdmin),   || web::post().to(ca::rotate_intermediate)),
+    rule("POST",   "/v1/ca/server-certificates",       Unscoped(CertificateAdmin),   || web::post().to(ca::server_certificate)),
     rule("POST",   "/v1/certificates/{serial}/revoke", Requires(CertificateAdmin),   || web::post().to(certificates::revoke)),
     rule("GET",    "/v1/devices",                      Requires(RegistryRead),       || web::get().to(devices::list)),
     rule("PUT",    "/v1/devices/{id}",                 Requires(RegistryReadWrite),  || web::put().to(devices::put)),
@@ -114,9 +127,9 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST",   "/.well-known/est/simpleenroll",    Attestation,                  || web::post().to(est::simpleenroll)),
     rule("POST",   "/.well-known/est/simplereenroll",  Attestation,                  || web::post().to(est::simplereenroll)),
     rule("POST",   "/.well-known/est/serverkeygen",    Attestation,                  || web::post().to(est::serverkeygen)),
-    rule("GET",    "/v1/audit",                        Requires(AuditRead),          || web::get().to(audit::list)),
-    rule("GET",    "/v1/audit/verify",                 Requires(AuditRead),          || web::get().to(audit::verify)),
-    rule("GET",    "/v1/audit/checkpoint",             Requires(AuditRead),          || web::get().to(audit::checkpoint)),
+    rule("GET",    "/v1/audit",                        Unscoped(AuditRead),          || web::get().to(audit::list)),
+    rule("GET",    "/v1/audit/verify",                 Unscoped(AuditRead),          || web::get().to(audit::verify)),
+    rule("GET",    "/v1/audit/checkpoint",             Unscoped(AuditRead),          || web::get().to(audit::checkpoint)),
 ];
 
 const fn rule(
@@ -163,18 +176,30 @@ pub async fn guard(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let pattern = req.match_pattern();
     let rule = pattern.as_deref().and_then(|p| rule_for(p, req.method().as_str()));
-    if let Some(RouteRule { access: Requires(permission), .. }) = rule {
+    let needed = match rule.map(|r| r.access) {
+        Some(Requires(p)) => Some((p, false)),
+        Some(Unscoped(p)) => Some((p, true)),
+        _ => None,
+    };
+    if let Some((permission, unscoped_only)) = needed {
         let Some(state) = req.app_data::<web::Data<AppState>>().map(|d| d.clone().into_inner())
         else {
             return Err(ApiError::internal(std::io::Error::other("state missing")).into());
         };
         let principal = extract::authenticate(&state, req.request()).await?;
-        if !principal.has(*permission) {
+        if !principal.has(permission) {
             audit_denied(&state, &principal.name, req.request()).await;
             return Err(ApiError::Forbidden(format!(
                 "this operation needs the {} permission",
                 permission.as_str()
             ))
+            .into());
+        }
+        if unscoped_only && principal.is_scoped() {
+            audit_denied(&state, &principal.name, req.request()).await;
+            return Err(ApiError::Forbidden(
+                "this operation is for unscoped principals only (CA-level objects, audit)".into(),
+            )
             .into());
         }
         req.extensions_mut().insert(Authenticated(principal));
@@ -257,7 +282,7 @@ mod tests {
                 );
             }
             if a.path.starts_with("/v1/audit") {
-                assert_eq!(a.access, Requires(Permission::AuditRead));
+                assert_eq!(a.access, Unscoped(Permission::AuditRead));
             }
         }
     }

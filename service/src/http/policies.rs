@@ -56,6 +56,12 @@ pub async fn put(
     let permissions = PermissionSet::parse(body.permissions.iter().map(String::as_str))
         .map_err(|bad| ApiError::BadRequest(format!("unknown permission `{bad}`")))?;
     if let Some(scope) = &body.scope {
+        scope.validate().map_err(|e| ApiError::BadRequest(e.into()))?;
+        if permissions.allows(crate::auth::Permission::PolicyAdmin) {
+            return Err(ApiError::BadRequest(
+                "a scoped policy cannot hold PolicyAdmin (it could widen its own scope)".into(),
+            ));
+        }
         if let Some(ids) = &scope.enrollment_group_ids {
             for id in ids {
                 crate::ids::validate("enrollment group id", id)

@@ -183,6 +183,7 @@ impl From<crate::usecase::devices::DeviceError> for ApiError {
     fn from(e: crate::usecase::devices::DeviceError) -> Self {
         use crate::usecase::devices::DeviceError as E;
         match e {
+            E::Disabled => ApiError::Conflict(e.to_string()),
             E::Invalid(m) => ApiError::BadRequest(m),
             E::NotFound => ApiError::NotFound("device not found".into()),
             E::PreconditionFailed => ApiError::PreconditionFailed,
@@ -197,6 +198,7 @@ impl From<crate::usecase::certificates::CertificateError> for ApiError {
         use crate::usecase::certificates::CertificateError as E;
         match e {
             E::Csr(c) => ApiError::BadRequest(format!("CSR rejected: {c}")),
+            E::DeviceDisabled | E::KeyCompromised => ApiError::Conflict(e.to_string()),
             E::DeviceNotFound => ApiError::NotFound("device not found".into()),
             E::Store(s) => s.into(),
             E::Issue(i) => ApiError::internal(i),
@@ -237,6 +239,7 @@ impl From<crate::usecase::groups::GroupError> for ApiError {
         use crate::usecase::groups::GroupError as E;
         match e {
             E::Invalid(m) => ApiError::BadRequest(m),
+            E::Conflict(m) => ApiError::Conflict(m),
             E::NotFound => ApiError::NotFound("enrollment not found".into()),
             E::Store(s) => s.into(),
             other => ApiError::internal(other),
@@ -253,6 +256,9 @@ impl From<crate::usecase::register::RegisterError> for ApiError {
             E::Disabled => {
                 ApiError::Forbidden("provisioning is disabled for this enrollment".into())
             }
+            E::DeviceDisabled => ApiError::Forbidden(e.to_string()),
+            E::KeyCompromised => ApiError::Conflict(e.to_string()),
+            E::NotFound => ApiError::NotFound("registration id not found".into()),
             E::Invalid(m) => ApiError::BadRequest(m),
             E::TokenUsed => {
                 ApiError::Unauthorized { detail: "enrollment token already used or expired" }
@@ -295,6 +301,7 @@ impl From<crate::usecase::renew::RenewError> for ApiError {
             E::OtherDevice => {
                 ApiError::Forbidden("the client certificate belongs to another device".into())
             }
+            E::KeyCompromised => ApiError::Conflict(e.to_string()),
             E::Csr(c) => ApiError::BadRequest(format!("CSR rejected: {c}")),
             E::Store(s) => s.into(),
             E::Issue(i) => ApiError::internal(i),

@@ -312,6 +312,28 @@ pub(crate) fn placeholders(dialect: Dialect, first: usize, n: usize) -> String {
     (first..first + n).map(|i| placeholder(dialect, i)).collect::<Vec<_>>().join(", ")
 }
 
+/// Which of `values` appear in `table.column` (one round trip; nothing asked for none).
+/// `table` and `column` are this module's constants, never input.
+pub(crate) async fn present(
+    conn: &mut sqlx::AnyConnection,
+    table: &'static str,
+    column: &'static str,
+    values: &[&str],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    if values.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql = format!(
+        "SELECT {column} FROM {table} WHERE {column} IN ({})",
+        placeholders(dialect_of(conn), 1, values.len())
+    );
+    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+    for v in values {
+        q = q.bind(*v);
+    }
+    Ok(q.fetch_all(conn).await?.into_iter().collect())
+}
+
 /// Converts a stored 0/1 integer to bool.
 pub(crate) fn flag(v: i64) -> bool {
     v != 0

@@ -80,9 +80,12 @@ pub enum BundleError {
     /// invalid input
     #[error("{0}")]
     Invalid(String),
-    /// unknown device
+    /// unknown device (or outside the caller's scope)
     #[error("device not found")]
     DeviceNotFound,
+    /// the device is disabled: no bundle is made or redeemed for it
+    #[error("the device is disabled: enable it first (a pending bundle stays redeemable)")]
+    DeviceDisabled,
     /// unknown bundle
     #[error("bundle not found")]
     NotFound,
@@ -170,22 +173,31 @@ pub struct NewBundle {
     pub ttl_secs: i64,
 }
 
-/// Creates a bundle; returns `(id, token, expires_at)` — the token exists only in this answer.
+/// Creates a bundle for an enabled device inside the caller's `scope`, bound to the device's
+/// generation; returns `(id, token, expires_at)` — the token exists only in this answer.
 pub async fn create(
     store: &Store,
     cx: &Ctx<'_>,
     authority: &Authority,
     base_url: &str,
+    scope: Option<&crate::auth::Scope>,
     req: NewBundle,
 ) -> Result<(String, BundleToken, i64), BundleError> {
-    let device = devices::get(store, cx.ring, &req.device_id).await?;
-    if req.credential.sas() && !matches!(device.auth, Authentication::Sas { .. }) {
-        return Err(BundleError::Invalid("the device does not authenticate with SAS keys".into()));
-    }
     let id = random_hex(16);
     let token = BundleToken::generate();
     let expires_at = cx.now + req.ttl_secs;
     let mut tx = store.begin().await?;
+    let device = crate::store::devices::get(&mut tx, &req.device_id)
+        .await?
+        .filter(|d| scope.is_none_or(|s| s.covers_device(&d.device_id, d.owner_group())))
+        .ok_or(BundleError::DeviceNotFound)?;
+    if device.status != "enabled" {
+        return Err(BundleError::DeviceDisabled);
+    }
+    if req.credential.sas() && device.auth_type != "sas" {
+        return Err(BundleError::Invalid("the device does not authenticate with SAS keys".into()));
+    }
+    let device_generation = Some(device.generation_id.clone());
     let mut payload = json!({});
     if req.credential.x509() {
         let (key, public) = ca::issue::generate_key(ca::KeyType::P256)
@@ -232,6 +244,7 @@ pub async fn create(
             redeemed_at: None,
             redeemed_from: None,
             cancelled_at: None,
+            device_generation,
         },
     )
     .await?;
@@ -309,10 +322,15 @@ pub async fn redeem(
     }
     let credential = Credential::parse(&current.credential).unwrap_or(Credential::X509);
     let format = Format::parse(&current.format).unwrap_or(Format::Json);
+    // The device it was made for: not deleted since (even if the id exists again), enabled.
+    let device_row = crate::store::devices::get(&mut tx, &current.device_id)
+        .await?
+        .filter(|d| current.device_generation.as_deref() == Some(d.generation_id.as_str()))
+        .ok_or(BundleError::Gone("made for a device that no longer exists"))?;
+    if device_row.status != "enabled" {
+        return Err(BundleError::DeviceDisabled);
+    }
     let sas_keys = if credential.sas() {
-        let device_row = crate::store::devices::get(&mut tx, &current.device_id)
-            .await?
-            .ok_or(BundleError::Gone("device no longer exists"))?;
         match devices::open(cx.ring, device_row)?.auth {
             Authentication::Sas { primary, secondary } => {
                 Some((primary.to_base64(), secondary.to_base64()))
@@ -335,10 +353,43 @@ pub async fn redeem(
     Ok(Redeemed { device_id: current.device_id, credential, format, payload, sas_keys, password })
 }
 
+/// A bundle as `scope` may see it: one whose device id the scope admits and whose device (if
+/// it still exists) it covers.
+async fn visible(
+    conn: &mut sqlx::AnyConnection,
+    scope: Option<&crate::auth::Scope>,
+    id: &str,
+) -> Result<BundleRow, BundleError> {
+    let row = rows::get(&mut *conn, id).await?.ok_or(BundleError::NotFound)?;
+    if let Some(scope) = scope {
+        let device = crate::store::devices::get(&mut *conn, &row.device_id).await?;
+        let owner = device.as_ref().and_then(|d| d.owner_group());
+        if !scope.covers_device(&row.device_id, owner) {
+            return Err(BundleError::NotFound);
+        }
+    }
+    Ok(row)
+}
+
+/// Reads a bundle's record (status only: never the token or payload).
+pub async fn get(
+    store: &Store,
+    scope: Option<&crate::auth::Scope>,
+    id: &str,
+) -> Result<BundleRow, BundleError> {
+    let mut conn = store.conn().await?;
+    visible(&mut conn, scope, id).await
+}
+
 /// Cancels a pending bundle (payload erased).
-pub async fn cancel(store: &Store, cx: &Ctx<'_>, id: &str) -> Result<(), BundleError> {
+pub async fn cancel(
+    store: &Store,
+    cx: &Ctx<'_>,
+    scope: Option<&crate::auth::Scope>,
+    id: &str,
+) -> Result<(), BundleError> {
     let mut tx = store.begin().await?;
-    let row = rows::get(&mut tx, id).await?.ok_or(BundleError::NotFound)?;
+    let row = visible(&mut tx, scope, id).await?;
     if !rows::cancel(&mut tx, id, cx.now).await? {
         return Err(BundleError::NotPending(status(&row, cx.now)));
     }

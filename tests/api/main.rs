@@ -21,3 +21,4 @@ mod policies;
 mod revocation;
 mod storage;
 mod tls;
+mod trust;

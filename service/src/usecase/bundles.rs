@@ -7,8 +7,6 @@
 //! conditional UPDATE); the payload is erased on redeem, cancel and expiry. SAS keys are read
 //! from the registry at redemption time, never copied into the bundle.
 
-use aes_gcm::aead::{Aead, Payload};
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use base64::Engine as _;
 use ca::issue::{issue_device_for_key, DeviceProfile, RevocationUrls};
 use rand::RngCore as _;
@@ -254,29 +252,14 @@ pub async fn create(
 }
 
 fn seal(token: &BundleToken, id: &str, plaintext: &[u8]) -> Result<Vec<u8>, BundleError> {
-    let key = token.payload_key(id);
-    let cipher = Aes256Gcm::new((&*key).into());
-    let mut nonce = [0u8; 12];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
     let aad = format!("bundles:payload:{id}");
-    let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: aad.as_bytes() })
-        .map_err(|_| BundleError::Internal("payload sealing failed".into()))?;
-    Ok([nonce.as_slice(), &ct].concat())
+    Ok(crate::seal::aead_seal(&token.payload_key(id), aad.as_bytes(), plaintext))
 }
 
 /// Opens a sealed payload with the token (the only way to open it).
 pub fn open_payload(token: &BundleToken, id: &str, blob: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    if blob.len() < 12 + 16 {
-        return None;
-    }
-    let key = token.payload_key(id);
-    let cipher = Aes256Gcm::new((&*key).into());
     let aad = format!("bundles:payload:{id}");
-    cipher
-        .decrypt(Nonce::from_slice(&blob[..12]), Payload { msg: &blob[12..], aad: aad.as_bytes() })
-        .ok()
-        .map(Zeroizing::new)
+    crate::seal::aead_open(&token.payload_key(id), aad.as_bytes(), blob)
 }
 
 /// What a redemption hands out.

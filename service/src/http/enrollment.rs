@@ -26,6 +26,9 @@ pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 pub const GROUP_COMMIT_LINES: usize = 250;
 /// Largest single NDJSON line.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// A body that sends nothing for this long while the server waits to read it is ended with a
+/// 408 line (API.md A30).
+pub const BODY_IDLE_SECS: u64 = 30;
 
 #[derive(Debug, Deserialize)]
 struct KeysBody {
@@ -477,7 +480,10 @@ pub async fn registrations(
         let status = if r.created { StatusCode::CREATED } else { StatusCode::OK };
         return Ok(secret_json(status, &registration_json(&r)));
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    // Answers wait in a spool (memory, then a sealed temporary file), never in a bounded
+    // channel: a client that sends its whole batch before it reads (most HTTP libraries) would
+    // otherwise fill the socket both ways and hang with the server.
+    let spool = Arc::new(crate::spool::Spool::default());
     // Two stages: this task reads lines and starts each chunk's CPU work (JSON, CSR proof of
     // possession, signing) on the blocking pool as soon as the chunk is complete; the committer
     // stores chunks in order, one transaction each, and only then sends their result lines. So
@@ -488,7 +494,7 @@ pub async fn registrations(
     let (jobs, queue) = tokio::sync::mpsc::channel::<PreparingChunk>(2);
     let registrar = Arc::new(registrar);
     let committer = registrar.clone();
-    let out = tx.clone();
+    let out = spool.clone();
     actix_web::rt::spawn(async move {
         let mut turns = register::Turns::default();
         let chunks = futures_util::stream::unfold(queue, |mut queue| async move {
@@ -506,12 +512,18 @@ pub async fn registrations(
                 tracing::error!(error = %e, "registration commit failed");
                 vec![error_line(None, &ApiError::Internal(Box::new(e)))]
             });
+            if out.abandoned() {
+                return; // client went away
+            }
             for line in lines {
-                if out.send(line).await.is_err() {
-                    return; // client went away
+                if let Err(e) = out.push(line) {
+                    tracing::error!(error = %e, "answer spool failed");
+                    out.abandon();
+                    return;
                 }
             }
         }
+        out.close();
     });
     actix_web::rt::spawn(async move {
         use futures_util::FutureExt as _;
@@ -529,7 +541,11 @@ pub async fn registrations(
         while !done {
             // Take what has already arrived without waiting; wait only when nothing is pending.
             let next = if pending.is_empty() {
-                Some(payload.next().await)
+                let idle = std::time::Duration::from_secs(BODY_IDLE_SECS);
+                match tokio::time::timeout(idle, payload.next()).await {
+                    Ok(next) => Some(next),
+                    Err(_) => return fail(ApiError::RequestTimeout(BODY_IDLE_SECS)).await,
+                }
             } else {
                 payload.next().now_or_never()
             };
@@ -589,14 +605,30 @@ pub async fn registrations(
             }
         }
     });
-    drop(tx);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx))
+    let reader = SpoolReader(spool);
+    let stream = futures_util::stream::unfold(reader, |reader| async move {
+        match reader.0.pop().await? {
+            Ok(line) => Some((Ok::<_, actix_web::Error>(line), reader)),
+            Err(e) => {
+                tracing::error!(error = %e, "answer spool failed");
+                None
+            }
+        }
     });
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .content_type("application/x-ndjson")
         .streaming(stream))
+}
+
+/// The response's end of the spool: when the client goes away (the body stream is dropped)
+/// the batch stops and its spooled answers are dropped.
+struct SpoolReader(Arc<crate::spool::Spool>);
+
+impl Drop for SpoolReader {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
 }
 
 /// One NDJSON line after the CPU stage.

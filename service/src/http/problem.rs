@@ -42,6 +42,9 @@ pub enum ApiError {
     /// 413.
     #[error("request body too large (JSON bodies are limited to 1 MiB)")]
     PayloadTooLarge,
+    /// 408: the body stopped arriving.
+    #[error("request timeout: no part of the body arrived for {0} s")]
+    RequestTimeout(u64),
     /// 412.
     #[error("precondition failed: the resource changed (etag mismatch)")]
     PreconditionFailed,
@@ -83,6 +86,7 @@ impl ApiError {
             ApiError::NotImplemented(_) => ("not-implemented", "Not Implemented"),
             ApiError::PayloadTooLarge => ("payload-too-large", "Payload Too Large"),
             ApiError::PreconditionFailed => ("precondition-failed", "Precondition Failed"),
+            ApiError::RequestTimeout(_) => ("request-timeout", "Request Timeout"),
             ApiError::TooManyRequests { .. } => ("rate-limited", "Too Many Requests"),
             ApiError::Unauthorized { .. } => ("unauthorized", "Unauthorized"),
             ApiError::Unavailable => ("unavailable", "Service Unavailable"),
@@ -119,6 +123,7 @@ impl ResponseError for ApiError {
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -63,7 +63,7 @@ async fn serve_initializes_on_first_run_and_writes_the_owner_credentials_file() 
     let db = fresh_database().await;
     let d = dir.path().join("fresh");
     let mut child = command(&db)
-        .args(["serve", "--data-dir"])
+        .args(["serve", "--init", "--data-dir"])
         .arg(&d)
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -317,4 +317,24 @@ async fn init_with_an_offline_root_imports_the_intermediate_and_never_sees_the_r
         .post_json("/v1/ca/intermediate/rotate", &app.owner_token(), serde_json::json!({}))
         .await;
     assert_eq!(rot.status(), 409, "rotation needs the (offline) root key");
+}
+
+/// An explicit data dir that is missing (a typo, the wrong directory) is an error naming the
+/// fix, never a second PKI made silently (API.md A30).
+#[tokio::test]
+async fn serve_refuses_a_missing_explicit_data_dir_and_names_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database().await;
+    let d = dir.path().join("typo");
+    let out = command(&db)
+        .args(["serve", "--data-dir"])
+        .arg(&d)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("provisiond init") && err.contains("serve --init"), "{err}");
+    assert!(!d.exists(), "nothing created");
+    assert!(out.stdout.is_empty());
 }

@@ -21,8 +21,11 @@ UPDATE operators SET generation = md5(random()::text || clock_timestamp()::text 
 
 -- A bundle is bound to the device generation it was made for.
 ALTER TABLE bundles ADD COLUMN device_generation TEXT;
+-- A bundle made before its device was last (re-)created belongs to an older generation: it
+-- keeps NULL, which matches no device, and is refused (410).
 UPDATE bundles SET device_generation =
-    (SELECT generation_id FROM devices WHERE devices.device_id = bundles.device_id);
+    (SELECT generation_id FROM devices
+     WHERE devices.device_id = bundles.device_id AND devices.created_at <= bundles.created_at);
 
 -- Public keys whose certificate was revoked for key or CA compromise are never certified again.
 CREATE TABLE compromised_keys (
@@ -30,3 +33,10 @@ CREATE TABLE compromised_keys (
     serial      TEXT NOT NULL,      -- the certificate whose revocation listed it
     created_at  BIGINT NOT NULL
 );
+
+-- Lists are in byte order, as on SQLite (API.md A29).
+ALTER TABLE policies ALTER COLUMN name TYPE TEXT COLLATE "C";
+ALTER TABLE operators ALTER COLUMN name TYPE TEXT COLLATE "C";
+ALTER TABLE enrollment_groups ALTER COLUMN id TYPE TEXT COLLATE "C";
+ALTER TABLE enrollments ALTER COLUMN registration_id TYPE TEXT COLLATE "C";
+ALTER TABLE bundles ALTER COLUMN id TYPE TEXT COLLATE "C";

@@ -21,8 +21,11 @@ UPDATE operators SET generation = lower(hex(randomblob(16)));
 
 -- A bundle is bound to the device generation it was made for.
 ALTER TABLE bundles ADD COLUMN device_generation TEXT;
+-- A bundle made before its device was last (re-)created belongs to an older generation: it
+-- keeps NULL, which matches no device, and is refused (410).
 UPDATE bundles SET device_generation =
-    (SELECT generation_id FROM devices WHERE devices.device_id = bundles.device_id);
+    (SELECT generation_id FROM devices
+     WHERE devices.device_id = bundles.device_id AND devices.created_at <= bundles.created_at);
 
 -- Public keys whose certificate was revoked for key or CA compromise are never certified again.
 CREATE TABLE compromised_keys (
@@ -30,3 +33,5 @@ CREATE TABLE compromised_keys (
     serial      TEXT NOT NULL,      -- the certificate whose revocation listed it
     created_at  BIGINT NOT NULL
 );
+
+-- Lists are in byte order: SQLite's default (BINARY) collation already is.

@@ -156,6 +156,11 @@ impl Application {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let instance_lock = lock_single_instance(&config)?;
         let mut state = open_state(config, clock).await?;
+        match crate::usecase::revoke::mark_compromised_keys(&state.store, state.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "keys of certificates revoked for compromise marked"),
+            Err(e) => tracing::warn!(error = %e, "compromised keys not marked"),
+        }
         let listen = state.config.listen.clone();
         let listener =
             bind(&listen).map_err(|source| StartError::Bind { addr: listen.clone(), source })?;

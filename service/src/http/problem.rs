@@ -164,6 +164,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::NotFound("not found".into()),
             StoreError::Conflict { .. } => ApiError::Conflict("the object already exists".into()),
             StoreError::Unavailable(_) => ApiError::Unavailable,
+            StoreError::Contention(_) => ApiError::Conflict(
+                "a concurrent change to the same object won; send the request again".into(),
+            ),
             StoreError::Unstorable(_) => ApiError::BadRequest(
                 "a text value contains a character that cannot be stored (NUL)".into(),
             ),
@@ -289,7 +292,9 @@ impl From<crate::usecase::intermediate::CaAdminError> for ApiError {
     fn from(e: crate::usecase::intermediate::CaAdminError) -> Self {
         use crate::usecase::intermediate::CaAdminError as E;
         match e {
-            E::RootKeyMissing(_) | E::RootKeyMismatch => ApiError::Conflict(e.to_string()),
+            E::RootKeyMissing(_) | E::RootKeyMismatch | E::KeyCompromised => {
+                ApiError::Conflict(e.to_string())
+            }
             E::Csr(c) => ApiError::BadRequest(format!("CSR rejected: {c}")),
             E::Invalid(m) => ApiError::BadRequest(m),
             E::Store(s) => s.into(),

@@ -394,12 +394,12 @@ async fn stored(
         operation_id: reg.operation_id,
         created_at: reg.created_at,
         updated_at: reg.updated_at,
-        etag: device.etag,
+        etag: device.etag.clone(),
         payload: reg.payload.as_deref().and_then(|p| serde_json::from_str(p).ok()),
     })
-    .filter(|_| {
-        attested.group.individual || Some(attested.group.id.as_str()) == reg.group_id.as_deref()
-    })
+    // Only while the attested enrollment owns the device (not after a delete and an admin
+    // re-create, say).
+    .filter(|_| register::owned_by(&device, &attested.group))
     .map(|r| (r, status)))
 }
 

@@ -195,3 +195,17 @@ pub async fn compromised_among(
 ) -> Result<std::collections::HashSet<String>, StoreError> {
     super::present(conn, "compromised_keys", "spki_sha256", fingerprints).await
 }
+
+/// Certificates revoked for key or CA compromise whose key is not marked compromised yet
+/// (`(serial, der)`): the ones revoked before `compromised_keys` existed.
+pub async fn compromised_unmarked(
+    conn: &mut AnyConnection,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    Ok(sqlx::query_as::<_, (String, Vec<u8>)>(
+        "SELECT serial, der FROM certificates \
+         WHERE revocation_reason IN ('key_compromise', 'ca_compromise') \
+         AND serial NOT IN (SELECT serial FROM compromised_keys)",
+    )
+    .fetch_all(conn)
+    .await?)
+}

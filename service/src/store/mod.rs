@@ -86,6 +86,10 @@ pub enum StoreError {
     /// The row does not exist.
     #[error("not found")]
     NotFound,
+    /// A concurrent transaction won (deadlock victim, serialization failure): the same work
+    /// may succeed when tried again.
+    #[error("conflicting concurrent transaction")]
+    Contention(#[source] sqlx::Error),
     /// The database cannot be reached (pool timeout, I/O, closed pool).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -114,6 +118,12 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Protocol(_) => StoreError::Unavailable(e),
             sqlx::Error::Database(db) if db.code().is_some_and(|c| connection_lost(&c)) => {
                 StoreError::Unavailable(e)
+            }
+            // deadlock_detected, serialization_failure
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| c == "40P01" || c == "40001") =>
+            {
+                StoreError::Contention(e)
             }
             // character_not_in_repertoire (NUL in text), untranslatable_character
             sqlx::Error::Database(db)

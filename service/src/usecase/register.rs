@@ -542,29 +542,40 @@ async fn commit_lines<'a>(
     }
     slow.sort_by_key(|line| line.i);
     for line in slow {
-        let mut sp = match sqlx::Connection::begin(&mut *tx).await {
-            Ok(sp) => sp,
-            Err(e) => {
-                results[line.i] = Some(Err(RegisterError::Store(e.into())));
-                continue;
-            }
-        };
         let cx = bx.cx(line.actor);
-        let r = match register_in(
-            &mut sp,
-            store.dialect(),
-            &cx,
-            authority,
-            line.group,
-            line.p,
-            line.jti,
-        )
-        .await
-        {
-            Ok(r) => sp.commit().await.map(|()| r).map_err(|e| RegisterError::Store(e.into())),
-            Err(e) => {
-                let _ = sp.rollback().await;
-                Err(e)
+        let mut attempts = 0;
+        // A deadlock victim (PostgreSQL breaks a lock cycle between two instances registering
+        // the same ids) is rolled back to its savepoint, which releases what it locked, and
+        // tried again; the outcome is never a 5xx (Contention maps to 409).
+        let r = loop {
+            let mut sp = match sqlx::Connection::begin(&mut *tx).await {
+                Ok(sp) => sp,
+                Err(e) => break Err(RegisterError::Store(e.into())),
+            };
+            let outcome = register_in(
+                &mut sp,
+                store.dialect(),
+                &cx,
+                authority,
+                line.group,
+                &line.p,
+                line.jti,
+            )
+            .await;
+            match outcome {
+                Ok(r) => {
+                    break sp.commit().await.map(|()| r).map_err(|e| RegisterError::Store(e.into()))
+                }
+                Err(RegisterError::Store(StoreError::Contention(e))) if attempts < 3 => {
+                    tracing::debug!(error = %e, attempts, "registration retried after contention");
+                    let _ = sp.rollback().await;
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(5 << attempts)).await;
+                }
+                Err(e) => {
+                    let _ = sp.rollback().await;
+                    break Err(e);
+                }
             }
         };
         results[line.i] = Some(r);
@@ -898,6 +909,25 @@ fn shape_device(device: &mut DeviceRow, cx: &Ctx<'_>, group: &Group, p: &Prepare
 }
 
 impl Prepared {
+    /// [`Prepared::into_registered`] for a registration that may be tried again (a copy).
+    fn to_registered(&self, now: i64, etag: String, operation_id: String) -> Registered {
+        Registered {
+            device_id: self.req.registration_id.clone(),
+            chain: self
+                .issued
+                .as_ref()
+                .map(|i| vec![i.cert.der.clone(), i.issuer_der.clone()])
+                .unwrap_or_default(),
+            device_keys: self.keys.as_ref().map(|(p, s)| (p.clone_secret(), s.clone_secret())),
+            created: true,
+            operation_id,
+            created_at: now,
+            updated_at: now,
+            etag,
+            payload: self.req.payload.clone(),
+        }
+    }
+
     fn into_registered(self, now: i64, etag: String, operation_id: String) -> Registered {
         let chain = self.issued.map(|i| vec![i.cert.der, i.issuer_der]).unwrap_or_default();
         Registered {
@@ -924,7 +954,7 @@ async fn register_in(
     cx: &Ctx<'_>,
     authority: &Authority,
     group: &Group,
-    prepared: Prepared,
+    prepared: &Prepared,
     consume_jti: Option<&str>,
 ) -> Result<Registered, RegisterError> {
     let id = prepared.registration_id().to_owned();
@@ -984,7 +1014,10 @@ async fn register_in(
                 return Ok(Registered {
                     device_id: id.to_owned(),
                     chain,
-                    device_keys: prepared.keys,
+                    device_keys: prepared
+                        .keys
+                        .as_ref()
+                        .map(|(p, s)| (p.clone_secret(), s.clone_secret())),
                     created: false,
                     operation_id: prev.operation_id.clone(),
                     created_at: prev.created_at,
@@ -996,8 +1029,8 @@ async fn register_in(
             // Revoked (not for compromise) or expired: a new certificate, as a reprovisioning.
         }
     }
-    if let Some(e) = prepared.csr_error {
-        return Err(RegisterError::Csr(e));
+    if let Some(e) = &prepared.csr_error {
+        return Err(RegisterError::Csr(e.clone()));
     }
     if let (Some(_), Some(_)) = (&previous, &existing_device) {
         if group.reprovisioning == Reprovisioning::Deny {
@@ -1011,7 +1044,7 @@ async fn register_in(
     let reset = existing_device.is_none() || group.reprovisioning == Reprovisioning::Reissue;
     let mut device = existing_device.clone().unwrap_or_else(|| blank_device(id, group, cx.now));
     let old_etag = device.etag.clone();
-    shape_device(&mut device, cx, group, &prepared, reset);
+    shape_device(&mut device, cx, group, prepared, reset);
     match &existing_device {
         None => device_rows::insert(&mut *tx, &device).await?,
         Some(_) => {
@@ -1056,13 +1089,13 @@ async fn register_in(
     .await?;
     cx.audit(&mut *tx, dialect, "registration.create", id).await?;
     let etag = device.etag;
-    let mut done = prepared.into_registered(cx.now, etag, operation_id);
+    let mut done = prepared.to_registered(cx.now, etag, operation_id);
     done.created_at = created_at;
     Ok(done)
 }
 
 /// Whether `group` (an enrollment group or individual enrollment) owns `device`.
-fn owned_by(device: &DeviceRow, group: &Group) -> bool {
+pub fn owned_by(device: &DeviceRow, group: &Group) -> bool {
     match device.owner_kind.as_str() {
         "enrollment_group" => {
             !group.individual && device.enrollment_group_id.as_deref() == Some(group.id.as_str())

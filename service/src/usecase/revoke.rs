@@ -59,6 +59,23 @@ pub async fn revoke(
     Ok(row)
 }
 
+/// Marks the key of every certificate revoked for key or CA compromise that is not marked yet
+/// (those revoked before the registry kept compromised keys); returns how many. Idempotent;
+/// run at start-up, in one transaction.
+pub async fn mark_compromised_keys(store: &Store, now: i64) -> Result<usize, StoreError> {
+    let mut tx = store.begin().await?;
+    let rows = rows::compromised_unmarked(&mut tx).await?;
+    let mut marked = 0;
+    for (serial, der) in &rows {
+        if let Some(fp) = ca::csr::certificate_key_fingerprint(der) {
+            rows::mark_compromised(&mut tx, &fp, serial, now).await?;
+            marked += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(marked)
+}
+
 /// Whether a certificate is inside a scope: a device certificate whose device (as stored now;
 /// a deleted device has no owner) the scope covers. Server and instance certificates never are.
 pub async fn certificate_in_scope(

@@ -14,6 +14,7 @@ mod devices;
 mod enrollment;
 mod faults;
 mod helpers;
+mod lists;
 mod mosquitto;
 mod mtls;
 mod ops;

@@ -212,6 +212,15 @@ fn group_objects(k: Kind) -> Expect {
         Expect::Works
     }
 }
+/// Changing a group (or minting unbound tokens): a scope with a prefix may not (its keys and CAs
+/// register ids outside the prefix).
+fn group_writes(k: Kind) -> Expect {
+    match k {
+        Kind::Prefix => Expect::NotFound,
+        Kind::Group => Expect::Works,
+        Kind::Both => Expect::Forbidden,
+    }
+}
 fn individual_enrollments(k: Kind) -> Expect {
     if k == Kind::Prefix {
         Expect::Works
@@ -321,7 +330,7 @@ fn cases() -> Vec<Case> {
             method: "PUT",
             pattern: "/v1/enrollment-groups/{id}",
             call: |_, i| (format!("/v1/enrollment-groups/{}", grp(i)), Some(group_body())),
-            in_scope: group_objects,
+            in_scope: group_writes,
             out_scope: Expect::NotFound,
         },
         Case {
@@ -330,7 +339,7 @@ fn cases() -> Vec<Case> {
             call: |_, i| {
                 (format!("/v1/enrollment-groups/{}/tokens", grp(i)), Some(json!({"count": 1})))
             },
-            in_scope: group_objects,
+            in_scope: group_writes,
             out_scope: Expect::NotFound,
         },
         Case {
@@ -385,6 +394,48 @@ fn cases() -> Vec<Case> {
             },
             in_scope: works,
             out_scope: Expect::NotFound,
+        },
+        Case {
+            method: "GET",
+            pattern: "/v1/enrollment-groups",
+            call: |_, _| ("/v1/enrollment-groups?limit=1000".into(), None),
+            in_scope: works,
+            out_scope: Expect::Works,
+        },
+        Case {
+            method: "GET",
+            pattern: "/v1/enrollments",
+            call: |_, _| ("/v1/enrollments?limit=1000".into(), None),
+            in_scope: works,
+            out_scope: Expect::Works,
+        },
+        Case {
+            method: "GET",
+            pattern: "/v1/bundles",
+            call: |_, _| ("/v1/bundles?limit=1000".into(), None),
+            in_scope: works,
+            out_scope: Expect::Works,
+        },
+        Case {
+            method: "GET",
+            pattern: "/v1/policies",
+            call: |_, _| ("/v1/policies".into(), None),
+            in_scope: forbidden,
+            out_scope: Expect::Forbidden,
+        },
+        Case {
+            method: "GET",
+            pattern: "/v1/operators",
+            call: |_, _| ("/v1/operators".into(), None),
+            in_scope: forbidden,
+            out_scope: Expect::Forbidden,
+        },
+        Case {
+            method: "GET",
+            pattern: "/v1/operators/{name}",
+            call: |_, _| ("/v1/operators/x".into(), None),
+            in_scope: forbidden,
+            out_scope: Expect::Forbidden,
         },
         // PolicyAdmin cannot be held by a scoped policy; CA-level and audit routes are for
         // unscoped principals only.
@@ -630,8 +681,17 @@ async fn scope_matrix_every_route_in_and_out_of_scope() {
                     case.method
                 );
                 match (case.pattern, in_scope) {
-                    ("/v1/devices" | "/v1/certificates", _) => {
-                        assert!(!text.contains("q-dev"), "{kind:?} {path} lists q-dev: {text}");
+                    (
+                        "/v1/devices"
+                        | "/v1/certificates"
+                        | "/v1/bundles"
+                        | "/v1/enrollment-groups"
+                        | "/v1/enrollments",
+                        _,
+                    ) => {
+                        for out in ["q-dev", "g-out", "q-ind", &objects.out_bundle] {
+                            assert!(!text.contains(out), "{kind:?} {path} lists {out}: {text}");
+                        }
                     }
                     ("/v1/sas/verify", false) => {
                         let v: Value = serde_json::from_str(&text).unwrap();
@@ -1112,4 +1172,118 @@ async fn a_checkpoint_signs_only_a_head_the_rows_show() {
     let cp = app.owner_get("/v1/audit/checkpoint").await;
     assert_eq!(cp["seq"], last);
     assert_eq!(cp["hash"], hash);
+}
+
+/// A scope with a prefix and a group cannot widen itself through the group: no group writes,
+/// no keys, only tokens bound to ids inside the prefix (found by the attacker's review).
+#[tokio::test]
+async fn a_prefix_limited_scope_cannot_register_outside_its_prefix_through_a_group() {
+    let app = spawn_app().await;
+    app.put_group("g-in", group_body()).await;
+    app.register_in("g-in", "other-1").await;
+    let token = app
+        .scoped_policy(
+            "both",
+            &SCOPED_PERMISSIONS,
+            json!({"device_id_prefix": "p-", "enrollment_group_ids": ["g-in"]}),
+        )
+        .await;
+    let r = app.send_as("GET", "/v1/enrollment-groups/g-in", &token, None).await;
+    assert_eq!(r.status(), 200);
+    let g: Value = r.json().await.unwrap();
+    assert!(g["attestation"].get("symmetric_key").is_none(), "no group keys: {g}");
+    let r = app.send_as("PUT", "/v1/enrollment-groups/g-in", &token, Some(group_body())).await;
+    assert_problem(r, 403).await;
+    for body in [
+        json!({"count": 1}),
+        json!({"registration_ids": ["other-1"]}),
+        json!({"registration_ids": ["p-1", "zz-new"]}),
+    ] {
+        let r = app.send_as("POST", "/v1/enrollment-groups/g-in/tokens", &token, Some(body)).await;
+        assert_problem(r, 403).await;
+    }
+    let r = app
+        .send_as(
+            "POST",
+            "/v1/enrollment-groups/g-in/tokens",
+            &token,
+            Some(json!({"registration_ids": ["p-1"]})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+}
+
+/// Found by the attacker's review: the DPS status of a device its group no longer owns, a
+/// server certificate for a compromised key, an x509 bundle whose certificate was revoked.
+#[tokio::test]
+async fn stale_ownership_compromised_server_keys_and_revoked_bundle_certificates_are_refused() {
+    let app = spawn_app().await;
+    let g = app.put_group("g", group_body()).await;
+    let gkey =
+        ca::SasKey::from_base64(g["attestation"]["symmetric_key"]["primary_key"].as_str().unwrap())
+            .unwrap();
+    let derived = ca::sas::derive_device_key(&gkey, "dl-1");
+    let t = app.dps_token("dl-1", &derived).await;
+    assert_eq!(app.dps_register("dl-1", &t, &p256("dl-1")).await.status(), 200);
+    app.send_as("DELETE", "/v1/devices/dl-1", &app.owner_token(), None).await;
+    app.send_as("PUT", "/v1/devices/dl-1", &app.owner_token(), Some(json!({}))).await;
+    let scope = app.id_scope().await;
+    let status = app
+        .client
+        .post(app.url(&format!("/{scope}/registrations/dl-1?api-version=2019-03-31")))
+        .header("Authorization", &t)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 404, "the group no longer owns dl-1");
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "kc-1");
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let r = app.enroll("g", json!({"registration_id": "kc-1", "csr": csr})).await;
+    let serial =
+        leaf_serial(r.json::<Value>().await.unwrap()["certificate_chain"].as_str().unwrap());
+    app.send_as(
+        "POST",
+        &format!("/v1/certificates/{serial}/revoke"),
+        &app.owner_token(),
+        Some(json!({"reason": "key_compromise"})),
+    )
+    .await;
+    let r = app
+        .send_as(
+            "POST",
+            "/v1/ca/server-certificates",
+            &app.owner_token(),
+            Some(json!({"csr": csr, "dns_names": ["evil.example"]})),
+        )
+        .await;
+    assert_problem(r, 409).await;
+
+    app.send_as("PUT", "/v1/devices/bx-1", &app.owner_token(), Some(json!({}))).await;
+    let b: Value = app
+        .send_as(
+            "POST",
+            "/v1/bundles",
+            &app.owner_token(),
+            Some(json!({"device_id": "bx-1", "credential": "x509", "format": "json"})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    for status in ["disabled", "enabled"] {
+        app.send_as("PUT", "/v1/devices/bx-1", &app.owner_token(), Some(json!({"status": status})))
+            .await;
+    }
+    let r = app
+        .client
+        .post(app.url(&format!("/v1/bundles/{}/redeem", b["id"].as_str().unwrap())))
+        .header("Authorization", format!("Bundle {}", b["token"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 410).await;
 }

@@ -101,6 +101,58 @@ fn bundle_id(req: &HttpRequest) -> Result<String, ApiError> {
     Ok(id.to_ascii_lowercase())
 }
 
+/// `?device_id=&status=&cursor=&limit=`
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    device_id: Option<String>,
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+fn bundle_json(b: &crate::store::bundles::BundleRow, now: i64) -> serde_json::Value {
+    json!({
+        "id": b.id, "device_id": b.device_id, "credential": b.credential, "format": b.format,
+        "status": bundles::status(b, now), "created_at": ts(b.created_at),
+        "expires_at": ts(b.expires_at), "redeemed_at": b.redeemed_at.map(ts),
+        "redeemed_from": b.redeemed_from,
+    })
+}
+
+/// `GET /v1/bundles`: records only (never a token or payload), in the caller's scope.
+pub async fn list(
+    state: web::Data<AppState>,
+    who: Authenticated,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = super::respond::PageQuery { cursor: q.cursor.clone(), limit: q.limit };
+    let (after, limit) = page.bounds()?;
+    if let Some(id) = &q.device_id {
+        crate::ids::validate("device id", id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    if let Some(s) = &q.status {
+        if !["pending", "redeemed", "expired", "cancelled"].contains(&s.as_str()) {
+            return Err(ApiError::BadRequest(
+                "status must be pending, redeemed, expired or cancelled".into(),
+            ));
+        }
+    }
+    let now = state.now();
+    let (rows, more) = bundles::list(
+        &state.store,
+        who.0.scope.as_ref(),
+        q.device_id.as_deref(),
+        q.status.as_deref(),
+        &after,
+        limit,
+        now,
+    )
+    .await?;
+    let next = if more { rows.last().map(|r| r.id.clone()) } else { None };
+    let items = rows.iter().map(|b| bundle_json(b, now)).collect();
+    Ok(HttpResponse::Ok().json(super::respond::page_json(items, next.as_deref())))
+}
+
 /// `GET /v1/bundles/{id}`
 pub async fn status(
     state: web::Data<AppState>,
@@ -109,11 +161,7 @@ pub async fn status(
 ) -> Result<HttpResponse, ApiError> {
     let id = bundle_id(&req)?;
     let b = bundles::get(&state.store, who.0.scope.as_ref(), &id).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "id": b.id, "device_id": b.device_id, "credential": b.credential, "format": b.format,
-        "status": bundles::status(&b, state.now()), "created_at": ts(b.created_at), "expires_at": ts(b.expires_at),
-        "redeemed_at": b.redeemed_at.map(ts), "redeemed_from": b.redeemed_from,
-    })))
+    Ok(HttpResponse::Ok().json(bundle_json(&b, state.now())))
 }
 
 /// `DELETE /v1/bundles/{id}`

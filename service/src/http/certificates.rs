@@ -11,6 +11,7 @@ use crate::state::AppState;
 
 /// `?device_id=&limit=&cursor=`
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     device_id: Option<String>,
     limit: Option<i64>,

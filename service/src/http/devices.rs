@@ -40,18 +40,21 @@ enum AuthType {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct KeysBody {
     primary_key: Option<String>,
     secondary_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ThumbprintsBody {
     primary_thumbprint: Option<String>,
     secondary_thumbprint: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AuthBody {
     #[serde(rename = "type")]
     kind: Option<AuthType>,
@@ -59,8 +62,10 @@ struct AuthBody {
     x509_thumbprint: Option<ThumbprintsBody>,
 }
 
-/// PUT body: the device representation, every member optional; read-only members ignored.
+/// PUT body: the device representation, every member optional; read-only members accepted
+/// and ignored (a GET body can be PUT back); any other member is refused (API.md A29).
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeviceBody {
     device_id: Option<String>,
     status: Option<Status>,
@@ -70,6 +75,18 @@ pub struct DeviceBody {
     tags: Option<Map<String, Value>>,
     #[serde(default, deserialize_with = "double")]
     parent_id: Option<Option<String>>,
+    #[serde(default, rename = "etag")]
+    _etag: Option<Value>,
+    #[serde(default, rename = "generation_id")]
+    _generation_id: Option<Value>,
+    #[serde(default, rename = "enrollment_group_id")]
+    _enrollment_group_id: Option<Value>,
+    #[serde(default, rename = "owner")]
+    _owner: Option<Value>,
+    #[serde(default, rename = "created_at")]
+    _created_at: Option<Value>,
+    #[serde(default, rename = "updated_at")]
+    _updated_at: Option<Value>,
 }
 
 fn thumbprint(t: String, which: &str) -> Result<String, ApiError> {
@@ -265,12 +282,27 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// `?cursor=&limit=&status=`
+/// `?cursor=&limit=&status=&prefix=&enrollment_group_id=`
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     cursor: Option<String>,
     limit: Option<i64>,
     status: Option<Status>,
+    prefix: Option<String>,
+    enrollment_group_id: Option<String>,
+}
+
+/// The id prefix a list reads: the query's and the scope's together (`None` inside it: the
+/// two exclude each other, nothing to read).
+fn effective_prefix<'a>(query: Option<&'a str>, scope: Option<&'a str>) -> Option<Option<&'a str>> {
+    match (query, scope) {
+        (None, s) => Some(s),
+        (q, None) => Some(q),
+        (Some(q), Some(s)) if q.starts_with(s) => Some(Some(q)),
+        (Some(q), Some(s)) if s.starts_with(q) => Some(Some(s)),
+        _ => None,
+    }
 }
 
 /// `GET /v1/devices`
@@ -282,6 +314,15 @@ pub async fn list(
     let limit = limit(q.limit)?;
     let after = decode_cursor(q.cursor.as_deref())?;
     let status = q.status.map(|s| if s == Status::Enabled { "enabled" } else { "disabled" });
+    if let Some(p) = &q.prefix {
+        if p.len() > 128 {
+            return Err(ApiError::BadRequest("prefix must be at most 128 characters".into()));
+        }
+    }
+    let Some(prefix) = effective_prefix(q.prefix.as_deref(), who.0.device_prefix()) else {
+        return Ok(secret_json(StatusCode::OK, &json!({"items": [], "next_cursor": null})));
+    };
+    let group = q.enrollment_group_id.as_deref();
     let with_keys = who.0.has(Permission::RegistryReadWrite);
     let ring = state.ring();
     let mut items = Vec::new();
@@ -289,14 +330,9 @@ pub async fn list(
     let mut next = None;
     // Group scopes filter after the query; keep reading until the page is full.
     'pages: loop {
-        let rows = crate::store::devices::page_committed(
-            &state.store,
-            &cursor,
-            status,
-            who.0.device_prefix(),
-            limit + 1,
-        )
-        .await?;
+        let rows =
+            crate::store::devices::page_committed(&state.store, &cursor, status, prefix, limit + 1)
+                .await?;
         let exhausted = rows.len() as i64 <= limit;
         for row in rows {
             if items.len() as i64 == limit {
@@ -304,7 +340,9 @@ pub async fn list(
                 break 'pages;
             }
             cursor = row.device_id.clone();
-            if who.0.sees_device(&row.device_id, row.owner_group()) {
+            if who.0.sees_device(&row.device_id, row.owner_group())
+                && group.is_none_or(|g| row.enrollment_group_id.as_deref() == Some(g))
+            {
                 items.push(device_json(&devices::open(&ring, row)?, with_keys));
             }
         }
@@ -319,6 +357,7 @@ pub async fn list(
 
 /// `{"key": "primary" | "secondary" | "swap"}`
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RotateBody {
     key: String,
 }
@@ -350,6 +389,7 @@ pub async fn rotate(
 
 /// `{"csr": PEM}`
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CsrBody {
     csr: String,
 }
@@ -386,6 +426,7 @@ pub async fn issue_certificate(
 
 /// `{"ttl_secs": n}`
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenBody {
     ttl_secs: Option<i64>,
 }
@@ -420,6 +461,7 @@ pub async fn sas_token(
 
 /// `{"token": string}`
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VerifyBody {
     token: Value,
 }

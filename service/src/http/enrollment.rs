@@ -31,17 +31,20 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 pub const BODY_IDLE_SECS: u64 = 30;
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct KeysBody {
     primary_key: Option<String>,
     secondary_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CaBody {
     ca_certificates: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AttestationBody {
     #[serde(rename = "type")]
     kind: String,
@@ -49,9 +52,19 @@ struct AttestationBody {
     x509_ca: Option<CaBody>,
 }
 
-/// PUT body of a group or individual enrollment.
+/// PUT body of a group or individual enrollment: every member a GET returns is accepted back
+/// (read-only ones ignored, the id must equal the path); any other member is refused.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GroupBody {
+    enrollment_group_id: Option<String>,
+    registration_id: Option<String>,
+    #[serde(default, rename = "etag")]
+    _etag: Option<Value>,
+    #[serde(default, rename = "created_at")]
+    _created_at: Option<Value>,
+    #[serde(default, rename = "updated_at")]
+    _updated_at: Option<Value>,
     attestation: Option<AttestationBody>,
     credential: Option<String>,
     provisioning_status: Option<String>,
@@ -66,6 +79,18 @@ type Keys = (Option<ca::SasKey>, Option<ca::SasKey>);
 
 fn parse_group(id: &str, body: GroupBody, individual: bool) -> Result<(Group, Keys), ApiError> {
     let bad = |m: String| ApiError::BadRequest(m);
+    let (member, other) = if individual {
+        (&body.registration_id, &body.enrollment_group_id)
+    } else {
+        (&body.enrollment_group_id, &body.registration_id)
+    };
+    if member.as_deref().is_some_and(|m| m != id) {
+        return Err(bad("the id in the body must equal the id in the path".into()));
+    }
+    if other.is_some() {
+        let name = if individual { "enrollment_group_id" } else { "registration_id" };
+        return Err(bad(format!("unknown member `{name}`")));
+    }
     let att = body.attestation.unwrap_or(AttestationBody {
         kind: "symmetric_key".into(),
         symmetric_key: None,
@@ -174,6 +199,52 @@ fn attestation_json(g: &Group) -> Value {
     }
 }
 
+/// Why a scope limited to a device-id prefix may not change a group.
+const PREFIX_LIMITED_GROUPS: &str = "a scope limited to a device_id_prefix cannot change an \
+     enrollment group: its keys and CA certificates register ids outside the prefix";
+
+/// A group as lists show it: everything but its keys.
+fn group_json_without_keys(g: &Group) -> Value {
+    let mut v = group_json(g);
+    if let Some(att) = v.get_mut("attestation").and_then(Value::as_object_mut) {
+        att.remove("symmetric_key");
+    }
+    v
+}
+
+async fn list_any(
+    state: web::Data<AppState>,
+    who: Authenticated,
+    q: web::Query<super::respond::PageQuery>,
+    individual: bool,
+) -> Result<HttpResponse, ApiError> {
+    let (after, limit) = q.bounds()?;
+    let ring = state.ring();
+    let (groups, more) =
+        groups::list(&state.store, &ring, who.0.scope.as_ref(), individual, &after, limit).await?;
+    let next = if more { groups.last().map(|g| g.id.clone()) } else { None };
+    let items = groups.iter().map(group_json_without_keys).collect();
+    Ok(HttpResponse::Ok().json(super::respond::page_json(items, next.as_deref())))
+}
+
+/// `GET /v1/enrollment-groups`: every group in the caller's scope, without keys.
+pub async fn list_groups(
+    s: web::Data<AppState>,
+    w: Authenticated,
+    q: web::Query<super::respond::PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    list_any(s, w, q, false).await
+}
+
+/// `GET /v1/enrollments`: every individual enrollment in the caller's scope, without keys.
+pub async fn list_enrollments(
+    s: web::Data<AppState>,
+    w: Authenticated,
+    q: web::Query<super::respond::PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    list_any(s, w, q, true).await
+}
+
 fn group_json(g: &Group) -> Value {
     let id_member = if g.individual { "registration_id" } else { "enrollment_group_id" };
     let mut v = json!({
@@ -185,14 +256,12 @@ fn group_json(g: &Group) -> Value {
         "created_at": ts(g.created_at),
         "updated_at": ts(g.updated_at),
     });
-    if !g.individual {
-        v["certificate_validity_days"] = json!(g.validity_days);
-        v["allowed_key_types"] =
-            json!(g.allowed_keys.iter().map(|k| k.as_str()).collect::<Vec<_>>());
-        v["registration_id_pattern"] = json!(g.pattern.as_ref().map(|p| p.as_str()));
-        v["initial_tags"] = Value::Object(g.initial_tags.clone());
-        v["reprovisioning"] = json!(g.reprovisioning.as_str());
-    }
+    // Every member PUT accepts, so GET → PUT round-trips losslessly (API.md A30).
+    v["certificate_validity_days"] = json!(g.validity_days);
+    v["allowed_key_types"] = json!(g.allowed_keys.iter().map(|k| k.as_str()).collect::<Vec<_>>());
+    v["registration_id_pattern"] = json!(g.pattern.as_ref().map(|p| p.as_str()));
+    v["initial_tags"] = Value::Object(g.initial_tags.clone());
+    v["reprovisioning"] = json!(g.reprovisioning.as_str());
     v
 }
 
@@ -224,6 +293,9 @@ async fn put_any(
     individual: bool,
 ) -> Result<HttpResponse, ApiError> {
     let id = enrollment_id(&req, &who, individual)?;
+    if !individual && who.0.device_prefix().is_some() {
+        return Err(ApiError::Forbidden(PREFIX_LIMITED_GROUPS.into()));
+    }
     let (group, keys) = parse_group(&id, body.into_inner(), individual)?;
     let rc = RequestCtx::new(&state, &req, &who);
     let (g, created) = groups::put(&state.store, &rc.cx(&state), group, keys).await?;
@@ -238,6 +310,10 @@ async fn get_any(
 ) -> Result<HttpResponse, ApiError> {
     let id = enrollment_id(&req, &who, individual)?;
     let g = groups::get(&state.store, &state.ring(), &id, individual).await?;
+    // A group's keys register any id: not for a scope limited to a prefix.
+    if !individual && who.0.device_prefix().is_some() {
+        return Ok(secret_json(StatusCode::OK, &group_json_without_keys(&g)));
+    }
     Ok(secret_json(StatusCode::OK, &group_json(&g)))
 }
 
@@ -322,6 +398,21 @@ pub async fn tokens(
 ) -> Result<HttpResponse, ApiError> {
     let id = enrollment_id(&req, &who, false)?;
     let body = body.into_inner();
+    // A token registers whatever id it is not bound to: a scope limited to a prefix mints only
+    // tokens bound to ids inside it.
+    if let Some(prefix) = who.0.device_prefix() {
+        let inside = body
+            .registration_ids
+            .as_ref()
+            .is_some_and(|ids| ids.iter().all(|i| i.starts_with(prefix)));
+        if !inside {
+            return Err(ApiError::Forbidden(
+                "a scope limited to a device_id_prefix mints only tokens bound to ids that start \
+                 with it: list them in registration_ids"
+                    .into(),
+            ));
+        }
+    }
     if let Some(ids) = &body.registration_ids {
         if ids.is_empty() || ids.len() > 1000 {
             return Err(ApiError::BadRequest(

@@ -100,13 +100,18 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST",   "/v1/devices/{id}/sas-token",       Requires(DeviceConnect),      || web::post().to(devices::sas_token)),
     rule("POST",   "/v1/sas/verify",                   Requires(ServiceConnect),     || web::post().to(devices::verify)),
     rule("GET",    "/v1/certificates",                 Requires(RegistryRead),       || web::get().to(certificates::list)),
+    rule("GET",    "/v1/policies",                     Requires(PolicyAdmin),        || web::get().to(policies::list)),
     rule("PUT",    "/v1/policies/{name}",              Requires(PolicyAdmin),        || web::put().to(policies::put)),
     rule("GET",    "/v1/policies/{name}",              Requires(PolicyAdmin),        || web::get().to(policies::get)),
     rule("DELETE", "/v1/policies/{name}",              Requires(PolicyAdmin),        || web::delete().to(policies::delete)),
     rule("POST",   "/v1/policies/{name}/keys/rotate",  Requires(PolicyAdmin),        || web::post().to(policies::rotate)),
+    rule("GET",    "/v1/operators",                    Requires(PolicyAdmin),        || web::get().to(operators::list)),
+    rule("GET",    "/v1/operators/{name}",             Requires(PolicyAdmin),        || web::get().to(operators::get)),
     rule("PUT",    "/v1/operators/{name}",             Requires(PolicyAdmin),        || web::put().to(operators::put)),
     rule("DELETE", "/v1/operators/{name}",             Requires(PolicyAdmin),        || web::delete().to(operators::delete)),
     rule("POST",   "/v1/auth/login",                   Public,                       || web::post().to(operators::login)),
+    rule("GET",    "/v1/enrollment-groups",            Requires(EnrollmentRead),     || web::get().to(enrollment::list_groups)),
+    rule("GET",    "/v1/enrollments",                  Requires(EnrollmentRead),     || web::get().to(enrollment::list_enrollments)),
     rule("PUT",    "/v1/enrollment-groups/{id}",       Requires(EnrollmentWrite),    || web::put().to(enrollment::put_group)),
     rule("GET",    "/v1/enrollment-groups/{id}",       Requires(EnrollmentRead),     || web::get().to(enrollment::get_group)),
     rule("DELETE", "/v1/enrollment-groups/{id}",       Requires(EnrollmentWrite),    || web::delete().to(enrollment::delete_group)),
@@ -119,6 +124,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("PUT",    "/{id_scope}/registrations/{registration_id}/register", Attestation, || web::put().to(registrations::dps_register)),
     rule("GET",    "/{id_scope}/registrations/{registration_id}/operations/{operation_id}", Attestation, || web::get().to(registrations::dps_operation)),
     rule("POST",   "/{id_scope}/registrations/{registration_id}", Attestation,       || web::post().to(registrations::dps_status)),
+    rule("GET",    "/v1/bundles",                      Requires(BundleCreate),       || web::get().to(bundles::list)),
     rule("POST",   "/v1/bundles",                      Requires(BundleCreate),       || web::post().to(bundles::create)),
     rule("GET",    "/v1/bundles/{id}",                 Requires(BundleCreate),       || web::get().to(bundles::status)),
     rule("DELETE", "/v1/bundles/{id}",                 Requires(BundleCreate),       || web::delete().to(bundles::cancel)),
@@ -131,6 +137,41 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET",    "/v1/audit/verify",                 Unscoped(AuditRead),          || web::get().to(audit::verify)),
     rule("GET",    "/v1/audit/checkpoint",             Unscoped(AuditRead),          || web::get().to(audit::checkpoint)),
 ];
+
+/// The query parameters of the `/v1` routes that take any; every other `/v1` route takes none.
+/// Anything else is refused with 400 naming it (API.md A30), after authentication.
+pub const QUERY_PARAMETERS: &[(&str, &str, &[&str])] = &[
+    ("GET", "/v1/devices", &["cursor", "limit", "status", "prefix", "enrollment_group_id"]),
+    ("GET", "/v1/certificates", &["device_id", "limit", "cursor", "kind"]),
+    ("GET", "/v1/audit", &["after", "limit", "action", "target_prefix", "outcome"]),
+    ("GET", "/v1/ca/crl", &["format"]),
+    ("GET", "/v1/ca/crl/{issuer_id}", &["format"]),
+    ("GET", "/v1/policies", &["cursor", "limit"]),
+    ("GET", "/v1/operators", &["cursor", "limit"]),
+    ("GET", "/v1/enrollment-groups", &["cursor", "limit"]),
+    ("GET", "/v1/enrollments", &["cursor", "limit"]),
+    ("GET", "/v1/bundles", &["cursor", "limit", "device_id", "status"]),
+];
+
+/// Refuses a `/v1` query parameter the route does not take.
+fn check_query(pattern: &str, method: &str, query: &str) -> Result<(), ApiError> {
+    if !pattern.starts_with("/v1/") || query.is_empty() {
+        return Ok(());
+    }
+    let allowed = QUERY_PARAMETERS
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == pattern)
+        .map_or(&[][..], |(_, _, names)| *names);
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
+        .map_err(|_| ApiError::BadRequest("the query string is malformed".into()))?;
+    match pairs.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+        Some((k, _)) => Err(ApiError::BadRequest(format!(
+            "unknown query parameter `{}`",
+            k.chars().take(64).collect::<String>()
+        ))),
+        None => Ok(()),
+    }
+}
 
 const fn rule(
     method: &'static str,
@@ -203,6 +244,9 @@ pub async fn guard(
             .into());
         }
         req.extensions_mut().insert(Authenticated(principal));
+    }
+    if let Some(rule) = rule {
+        check_query(rule.path, rule.method, req.query_string())?;
     }
     Ok(next.call(req).await?.map_into_boxed_body())
 }

@@ -128,3 +128,46 @@ pub async fn sweep_expired(conn: &mut AnyConnection, now: i64) -> Result<u64, St
     .await?
     .rows_affected())
 }
+
+/// A bundle with its device's owner as stored now (none when the device is gone).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OwnedBundleRow {
+    /// the bundle
+    #[sqlx(flatten)]
+    pub bundle: BundleRow,
+    /// the device's owner kind
+    pub owner_kind: Option<String>,
+    /// the device's enrollment group
+    pub owner_group: Option<String>,
+}
+
+impl OwnedBundleRow {
+    /// The group that owns the bundle's device, if a group does.
+    pub fn owner_group(&self) -> Option<&str> {
+        self.owner_group
+            .as_deref()
+            .filter(|_| self.owner_kind.as_deref() == Some("enrollment_group"))
+    }
+}
+
+/// One page of bundles in id order after `after`, optionally of one device, each with its
+/// device's owner.
+pub async fn page(
+    conn: &mut AnyConnection,
+    device_id: Option<&str>,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<OwnedBundleRow>, StoreError> {
+    Ok(sqlx::query_as::<_, OwnedBundleRow>(
+        "SELECT b.id, b.device_id, b.credential, b.format, b.token_sha256, b.payload, \
+         b.created_at, b.expires_at, b.redeemed_at, b.redeemed_from, b.cancelled_at, \
+         b.device_generation, d.owner_kind AS owner_kind, d.enrollment_group_id AS owner_group \
+         FROM bundles b LEFT JOIN devices d ON d.device_id = b.device_id \
+         WHERE ($1 IS NULL OR b.device_id = $1) AND b.id > $2 ORDER BY b.id LIMIT $3",
+    )
+    .bind(device_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}

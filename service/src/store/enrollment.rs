@@ -93,6 +93,23 @@ impl GroupRow {
     }
 }
 
+/// One page of enrollment groups in id order (byte order) after `after`.
+pub async fn groups_page(
+    conn: &mut AnyConnection,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<GroupRow>, StoreError> {
+    Ok(sqlx::query_as::<_, GroupRow>(concat!(
+        "SELECT ",
+        group_columns!(),
+        " FROM enrollment_groups WHERE id > $1 ORDER BY id LIMIT $2"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Enabled groups with the given attestation type.
 pub async fn groups_by_attestation(
     conn: &mut AnyConnection,
@@ -172,6 +189,26 @@ pub async fn enrollment(
     )
     .bind(id)
     .fetch_optional(conn)
+    .await?)
+}
+
+/// One page of individual enrollments in registration id order (byte order) after `after`.
+pub async fn enrollments_page(
+    conn: &mut AnyConnection,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<GroupRow>, StoreError> {
+    Ok(sqlx::query_as::<_, GroupRow>(
+        "SELECT registration_id AS id, attestation_type, ca_certificates, credential, \
+         provisioning_status, CAST(365 AS BIGINT) AS certificate_validity_days, \
+         '[]' AS allowed_key_types, CAST(NULL AS TEXT) AS registration_id_pattern, \
+         '{}' AS initial_tags, 'reissue' AS reprovisioning, key_version, primary_key, \
+         secondary_key, etag, created_at, updated_at FROM enrollments \
+         WHERE registration_id > $1 ORDER BY registration_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
     .await?)
 }
 

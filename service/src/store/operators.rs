@@ -95,3 +95,19 @@ pub async fn delete(conn: &mut AnyConnection, name: &str) -> Result<bool, StoreE
         .rows_affected()
         == 1)
 }
+
+/// One page of operators in name order (byte order) after `after`.
+pub async fn page(
+    conn: &mut AnyConnection,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<OperatorRow>, StoreError> {
+    Ok(sqlx::query_as::<_, OperatorRow>(
+        "SELECT name, password_hash, permissions, created_at, updated_at, generation \
+         FROM operators WHERE name > $1 ORDER BY name LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}

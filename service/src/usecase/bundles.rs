@@ -262,6 +262,14 @@ pub fn open_payload(token: &BundleToken, id: &str, blob: &[u8]) -> Option<Zeroiz
     crate::seal::aead_open(&token.payload_key(id), aad.as_bytes(), blob)
 }
 
+/// The serial of the certificate inside an opened payload (x509 bundles).
+fn payload_serial(payload: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    let der = pem::parse(v.get("certificate")?.as_str()?).ok()?.into_contents();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(ca::issue::serial_hex(cert.raw_serial()))
+}
+
 /// What a redemption hands out.
 pub struct Redeemed {
     /// device
@@ -325,6 +333,19 @@ pub async fn redeem(
     };
     let blob = current.payload.clone().ok_or(BundleError::Gone("expired"))?;
     let payload = open_payload(&token, id, &blob).ok_or(BundleError::Unauthorized)?;
+    // Its certificate may have been revoked since (the device was disabled, then enabled
+    // again): a dead credential is never handed out; the bundle is cancelled instead.
+    if let Some(serial) = payload_serial(&payload) {
+        let revoked =
+            certificates::get(&mut tx, &serial).await?.is_none_or(|c| c.revoked_at.is_some());
+        if revoked {
+            rows::cancel(&mut tx, id, cx.now).await?;
+            tx.commit().await.map_err(StoreError::from)?;
+            return Err(BundleError::Gone(
+                "cancelled: its certificate was revoked; create a new bundle",
+            ));
+        }
+    }
     let from = cx.actor.addr.clone().unwrap_or_else(|| "unknown".into());
     if !rows::mark_redeemed(&mut tx, id, cx.now, &from).await? {
         return Err(BundleError::Gone("already redeemed"));
@@ -379,4 +400,29 @@ pub async fn cancel(
     cx.audit(&mut tx, store.dialect(), "bundle.cancel", &format!("{}/{id}", row.device_id)).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(())
+}
+
+/// One page of bundles (records only) in id order after `after`: of one device and one status
+/// if given, inside `scope`. Returns them and whether more follow.
+pub async fn list(
+    store: &Store,
+    scope: Option<&crate::auth::Scope>,
+    device_id: Option<&str>,
+    state: Option<&str>,
+    after: &str,
+    limit: i64,
+    now: i64,
+) -> Result<(Vec<BundleRow>, bool), BundleError> {
+    let (rows, more) = super::page_where(
+        after,
+        limit,
+        |r: &rows::OwnedBundleRow| r.bundle.id.as_str(),
+        |r| {
+            scope.is_none_or(|s| s.covers_device(&r.bundle.device_id, r.owner_group()))
+                && state.is_none_or(|want| status(&r.bundle, now) == want)
+        },
+        |after, n| async move { rows::page(&mut *store.conn().await?, device_id, &after, n).await },
+    )
+    .await?;
+    Ok((rows.into_iter().map(|r| r.bundle).collect(), more))
 }

@@ -108,9 +108,8 @@ pub fn record(
 }
 
 /// One page of certificates in serial order after `after`: of one device if given, and only
-/// those inside `scope` (device certificates of devices it covers). The page ends at the last
-/// certificate returned, so a cursor never names one the caller may not see. Returns the items
-/// and whether more follow.
+/// those inside `scope` (device certificates of devices it covers). Returns the items and
+/// whether more follow.
 pub async fn list(
     store: &Store,
     scope: Option<&crate::auth::Scope>,
@@ -118,33 +117,24 @@ pub async fn list(
     after: &str,
     limit: i64,
 ) -> Result<(Vec<CertificateRow>, bool), StoreError> {
-    let mut conn = store.conn().await?;
     let prefix = scope.and_then(|s| s.device_id_prefix.as_deref());
-    let mut items = Vec::new();
-    let mut cursor = after.to_owned();
-    let want = limit.saturating_add(1);
-    loop {
-        let rows = rows::page(&mut conn, device_id, prefix, &cursor, want).await?;
-        let exhausted = (rows.len() as i64) < want;
-        for r in rows {
-            cursor.clone_from(&r.cert.serial);
-            let visible = scope.is_none_or(|s| {
+    let (rows, more) = super::page_where(
+        after,
+        limit,
+        |r: &rows::OwnedCertificateRow| r.cert.serial.as_str(),
+        |r| {
+            scope.is_none_or(|s| {
                 r.cert.profile == "device"
                     && r.cert
                         .device_id
                         .as_deref()
                         .is_some_and(|d| s.covers_device(d, r.owner_group()))
-            });
-            if visible {
-                items.push(r.cert);
-                if items.len() as i64 == want {
-                    items.pop();
-                    return Ok((items, true));
-                }
-            }
-        }
-        if exhausted {
-            return Ok((items, false));
-        }
-    }
+            })
+        },
+        |after, n| async move {
+            rows::page(&mut *store.conn().await?, device_id, prefix, &after, n).await
+        },
+    )
+    .await?;
+    Ok((rows.into_iter().map(|r| r.cert).collect(), more))
 }

@@ -327,6 +327,43 @@ pub async fn get(
     decode(ring, row.ok_or(GroupError::NotFound)?, individual)
 }
 
+/// One page of enrollment groups (or individual enrollments) in id order after `after`, those
+/// inside `scope` only. Returns them and whether more follow.
+pub async fn list(
+    store: &Store,
+    ring: &KeyRing,
+    scope: Option<&crate::auth::Scope>,
+    individual: bool,
+    after: &str,
+    limit: i64,
+) -> Result<(Vec<Group>, bool), GroupError> {
+    let (rows, more) = super::page_where(
+        after,
+        limit,
+        |r: &GroupRow| r.id.as_str(),
+        |r| {
+            scope.is_none_or(|s| {
+                if individual {
+                    s.covers_enrollment(&r.id)
+                } else {
+                    s.covers_group(&r.id)
+                }
+            })
+        },
+        |after, n| async move {
+            let mut conn = store.conn().await?;
+            if individual {
+                rows::enrollments_page(&mut conn, &after, n).await
+            } else {
+                rows::groups_page(&mut conn, &after, n).await
+            }
+        },
+    )
+    .await?;
+    let groups = rows.into_iter().map(|r| decode(ring, r, individual)).collect::<Result<_, _>>()?;
+    Ok((groups, more))
+}
+
 /// Creates or replaces a group / individual enrollment; true when created. Keys absent from
 /// the input are kept (or generated on create).
 pub async fn put(

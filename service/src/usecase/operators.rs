@@ -126,3 +126,25 @@ pub async fn authenticate(
     };
     Ok(Some(Principal { name: row.name, permissions, scope: None }))
 }
+
+/// One page of operators in name order after `after` (rows: the caller renders them without
+/// password hashes). Returns them and whether more follow.
+pub async fn list(
+    store: &Store,
+    after: &str,
+    limit: i64,
+) -> Result<(Vec<OperatorRow>, bool), StoreError> {
+    super::page_where(
+        after,
+        limit,
+        |r: &OperatorRow| r.name.as_str(),
+        |_| true,
+        |after, n| async move { rows::page(&mut *store.conn().await?, &after, n).await },
+    )
+    .await
+}
+
+/// Reads one operator (None when unknown).
+pub async fn get(store: &Store, name: &str) -> Result<Option<OperatorRow>, StoreError> {
+    rows::lookup(store, name).await
+}

@@ -172,11 +172,31 @@ impl Application {
             state.config.public_url = Some(state.config.default_public_url(Some(bound.port())));
         }
         let authority = state.authority();
+        // The public URL's host is always a name of the server certificate (API.md A30).
+        let mut names = state.config.tls_names.clone();
+        let public = state.config.public_base_url();
+        if let Ok(host) = crate::config::public_url_host(&public) {
+            if !names.contains(&host) {
+                names.push(host.clone());
+            }
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+            if loopback {
+                tracing::warn!(
+                    url = %public,
+                    "certificates will point devices at a loopback URL for CRL and OCSP: set \
+                     public_url (provisiond.toml, PROVISIOND_PUBLIC_URL or init --public-url) to \
+                     the address devices reach"
+                );
+            }
+        }
         let cred = crate::usecase::server_cert::issue_for_instance(
             &state.store,
             &authority,
             &state.config.host_name,
-            &state.config.tls_names,
+            &names,
             state.now(),
         )
         .await?;

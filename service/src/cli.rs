@@ -33,6 +33,14 @@ enum Command {
         /// Write the owner connection string to this file (mode 0600) instead of stdout.
         #[arg(long, value_name = "F")]
         credentials_out: Option<PathBuf>,
+        /// The URL devices and brokers reach this service at (absolute https://, no query):
+        /// CRL and OCSP pointers in every certificate use it, and its host is a SAN of the
+        /// server certificate. Default https://{host_name}:{bound port}.
+        #[arg(long, value_name = "URL")]
+        public_url: Option<String>,
+        /// An extra DNS name or IP address for the server certificate (repeatable).
+        #[arg(long = "tls-name", value_name = "NAME")]
+        tls_names: Vec<String>,
         /// Offline root: an intermediate certificate signed by --root-cert (PEM).
         #[arg(long, value_name = "F", requires_all = ["intermediate_key", "root_cert"])]
         intermediate_cert: Option<PathBuf>,
@@ -169,10 +177,16 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     };
     let explicit_data_dir =
         cli.data_dir.is_some() || std::env::var_os("PROVISIOND_DATA_DIR").is_some();
-    let overrides = Overrides { data_dir: cli.data_dir.clone(), listen };
+    let (public_url, tls_names) = match &cli.command {
+        Command::Init { public_url, tls_names, .. } => (public_url.clone(), tls_names.clone()),
+        _ => (None, Vec::new()),
+    };
+    let overrides = Overrides { data_dir: cli.data_dir.clone(), listen, public_url, tls_names };
     let config = Config::load(&overrides).map_err(|e| e.to_string())?;
     match cli.command {
-        Command::Init { credentials_out, intermediate_cert, intermediate_key, root_cert } => {
+        Command::Init {
+            credentials_out, intermediate_cert, intermediate_key, root_cert, ..
+        } => {
             let external = match (intermediate_cert, intermediate_key, root_cert) {
                 (Some(c), Some(k), Some(r)) => {
                     let read = |p: &PathBuf| {

@@ -234,6 +234,17 @@ pub struct Verification {
     pub first_bad_seq: Option<i64>,
 }
 
+/// One page of the trail after `after`, limited by `filter`.
+pub async fn page(
+    store: &Store,
+    after: i64,
+    limit: i64,
+    filter: &crate::store::audit::AuditFilter<'_>,
+) -> Result<Vec<crate::store::audit::AuditRow>, StoreError> {
+    let mut conn = store.conn().await?;
+    crate::store::audit::page(&mut conn, after, limit, filter).await
+}
+
 /// Walks the whole chain in pages and reports the first inconsistency: a gap or reordering in
 /// `seq`, a `prev_hash` that is not the previous row's `hash`, a MAC that does not match, or a
 /// head that does not point at the last row (rows cut from the end).
@@ -244,7 +255,7 @@ pub async fn verify(store: &Store, key: &AuditKey) -> Result<Verification, Store
     let mut prev = GENESIS.to_owned();
     let mut checked = 0;
     loop {
-        let page = rows::page(&mut conn, expected_seq - 1, 1000).await?;
+        let page = rows::page(&mut conn, expected_seq - 1, 1000, &Default::default()).await?;
         if page.is_empty() {
             break;
         }

@@ -174,5 +174,50 @@ async fn unknown_members_and_query_parameters_are_refused_by_name() {
     assert!(body["detail"].as_str().unwrap().contains("limt"));
     assert_problem(app.owner_send("GET", "/v1/devices/s-4?x=1", None).await, 400).await;
     assert_eq!(app.owner_send("GET", "/v1/devices?limit=5", None).await.status(), 200);
-    let _ = p256;
+}
+
+/// The console's reads (API.md A30): counts, a certificate by serial with its kind, kinds in
+/// the list, issuers with their CRL state, audit filters.
+#[tokio::test]
+async fn console_reads_answer_counts_certificates_issuers_and_filtered_audit() {
+    let app = spawn_app().await;
+    app.put_group("g", json!({"attestation": {"type": "symmetric_key"}})).await;
+    let r = app.enroll("g", json!({"registration_id": "c-1", "csr": p256("c-1")})).await;
+    let chain = r.json::<Value>().await.unwrap()["certificate_chain"].as_str().unwrap().to_owned();
+    let serial = crate::helpers::leaf_serial(&chain);
+    app.owner_send("PUT", "/v1/devices/c-2", Some(json!({"status": "disabled"}))).await;
+    let counts: Value =
+        app.owner_send("GET", "/v1/devices/counts", None).await.json().await.unwrap();
+    assert_eq!(counts, json!({"enabled": 1, "disabled": 1}));
+    let cert: Value = app
+        .owner_send("GET", &format!("/v1/certificates/{}", serial.to_uppercase()), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((cert["kind"].as_str(), cert["device_id"].as_str()), (Some("device"), Some("c-1")));
+    let instances = app.all_items("/v1/certificates?kind=instance", 100).await;
+    assert!(!instances.is_empty(), "the server's own TLS certificate is listed as instance");
+    assert!(app.all_items("/v1/certificates?kind=device", 100).await.len() == 1);
+    assert_problem(app.owner_send("GET", "/v1/certificates/zz", None).await, 400).await;
+    let issuers: Value = app.owner_send("GET", "/v1/ca/issuers", None).await.json().await.unwrap();
+    let items = issuers["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["current"], true);
+    assert_eq!(items[1]["root"], true);
+    assert!(items[0]["subject"].as_str().unwrap().contains("Intermediate"));
+    let audit: Value = app
+        .owner_send(
+            "GET",
+            "/v1/audit?action=registration.create&target_prefix=c-&outcome=success",
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let rows = audit["items"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{audit}");
+    assert_eq!(rows[0]["target"], "c-1");
+    assert_problem(app.owner_send("GET", "/v1/audit?outcome=maybe", None).await, 400).await;
 }

@@ -397,6 +397,29 @@ fn cases() -> Vec<Case> {
         },
         Case {
             method: "GET",
+            pattern: "/v1/devices/counts",
+            call: |_, _| ("/v1/devices/counts".into(), None),
+            in_scope: works,
+            out_scope: Expect::Works,
+        },
+        Case {
+            method: "GET",
+            pattern: "/v1/certificates/{serial}",
+            call: |o, i| {
+                (format!("/v1/certificates/{}", if i { &o.in_cert } else { &o.out_cert }), None)
+            },
+            in_scope: works,
+            out_scope: Expect::NotFound,
+        },
+        Case {
+            method: "GET",
+            pattern: "/v1/ca/issuers",
+            call: |_, _| ("/v1/ca/issuers".into(), None),
+            in_scope: forbidden,
+            out_scope: Expect::Forbidden,
+        },
+        Case {
+            method: "GET",
             pattern: "/v1/enrollment-groups",
             call: |_, _| ("/v1/enrollment-groups?limit=1000".into(), None),
             in_scope: works,
@@ -692,6 +715,11 @@ async fn scope_matrix_every_route_in_and_out_of_scope() {
                         for out in ["q-dev", "g-out", "q-ind", &objects.out_bundle] {
                             assert!(!text.contains(out), "{kind:?} {path} lists {out}: {text}");
                         }
+                    }
+                    ("/v1/devices/counts", _) => {
+                        let v: Value = serde_json::from_str(&text).unwrap();
+                        // p-dev and p-new (registered above), never q-dev
+                        assert_eq!(v, json!({"enabled": 2, "disabled": 0}), "{kind:?}: {v}");
                     }
                     ("/v1/sas/verify", false) => {
                         let v: Value = serde_json::from_str(&text).unwrap();

@@ -13,6 +13,9 @@ use crate::state::AppState;
 pub struct AuditQuery {
     after: Option<i64>,
     limit: Option<i64>,
+    action: Option<String>,
+    target_prefix: Option<String>,
+    outcome: Option<String>,
 }
 
 /// `GET /v1/audit`
@@ -28,8 +31,20 @@ pub async fn list(
     if after < 0 {
         return Err(ApiError::BadRequest("after must be a non-negative sequence number".into()));
     }
-    let mut conn = state.store.conn().await?;
-    let rows = crate::store::audit::page(&mut conn, after, limit).await?;
+    if q.outcome.as_deref().is_some_and(|o| o != "success" && o != "failure") {
+        return Err(ApiError::BadRequest("outcome must be success or failure".into()));
+    }
+    if q.action.as_deref().is_some_and(|a| a.len() > 128)
+        || q.target_prefix.as_deref().is_some_and(|t| t.len() > 256)
+    {
+        return Err(ApiError::BadRequest("action or target_prefix is too long".into()));
+    }
+    let filter = crate::store::audit::AuditFilter {
+        action: q.action.as_deref(),
+        target_prefix: q.target_prefix.as_deref(),
+        outcome: q.outcome.as_deref(),
+    };
+    let rows = crate::audit::page(&state.store, after, limit, &filter).await?;
     let items: Vec<_> = rows
         .into_iter()
         .map(|r| {

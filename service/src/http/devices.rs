@@ -355,6 +355,15 @@ pub async fn list(
     Ok(secret_json(StatusCode::OK, &json!({"items": items, "next_cursor": next})))
 }
 
+/// `GET /v1/devices/counts`: devices by status, in the caller's scope.
+pub async fn counts(
+    state: web::Data<AppState>,
+    who: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    let (enabled, disabled) = devices::counts(&state.store, who.0.scope.as_ref()).await?;
+    Ok(HttpResponse::Ok().json(json!({"enabled": enabled, "disabled": disabled})))
+}
+
 /// `{"key": "primary" | "secondary" | "swap"}`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

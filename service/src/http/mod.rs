@@ -44,18 +44,31 @@ pub enum Access {
     /// An unscoped policy or operator holding this permission: CA-level objects and the audit
     /// trail (a scoped principal gets 403, API.md A30).
     Unscoped(Permission),
+    /// An unscoped policy or operator holding either permission (the CA hierarchy's state).
+    UnscopedEither(Permission, Permission),
     /// The handler authenticates the device itself (SAS attestation, enrollment JWT, client
     /// certificate, bundle token): there is no principal with permissions.
     Attestation,
 }
 
 impl Access {
-    /// The permission the route needs, if any.
+    /// The permission the route needs, if any (the first of two alternatives).
     pub fn permission(self) -> Option<Permission> {
+        self.permissions().first().copied()
+    }
+
+    /// The permissions any one of which lets a caller in (none: public or attested routes).
+    pub fn permissions(self) -> Vec<Permission> {
         match self {
-            Requires(p) | Unscoped(p) => Some(p),
-            Public | Attestation => None,
+            Requires(p) | Unscoped(p) => vec![p],
+            UnscopedEither(a, b) => vec![a, b],
+            Public | Attestation => Vec::new(),
         }
+    }
+
+    /// Whether a scoped principal is refused (403) whatever it holds.
+    pub fn unscoped_only(self) -> bool {
+        matches!(self, Unscoped(_) | UnscopedEither(..))
     }
 }
 
@@ -71,7 +84,7 @@ pub struct RouteRule {
     pub route: fn() -> Route,
 }
 
-use Access::{Attestation, Public, Requires, Unscoped};
+use Access::{Attestation, Public, Requires, Unscoped, UnscopedEither};
 use Permission::*;
 
 /// THE route table: one line per route — method, path, who may call it, handler.
@@ -87,10 +100,12 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET",    "/v1/ca/crl/{issuer_id}",           Public,                       || web::get().to(ca::crl_of)),
     rule("POST",   "/v1/ca/ocsp",                      Public,                       || web::post().to(ca::ocsp_post)),
     rule("GET",    "/v1/ca/ocsp/{req:.*}",             Public,                       || web::get().to(ca::ocsp_get)),
+    rule("GET",    "/v1/ca/issuers",                   UnscopedEither(CertificateAdmin, RegistryRead), || web::get().to(ca::issuers)),
     rule("POST",   "/v1/ca/intermediate/rotate",       Unscoped(CertificateAdmin),   || web::post().to(ca::rotate_intermediate)),
     rule("POST",   "/v1/ca/server-certificates",       Unscoped(CertificateAdmin),   || web::post().to(ca::server_certificate)),
     rule("POST",   "/v1/certificates/{serial}/revoke", Requires(CertificateAdmin),   || web::post().to(certificates::revoke)),
     rule("GET",    "/v1/devices",                      Requires(RegistryRead),       || web::get().to(devices::list)),
+    rule("GET",    "/v1/devices/counts",               Requires(RegistryRead),       || web::get().to(devices::counts)),
     rule("PUT",    "/v1/devices/{id}",                 Requires(RegistryReadWrite),  || web::put().to(devices::put)),
     rule("GET",    "/v1/devices/{id}",                 Requires(RegistryRead),       || web::get().to(devices::get)),
     rule("DELETE", "/v1/devices/{id}",                 Requires(RegistryReadWrite),  || web::delete().to(devices::delete)),
@@ -100,6 +115,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST",   "/v1/devices/{id}/sas-token",       Requires(DeviceConnect),      || web::post().to(devices::sas_token)),
     rule("POST",   "/v1/sas/verify",                   Requires(ServiceConnect),     || web::post().to(devices::verify)),
     rule("GET",    "/v1/certificates",                 Requires(RegistryRead),       || web::get().to(certificates::list)),
+    rule("GET",    "/v1/certificates/{serial}",        Requires(RegistryRead),       || web::get().to(certificates::get)),
     rule("GET",    "/v1/policies",                     Requires(PolicyAdmin),        || web::get().to(policies::list)),
     rule("PUT",    "/v1/policies/{name}",              Requires(PolicyAdmin),        || web::put().to(policies::put)),
     rule("GET",    "/v1/policies/{name}",              Requires(PolicyAdmin),        || web::get().to(policies::get)),
@@ -217,22 +233,19 @@ pub async fn guard(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let pattern = req.match_pattern();
     let rule = pattern.as_deref().and_then(|p| rule_for(p, req.method().as_str()));
-    let needed = match rule.map(|r| r.access) {
-        Some(Requires(p)) => Some((p, false)),
-        Some(Unscoped(p)) => Some((p, true)),
-        _ => None,
-    };
-    if let Some((permission, unscoped_only)) = needed {
+    let needed = rule.map(|r| (r.access.permissions(), r.access.unscoped_only()));
+    if let Some((permissions, unscoped_only)) = needed.filter(|(p, _)| !p.is_empty()) {
         let Some(state) = req.app_data::<web::Data<AppState>>().map(|d| d.clone().into_inner())
         else {
             return Err(ApiError::internal(std::io::Error::other("state missing")).into());
         };
         let principal = extract::authenticate(&state, req.request()).await?;
-        if !principal.has(permission) {
+        if !permissions.iter().any(|p| principal.has(*p)) {
             audit_denied(&state, &principal.name, req.request()).await;
+            let names: Vec<&str> = permissions.iter().map(|p| p.as_str()).collect();
             return Err(ApiError::Forbidden(format!(
                 "this operation needs the {} permission",
-                permission.as_str()
+                names.join(" or ")
             ))
             .into());
         }

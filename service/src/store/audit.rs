@@ -91,18 +91,34 @@ pub async fn page(
     conn: &mut AnyConnection,
     after: i64,
     limit: i64,
+    filter: &AuditFilter<'_>,
 ) -> Result<Vec<AuditRow>, StoreError> {
     Ok(sqlx::query_as::<_, AuditRow>(
         "SELECT seq, at, actor, action, target, outcome, client_addr, prev_hash, hash \
-         FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+         FROM audit_log WHERE seq > $1 AND ($3 IS NULL OR action = $3) \
+         AND ($4 IS NULL OR substr(target, 1, length($4)) = $4) \
+         AND ($5 IS NULL OR outcome = $5) ORDER BY seq LIMIT $2",
     )
     .bind(after)
     .bind(limit)
+    .bind(filter.action)
+    .bind(filter.target_prefix)
+    .bind(filter.outcome)
     .fetch_all(conn)
     .await?)
 }
 
-/// The chain head without locking.
+/// What an audit page is limited to (None: anything).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AuditFilter<'a> {
+    /// exactly this action
+    pub action: Option<&'a str>,
+    /// targets starting with this
+    pub target_prefix: Option<&'a str>,
+    /// `success` or `failure`
+    pub outcome: Option<&'a str>,
+}
+
 /// The `(seq, hash)` of the highest audit row present (`(0, 64 zeros)` for an empty chain):
 /// what a checkpoint may sign. Unlike [`head`], never a row cut from the end.
 pub async fn last_row(conn: &mut AnyConnection) -> Result<(i64, String), StoreError> {
@@ -114,7 +130,7 @@ pub async fn last_row(conn: &mut AnyConnection) -> Result<(i64, String), StoreEr
     .unwrap_or_else(|| (0, "0".repeat(64))))
 }
 
-/// The chain head writers lock.
+/// The chain head writers lock (read here without locking).
 pub async fn head(conn: &mut AnyConnection) -> Result<(i64, String), StoreError> {
     Ok(sqlx::query_as::<_, (i64, String)>("SELECT seq, hash FROM audit_head WHERE id = 1")
         .fetch_one(conn)

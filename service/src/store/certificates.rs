@@ -99,6 +99,7 @@ pub async fn page(
     conn: &mut AnyConnection,
     device_id: Option<&str>,
     prefix: Option<&str>,
+    profile: Option<&str>,
     after: &str,
     limit: i64,
 ) -> Result<Vec<OwnedCertificateRow>, StoreError> {
@@ -109,12 +110,14 @@ pub async fn page(
          FROM certificates c LEFT JOIN devices d ON d.device_id = c.device_id \
          WHERE ($1 IS NULL OR c.device_id = $1) AND c.serial > $2 \
          AND ($4 IS NULL OR substr(c.device_id, 1, length($4)) = $4) \
+         AND ($5 IS NULL OR c.profile = $5) \
          ORDER BY c.serial LIMIT $3",
     )
     .bind(device_id)
     .bind(after)
     .bind(limit)
     .bind(prefix)
+    .bind(profile)
     .fetch_all(conn)
     .await?)
 }

@@ -144,6 +144,48 @@ pub async fn existing(
     super::present(conn, "devices", "device_id", ids).await
 }
 
+/// `(enabled, disabled)` devices whose id has `prefix` and, with `groups`, that one of those
+/// groups owns.
+pub async fn counts(
+    conn: &mut AnyConnection,
+    prefix: Option<&str>,
+    groups: Option<&[String]>,
+) -> Result<(i64, i64), StoreError> {
+    if groups.is_some_and(<[String]>::is_empty) {
+        return Ok((0, 0));
+    }
+    // Placeholders numbered in bind order (plain `?` on SQLite): the prefix twice, then groups.
+    let dialect = super::dialect_of(conn);
+    let mut clauses = vec!["1 = 1".to_owned()];
+    let mut binds: Vec<&str> = Vec::new();
+    if let Some(p) = prefix {
+        clauses.push(format!(
+            "substr(device_id, 1, length({})) = {}",
+            super::placeholders(dialect, 1, 1),
+            super::placeholders(dialect, 2, 1)
+        ));
+        binds.extend([p, p]);
+    }
+    if let Some(g) = groups {
+        clauses.push(format!(
+            "owner_kind = 'enrollment_group' AND enrollment_group_id IN ({})",
+            super::placeholders(dialect, binds.len() + 1, g.len())
+        ));
+        binds.extend(g.iter().map(String::as_str));
+    }
+    let sql = format!(
+        "SELECT status, COUNT(*) FROM devices WHERE {} GROUP BY status",
+        clauses.join(" AND ")
+    );
+    let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql));
+    for b in binds {
+        q = q.bind(b);
+    }
+    let rows = q.fetch_all(conn).await?;
+    let count = |s: &str| rows.iter().find(|(st, _)| st == s).map_or(0, |(_, n)| *n);
+    Ok((count("enabled"), count("disabled")))
+}
+
 /// Inserts a device (Conflict when the id exists).
 pub async fn insert(conn: &mut AnyConnection, d: &DeviceRow) -> Result<(), StoreError> {
     let mut w = super::Writes::new(super::dialect_of(conn));

@@ -114,6 +114,7 @@ pub async fn list(
     store: &Store,
     scope: Option<&crate::auth::Scope>,
     device_id: Option<&str>,
+    kind: Option<&str>,
     after: &str,
     limit: i64,
 ) -> Result<(Vec<CertificateRow>, bool), StoreError> {
@@ -132,9 +133,26 @@ pub async fn list(
             })
         },
         |after, n| async move {
-            rows::page(&mut *store.conn().await?, device_id, prefix, &after, n).await
+            rows::page(&mut *store.conn().await?, device_id, prefix, kind, &after, n).await
         },
     )
     .await?;
     Ok((rows.into_iter().map(|r| r.cert).collect(), more))
+}
+
+/// One certificate as `scope` may see it (None when unknown or outside the scope: server and
+/// instance certificates are outside every scope).
+pub async fn get(
+    store: &Store,
+    scope: Option<&crate::auth::Scope>,
+    serial: &str,
+) -> Result<Option<CertificateRow>, StoreError> {
+    let mut conn = store.conn().await?;
+    let Some(cert) = rows::get(&mut conn, serial).await? else { return Ok(None) };
+    if let Some(scope) = scope {
+        if !super::revoke::certificate_in_scope(&mut conn, scope, &cert).await? {
+            return Ok(None);
+        }
+    }
+    Ok(Some(cert))
 }

@@ -208,6 +208,16 @@ fn apply_auth(row: &mut DeviceRow, ring: &KeyRing, auth: &Authentication) {
     }
 }
 
+/// `(enabled, disabled)` devices inside `scope`.
+pub async fn counts(
+    store: &Store,
+    scope: Option<&crate::auth::Scope>,
+) -> Result<(i64, i64), StoreError> {
+    let prefix = scope.and_then(|s| s.device_id_prefix.as_deref());
+    let groups = scope.and_then(|s| s.enrollment_group_ids.as_deref());
+    rows::counts(&mut *store.conn().await?, prefix, groups).await
+}
+
 /// Reads one device.
 pub async fn get(store: &Store, ring: &KeyRing, id: &str) -> Result<Device, DeviceError> {
     let row = rows::lookup(store, id).await?.ok_or(DeviceError::NotFound)?;

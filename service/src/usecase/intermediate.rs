@@ -141,3 +141,52 @@ pub async fn issue_server_certificate(
     let chain = format!("{}{}", cert.pem(), issuer.cert_pem());
     Ok((cert, chain))
 }
+
+/// One CA of the hierarchy as the console shows it.
+#[derive(Debug, Clone)]
+pub struct IssuerInfo {
+    /// lowercase hex SKI
+    pub issuer_id: String,
+    /// subject DN
+    pub subject: String,
+    /// notBefore
+    pub not_before: i64,
+    /// notAfter
+    pub not_after: i64,
+    /// the intermediate that issues now
+    pub current: bool,
+    /// the root
+    pub root: bool,
+    /// number of its current CRL (none before the first)
+    pub crl_number: Option<i64>,
+    /// nextUpdate of its current CRL
+    pub crl_next_update: Option<i64>,
+}
+
+/// Every CA of the hierarchy with its CRL state, root last.
+pub async fn issuers(store: &Store, authority: &Authority) -> Result<Vec<IssuerInfo>, StoreError> {
+    let crls = crate::store::issuers::crl_states(&mut *store.conn().await?).await?;
+    let active = authority.active_entry().id.clone();
+    let mut out: Vec<IssuerInfo> = authority
+        .entries()
+        .iter()
+        .map(|e| {
+            let parsed = x509_parser::parse_x509_certificate(&e.cert_der)
+                .ok()
+                .map(|(_, c)| (c.subject().to_string(), c.validity().not_before.timestamp()));
+            let crl = crls.iter().find(|(id, _, _)| *id == e.id);
+            IssuerInfo {
+                issuer_id: e.id.clone(),
+                subject: parsed.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+                not_before: parsed.map_or(0, |p| p.1),
+                not_after: e.not_after,
+                current: e.id == active,
+                root: e.is_root,
+                crl_number: crl.map(|c| c.1),
+                crl_next_update: crl.map(|c| c.2),
+            }
+        })
+        .collect();
+    out.sort_by_key(|i| (i.root, !i.current, i.issuer_id.clone()));
+    Ok(out)
+}

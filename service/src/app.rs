@@ -241,6 +241,7 @@ impl Application {
                 }))
                 .wrap(from_fn(http::guard))
                 .wrap(from_fn(http::measure))
+                .wrap(from_fn(http::access::log))
                 .configure(http::configure)
                 .default_service(web::to(|| async {
                     Err::<String, _>(ApiError::NotFound("no such route".into()))
@@ -256,6 +257,18 @@ impl Application {
             addr: listen.clone(),
             source: std::io::Error::other("no address bound"),
         })?;
+        let issuer = state.authority().active_entry().id.clone();
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            data_dir = %state.config.data_dir.display(),
+            database = %state.config.database().masked(),
+            host_name = %state.config.host_name,
+            id_scope = %state.config.id_scope,
+            public_url = %state.config.public_base_url(),
+            listen = %addr,
+            intermediate = %issuer,
+            "provisiond starting"
+        );
         Ok(Self { server: server.run(), addr, state, _instance_lock: instance_lock })
     }
 

@@ -146,7 +146,12 @@ enum AuditCommand {
 /// Entry point of the `provisiond` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The log format may be set in provisiond.toml: a quiet first read of the configuration
+    // picks it (the real load, after this, reports any problem through the logger).
+    let format = Config::load(&Overrides { data_dir: cli.data_dir.clone(), ..Default::default() })
+        .map(|c| c.log_format)
+        .unwrap_or_default();
+    init_tracing(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -163,11 +168,19 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs go to stderr (stdout carries only what scripts read), as text — coloured only on a
+/// terminal, never escape codes in a log file — or as one JSON object per line.
+fn init_tracing(format: crate::config::LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        crate::config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        crate::config::LogFormat::Text => {
+            builder.with_ansi(std::io::stderr().is_terminal()).try_init()
+        }
+    };
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode, String> {

@@ -111,6 +111,17 @@ impl std::fmt::Debug for DatabaseUrl {
     }
 }
 
+/// How the server writes its log (stderr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// human-readable lines (colour only on a terminal)
+    #[default]
+    Text,
+    /// one JSON object per line (for log shippers)
+    Json,
+}
+
 /// Everything provisiond is configured by.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -130,7 +141,10 @@ pub struct Config {
     pub master_key_file: Option<PathBuf>,
     /// Root CA key file; default `{data_dir}/root-ca.key`.
     pub root_key_file: Option<PathBuf>,
-    /// Public base URL put into certificates' CRL DP / OCSP AIA; default `https://{listen}`.
+    /// `text` (default) or `json`: the log format on stderr.
+    pub log_format: LogFormat,
+    /// Public base URL put into certificates' CRL DP / OCSP AIA; default
+    /// `https://{host_name}:{bound port}`.
     pub public_url: Option<String>,
     /// Extra DNS names / IPs for the service's TLS certificate.
     pub tls_names: Vec<String>,
@@ -152,6 +166,7 @@ impl Default for Config {
             database_url: None,
             master_key_file: None,
             root_key_file: None,
+            log_format: LogFormat::Text,
             public_url: None,
             tls_names: Vec::new(),
             sas_skew_secs: 300,
@@ -219,6 +234,10 @@ impl Config {
             "PROVISIOND_SAS_SKEW_SECS",
             "PROVISIOND_CRL_VALIDITY_SECS",
             "PROVISIOND_DB_MAX_CONNECTIONS",
+            "PROVISIOND_LOG_FORMAT",
+            "PROVISIOND_URL",
+            "PROVISIOND_CONNECTION_STRING",
+            "PROVISIOND_PKCS11_PIN",
             "PROVISIOND_TEST_DB",
             "PROVISIOND_TEST_PG_URL",
             "PROVISIOND_REQUIRE_INTEROP",
@@ -230,6 +249,18 @@ impl Config {
             }
         }
         let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+        if let Some(v) = var("PROVISIOND_LOG_FORMAT") {
+            self.log_format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "PROVISIOND_LOG_FORMAT".into(),
+                        reason: "expected text or json".into(),
+                    })
+                }
+            };
+        }
         if let Some(v) = var("PROVISIOND_HOST_NAME") {
             self.host_name = v;
         }

@@ -5,6 +5,7 @@
 //! authenticates and authorizes before any handler runs. Handlers are thin: parse, call a use
 //! case, map the result.
 
+pub mod access;
 pub mod audit;
 pub mod bundles;
 pub mod ca;

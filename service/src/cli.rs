@@ -64,6 +64,23 @@ enum Command {
     },
     /// Apply database migrations.
     Migrate,
+    /// Write a backup of this deployment to a new file (0600): config, master key, CA chain
+    /// and, on SQLite, a consistent snapshot of the database taken while the server runs. On
+    /// PostgreSQL it prints the pg_dump / pg_restore commands for the database.
+    Backup {
+        /// The backup file to create (refused if it exists).
+        #[arg(long, value_name = "F")]
+        out: PathBuf,
+        /// Include the root CA key (it belongs offline: only with this flag).
+        #[arg(long)]
+        with_root_key: bool,
+    },
+    /// Restore a backup into an absent or empty data directory (--data-dir).
+    Restore {
+        /// The backup file.
+        #[arg(long, value_name = "F")]
+        from: PathBuf,
+    },
     /// Rotate the master key: add a new version, re-seal every secret in batches, then retire
     /// the old version. Safe to run while servers run; resumable if interrupted.
     RotateMasterKey {
@@ -218,6 +235,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Serve { init, .. } => serve(config, explicit_data_dir, init).await,
         Command::Migrate => migrate(config).await,
+        Command::Backup { out, with_root_key } => backup(config, out, with_root_key).await,
+        Command::Restore { from } => restore(config, from),
         Command::RotateMasterKey { batch_size, grace_secs, stop_after_batches } => {
             let opts = crate::usecase::rotate_master_key::RotateOptions {
                 batch_size: batch_size.clamp(1, 10_000),
@@ -290,6 +309,34 @@ async fn serve(mut config: Config, explicit: bool, init: bool) -> Result<ExitCod
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     app.run_until_stopped().await.map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `provisiond backup`
+async fn backup(config: Config, out: PathBuf, with_root_key: bool) -> Result<ExitCode, String> {
+    let store =
+        crate::store::Store::connect(&config.database(), 2).await.map_err(|e| error_chain(&e))?;
+    let report = crate::usecase::backup::backup(&config, &store, &out, with_root_key)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    eprintln!("wrote {} ({})", out.display(), report.entries.join(", "));
+    if !report.database_included {
+        let url = config.database().masked();
+        eprintln!(
+            "the PostgreSQL database is not in the file; back it up with:\n  \
+             pg_dump --format=custom --file=provisiond.dump '{url}'\n\
+             and restore it into an empty database with:\n  \
+             pg_restore --no-owner --dbname='<new database url>' provisiond.dump"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `provisiond restore`
+fn restore(config: Config, from: PathBuf) -> Result<ExitCode, String> {
+    let restored =
+        crate::usecase::backup::restore(&from, &config.data_dir).map_err(|e| error_chain(&e))?;
+    eprintln!("restored {} into {}", restored.join(", "), config.data_dir.display());
     Ok(ExitCode::SUCCESS)
 }
 

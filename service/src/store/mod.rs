@@ -292,6 +292,21 @@ impl Store {
         Ok(())
     }
 
+    /// SQLite: writes a consistent snapshot of the database to a new file (`VACUUM INTO`, which
+    /// runs beside writers). Not for PostgreSQL (back it up with `pg_dump`).
+    pub async fn snapshot_to(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        if self.dialect != Dialect::Sqlite {
+            return Err(StoreError::Unavailable(sqlx::Error::Configuration(
+                "a PostgreSQL database is backed up with pg_dump".into(),
+            )));
+        }
+        sqlx::query("VACUUM INTO $1")
+            .bind(path.to_string_lossy().into_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;

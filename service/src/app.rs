@@ -98,6 +98,40 @@ pub const KEY_RELOAD_SECS: u64 = 5;
 /// How often a running server checkpoints the SQLite write-ahead log.
 pub const CHECKPOINT_MILLIS: u64 = 500;
 
+/// How often the summaries of rate-limited failures whose window ended are written.
+pub const SUMMARY_SECS: u64 = 5;
+
+/// Writes one `auth.failure.summary` audit row and one log line per rate-limited key whose
+/// window is over (every window with `all`, at shutdown): the failures it refused were counted,
+/// not written one by one (API.md A25, A30).
+pub async fn write_failure_summaries(state: &AppState, all: bool) {
+    let now = state.now();
+    let summaries =
+        if all { state.limiter.drain_summaries(now) } else { state.limiter.due_summaries(now) };
+    let entries: Vec<crate::audit::Entry> =
+        summaries.iter().map(crate::audit::Entry::auth_failure_summary).collect();
+    for (s, e) in summaries.iter().zip(&entries) {
+        tracing::warn!(
+            principal = %e.target,
+            client_addr = %s.addr,
+            count = s.count,
+            "authentication failures refused while rate-limited"
+        );
+    }
+    // Bounded transactions (a full limiter table holds 65,536 keys).
+    for chunk in entries.chunks(500) {
+        let written = async {
+            let mut tx = state.store.begin().await?;
+            crate::audit::append_many(&mut tx, state.store.dialect(), &state.audit_key, chunk, now)
+                .await?;
+            tx.commit().await.map_err(StoreError::from)
+        };
+        if let Err(e) = written.await {
+            tracing::warn!(error = %http::problem::error_chain(&e), "failure summaries not audited");
+        }
+    }
+}
+
 /// A built, bound, not yet running server.
 pub struct Application {
     server: actix_web::dev::Server,
@@ -194,6 +228,15 @@ impl Application {
                 }
             }
         });
+        let summarizer = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(SUMMARY_SECS));
+            loop {
+                tick.tick().await;
+                write_failure_summaries(&summarizer, false).await;
+                crate::auth::password::release_idle();
+            }
+        });
         let data = state.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -233,6 +276,7 @@ impl Application {
     /// Serves until SIGTERM / SIGINT; in-flight requests finish.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        write_failure_summaries(&self.state, true).await;
         self.state.store.close().await;
         result
     }

@@ -183,10 +183,12 @@ pub async fn guard(
 }
 
 async fn audit_denied(state: &Arc<AppState>, actor: &str, req: &actix_web::HttpRequest) {
+    // The path is the caller's text: bounded and escaped like a failure row's (API.md A25).
+    let path = crate::audit::bounded_text(req.path(), crate::audit::MAX_PATH_CHARS);
     let entry = crate::audit::Entry::failure(
         actor,
         "auth.forbidden",
-        req.path(),
+        &path,
         extract::client_ip(req).as_deref(),
     );
     if let Err(e) = crate::audit::record(&state.store, &state.audit_key, &entry, state.now()).await

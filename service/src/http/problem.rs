@@ -39,12 +39,18 @@ pub enum ApiError {
     /// 501.
     #[error("{0}")]
     NotImplemented(String),
+    /// 503: too much work queued (password hashing); retry after a second.
+    #[error("the server is busy; retry after 1 s")]
+    Overloaded,
     /// 413.
     #[error("request body too large (JSON bodies are limited to 1 MiB)")]
     PayloadTooLarge,
     /// 412.
     #[error("precondition failed: the resource changed (etag mismatch)")]
     PreconditionFailed,
+    /// 408: the request body did not arrive in time.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// 429.
     #[error("too many failed authentications; retry after {retry_after} s")]
     TooManyRequests {
@@ -81,8 +87,10 @@ impl ApiError {
             ApiError::MethodNotAllowed => ("method-not-allowed", "Method Not Allowed"),
             ApiError::NotFound(_) => ("not-found", "Not Found"),
             ApiError::NotImplemented(_) => ("not-implemented", "Not Implemented"),
+            ApiError::Overloaded => ("overloaded", "Service Unavailable"),
             ApiError::PayloadTooLarge => ("payload-too-large", "Payload Too Large"),
             ApiError::PreconditionFailed => ("precondition-failed", "Precondition Failed"),
+            ApiError::RequestTimeout => ("request-timeout", "Request Timeout"),
             ApiError::TooManyRequests { .. } => ("rate-limited", "Too Many Requests"),
             ApiError::Unauthorized { .. } => ("unauthorized", "Unauthorized"),
             ApiError::Unavailable => ("unavailable", "Service Unavailable"),
@@ -117,8 +125,10 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -146,6 +156,12 @@ impl ResponseError for ApiError {
             }
             ApiError::Unavailable => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::Overloaded => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RequestTimeout => {
+                resp.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
             }
             _ => {}
         }

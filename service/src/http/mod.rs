@@ -203,8 +203,10 @@ pub async fn measure(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let start = Instant::now();
+    // Bounded label sets (API.md A25): the matched route template, never the raw path; the
+    // standard methods by name and any other method string as `other`.
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let res = next.call(req).await;
     if let Some(state) = state {
@@ -212,11 +214,7 @@ pub async fn measure(
             Ok(r) => r.status().as_u16(),
             Err(e) => e.as_response_error().status_code().as_u16(),
         };
-        state
-            .metrics
-            .http_requests
-            .with_label_values(&[&route, &method, &status.to_string()])
-            .inc();
+        state.metrics.http_requests.with_label_values(&[&route, method, &status.to_string()]).inc();
         state
             .metrics
             .http_duration
@@ -226,9 +224,35 @@ pub async fn measure(
     res
 }
 
+/// The `method` label of a request: one of the standard methods, or `other`.
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::PATCH => "PATCH",
+        M::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_labels_are_the_standard_methods_or_other() {
+        use actix_web::http::Method;
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for odd in ["TRACE", "CONNECT", "FOO", "get", "X-ANYTHING-123"] {
+            let m = Method::from_bytes(odd.as_bytes()).unwrap();
+            assert_eq!(method_label(&m), "other", "{odd}");
+        }
+    }
 
     #[test]
     fn every_route_in_the_table_is_in_the_openapi_contract() {

@@ -181,6 +181,7 @@ pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
         metrics: Metrics::new()?,
         registrations: Default::default(),
         policy_cache: Default::default(),
+        enrollment_groups: Default::default(),
     })
 }
 

@@ -363,6 +363,7 @@ pub async fn put(
     };
     cx.audit(&mut tx, store.dialect(), action, &g.id).await?;
     tx.commit().await.map_err(StoreError::from)?;
+    store.groups_changed();
     Ok((g, created))
 }
 
@@ -385,6 +386,7 @@ pub async fn delete(
     let action = if individual { "enrollment.delete" } else { "enrollment_group.delete" };
     cx.audit(&mut tx, store.dialect(), action, id).await?;
     tx.commit().await.map_err(StoreError::from)?;
+    store.groups_changed();
     Ok(())
 }
 

@@ -238,6 +238,7 @@ impl Application {
                 crate::auth::password::release_idle();
             }
         });
+        let header_timeout = Duration::from_secs(state.config.request_header_timeout_secs.max(1));
         let data = state.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -251,13 +252,15 @@ impl Application {
                 }))
                 .wrap(from_fn(http::guard))
                 .wrap(from_fn(http::measure))
+                .wrap(from_fn(http::limits::bodies))
                 .configure(http::configure)
                 .default_service(web::to(|| async {
                     Err::<String, _>(ApiError::NotFound("no such route".into()))
                 }))
         })
         .on_connect(crate::mtls::on_connect)
-        .client_request_timeout(Duration::from_secs(30))
+        // A request head must arrive within this (API.md A25); bodies: `http::limits`.
+        .client_request_timeout(header_timeout)
         .tls_handshake_timeout(Duration::from_secs(5))
         .shutdown_timeout(20)
         .bind_rustls_0_23(&listen, tls)

@@ -111,6 +111,11 @@ pub struct Config {
     pub crl_validity_secs: i64,
     /// Database pool size.
     pub db_max_connections: u32,
+    /// A request head must arrive within this many seconds (API.md A25).
+    pub request_header_timeout_secs: u64,
+    /// A request body must arrive within this many seconds, and no read of a body (NDJSON
+    /// included) waits longer than this for its next byte (API.md A25, A30).
+    pub request_body_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -128,6 +133,8 @@ impl Default for Config {
             sas_skew_secs: 300,
             crl_validity_secs: 86_400,
             db_max_connections: 8,
+            request_header_timeout_secs: 10,
+            request_body_timeout_secs: 30,
         }
     }
 }
@@ -177,6 +184,8 @@ impl Config {
             "PROVISIOND_SAS_SKEW_SECS",
             "PROVISIOND_CRL_VALIDITY_SECS",
             "PROVISIOND_DB_MAX_CONNECTIONS",
+            "PROVISIOND_REQUEST_HEADER_TIMEOUT_SECS",
+            "PROVISIOND_REQUEST_BODY_TIMEOUT_SECS",
             "PROVISIOND_TEST_DB",
             "PROVISIOND_TEST_PG_URL",
             "PROVISIOND_REQUIRE_INTEROP",
@@ -225,6 +234,12 @@ impl Config {
         }
         if let Some(v) = int("PROVISIOND_DB_MAX_CONNECTIONS")? {
             self.db_max_connections = v.clamp(1, 256) as u32;
+        }
+        if let Some(v) = int("PROVISIOND_REQUEST_HEADER_TIMEOUT_SECS")? {
+            self.request_header_timeout_secs = v.clamp(1, 3600) as u64;
+        }
+        if let Some(v) = int("PROVISIOND_REQUEST_BODY_TIMEOUT_SECS")? {
+            self.request_body_timeout_secs = v.clamp(1, 3600) as u64;
         }
         Ok(())
     }

@@ -209,7 +209,8 @@ pub async fn self_register(
 
 // ---- Azure DPS-compatible device API ----
 
-fn dps_error(status: StatusCode, code: u32, message: &str) -> HttpResponse {
+/// A DPS error answer: `{"errorCode", "trackingId", "message", "timestampUtc"}`.
+pub(crate) fn dps_error(status: StatusCode, code: u32, message: &str) -> HttpResponse {
     let mut resp = HttpResponse::build(status).json(json!({
         "errorCode": code,
         "trackingId": uuid::Uuid::new_v4().to_string(),

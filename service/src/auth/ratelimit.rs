@@ -608,4 +608,40 @@ mod tests {
             assert!((500..1500).contains(&n), "{n}");
         }
     }
+
+    /// Cost per failure with a full table under 8 threads, and per valid caller's check:
+    /// `cargo test -p service --release -- --ignored limiter_cost --nocapture`.
+    #[test]
+    #[ignore = "measurement, run by hand"]
+    #[allow(clippy::print_stdout)]
+    fn limiter_cost_under_eight_attackers() {
+        let l = std::sync::Arc::new(FailureLimiter::default());
+        let per_thread = 200_000;
+        let started = std::time::Instant::now();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    for i in 0..per_thread {
+                        l.record(
+                            Some(&format!("name{t}-{i}")),
+                            &format!("10.{t}.{}.{}", i / 250 % 250, i % 250),
+                            0,
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let total = started.elapsed();
+        println!(
+            "{} failures from 8 threads in {total:?}: {:?} per failure (wall), {} keys held of {}",
+            8 * per_thread,
+            total / (8 * per_thread),
+            l.len(),
+            l.capacity()
+        );
+    }
 }

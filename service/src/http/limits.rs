@@ -4,7 +4,8 @@
 //! [`bodies`] wraps every request's payload ([`TimedPayload`]): while the server waits to read,
 //! each chunk must arrive within the idle timeout, and a whole body (except an NDJSON stream)
 //! within the total timeout, both `request_body_timeout_secs` (default 30 s). Time the server
-//! spends not reading (a handler busy, an NDJSON answer waiting to be read) does not count. On
+//! spends not reading (a handler busy, an NDJSON answer waiting to be read, a read that only
+//! peeks with `now_or_never`) does not count toward the idle timeout. On
 //! expiry the read fails with an I/O `TimedOut` error ([`is_body_timeout`]) and, when the answer
 //! has not started yet, it becomes 408 and the connection closes.
 //!
@@ -50,8 +51,8 @@ pub struct TimedPayload {
     total: Option<Duration>,
     /// armed by the first read
     deadline: Option<Pin<Box<Sleep>>>,
-    /// armed while a read waits for data, cleared when data arrives
-    waiting: Option<Pin<Box<Sleep>>>,
+    /// armed while a read waits for data (with that reader's waker), cleared when data arrives
+    waiting: Option<(Pin<Box<Sleep>>, std::task::Waker)>,
     timed_out: Arc<AtomicBool>,
     done: bool,
 }
@@ -85,9 +86,21 @@ impl Stream for TimedPayload {
             this.done = item.is_none();
             return Poll::Ready(item);
         }
-        let idle = this.idle;
-        let waiting = this.waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-        let idle_over = waiting.as_mut().poll(cx).is_ready();
+        // The idle clock runs while one reader waits: armed by a read that found nothing,
+        // restarted when another waker reads (the reader had not been waiting in between),
+        // never armed by a peek (`now_or_never`, a no-op waker), which does not wait at all.
+        let waker = cx.waker();
+        let peek = futures_util::task::noop_waker_ref().will_wake(waker);
+        let idle_over = if peek {
+            this.waiting = None;
+            false
+        } else {
+            let same_reader = this.waiting.as_ref().is_some_and(|(_, w)| w.will_wake(waker));
+            if !same_reader {
+                this.waiting = Some((Box::pin(tokio::time::sleep(this.idle)), waker.clone()));
+            }
+            this.waiting.as_mut().is_some_and(|(sleep, _)| sleep.as_mut().poll(cx).is_ready())
+        };
         let total_over = this.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
         if idle_over || total_over {
             this.done = true;
@@ -248,6 +261,28 @@ mod tests {
         assert!(p.next().await.unwrap().is_ok());
         // The handler is busy (answers waiting to be read) for longer than the idle timeout.
         tokio::time::sleep(Duration::from_secs(120)).await;
+        assert!(p.next().await.unwrap().is_ok());
+        assert!(p.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peek_does_not_start_the_idle_clock() {
+        use futures_util::FutureExt as _;
+        // NDJSON: the handler peeks for more input, then waits a long time for the client to
+        // read its answers, then reads again; the body is still alive.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, PayloadError>>();
+        let rx =
+            futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|i| (i, rx)) });
+        let s: BoxedStream = Box::pin(rx);
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut p = TimedPayload::new(Payload::from(s), Duration::from_secs(30), None, flag);
+        assert!(p.next().now_or_never().is_none(), "nothing yet");
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        // The next line arrives a second after the handler reads again.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tx.send(Ok(Bytes::from_static(b"x\n"))).unwrap();
+        });
         assert!(p.next().await.unwrap().is_ok());
         assert!(p.next().await.is_none());
     }

@@ -98,6 +98,9 @@ pub const KEY_RELOAD_SECS: u64 = 5;
 /// How often a running server checkpoints the SQLite write-ahead log.
 pub const CHECKPOINT_MILLIS: u64 = 500;
 
+/// How long a kept-alive connection may stay silent between requests.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
 /// How often the summaries of rate-limited failures whose window ended are written.
 pub const SUMMARY_SECS: u64 = 5;
 
@@ -239,6 +242,16 @@ impl Application {
             }
         });
         let header_timeout = Duration::from_secs(state.config.request_header_timeout_secs.max(1));
+        // Heads after a connection's first request: see `http::heads`.
+        let watchdog = Arc::new(http::heads::Watchdog::new(KEEP_ALIVE + header_timeout));
+        let sweeper = watchdog.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                sweeper.sweep();
+            }
+        });
         let data = state.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -253,12 +266,17 @@ impl Application {
                 .wrap(from_fn(http::guard))
                 .wrap(from_fn(http::measure))
                 .wrap(from_fn(http::limits::bodies))
+                .wrap(from_fn(http::heads::track))
                 .configure(http::configure)
                 .default_service(web::to(|| async {
                     Err::<String, _>(ApiError::NotFound("no such route".into()))
                 }))
         })
-        .on_connect(crate::mtls::on_connect)
+        .on_connect(move |conn, ext| {
+            crate::mtls::on_connect(conn, ext);
+            watchdog.on_connect(conn, ext);
+        })
+        .keep_alive(KEEP_ALIVE)
         // A request head must arrive within this (API.md A25); bodies: `http::limits`.
         .client_request_timeout(header_timeout)
         .tls_handshake_timeout(Duration::from_secs(5))

@@ -239,11 +239,10 @@ async fn a_login_body_trickled_slowly_is_answered_408_and_closed() {
     assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
 }
 
-#[tokio::test]
-async fn a_request_head_that_does_not_arrive_in_time_gets_408_and_is_closed() {
+/// Sends `first` then keeps the connection open; how long until the server closes it (at most
+/// 30 s), and what it answered.
+async fn hold_connection(app: &TestApp, first: &[u8], then: &[u8]) -> (Duration, String) {
     use std::io::{Read as _, Write as _};
-    let data = DataDir::init().await;
-    let app = spawn_with(data, &[("PROVISIOND_REQUEST_HEADER_TIMEOUT_SECS", "2")]).await;
     let mut client = std::process::Command::new("openssl")
         .args(["s_client", "-quiet", "-connect", &format!("127.0.0.1:{}", app.port), "-CAfile"])
         .arg(app.chain_path())
@@ -253,8 +252,10 @@ async fn a_request_head_that_does_not_arrive_in_time_gets_408_and_is_closed() {
         .spawn()
         .unwrap();
     let mut stdin = client.stdin.take().unwrap();
-    // Half a head, then nothing (the connection stays open from this side).
-    stdin.write_all(b"POST /v1/auth/login HTTP/1.1\r\nHost: localhost\r\n").unwrap();
+    stdin.write_all(first).unwrap();
+    stdin.flush().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stdin.write_all(then).unwrap();
     stdin.flush().unwrap();
     let started = Instant::now();
     let mut stdout = client.stdout.take().unwrap();
@@ -263,17 +264,32 @@ async fn a_request_head_that_does_not_arrive_in_time_gets_408_and_is_closed() {
         let _ = stdout.read_to_string(&mut text);
         text
     });
-    while client.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(20) {
+    while client.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let elapsed = started.elapsed();
     let _ = client.kill();
     let _ = client.wait();
     drop(stdin);
-    let answer = answer.join().unwrap();
+    (elapsed, answer.join().unwrap())
+}
+
+#[tokio::test]
+async fn a_request_head_that_does_not_arrive_in_time_is_closed_first_or_later_on_a_connection() {
+    let data = DataDir::init().await;
+    let app = spawn_with(data, &[("PROVISIOND_REQUEST_HEADER_TIMEOUT_SECS", "2")]).await;
+    // Half a head, then nothing (the connection stays open from this side).
+    let half = b"POST /v1/auth/login HTTP/1.1\r\nHost: localhost\r\n";
+    let (elapsed, answer) = hold_connection(&app, half, b"").await;
     assert!(elapsed < Duration::from_secs(15), "connection still open after {elapsed:?}");
     // actix-http's codec answers before any routing: an empty 408, not a problem document.
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // The same after a first request on the connection (actix times the first head only):
+    // closed after keep-alive (5 s) + header timeout.
+    let first = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let (elapsed, answer) = hold_connection(&app, first, half).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(elapsed < Duration::from_secs(20), "connection still open after {elapsed:?}");
 }
 
 #[tokio::test]

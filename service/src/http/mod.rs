@@ -13,6 +13,7 @@ pub mod devices;
 pub mod enrollment;
 pub mod est;
 pub mod extract;
+pub mod heads;
 pub mod limits;
 pub mod operators;
 pub mod ops;

@@ -16,9 +16,8 @@
 //! What cannot be rendered here: actix-http's HTTP/1 codec answers a request head over 128 KiB
 //! (or with more than 96 headers) with an empty 431, and a head that does not arrive within
 //! `client_request_timeout` (10 s) with an empty 408, both before any routing, and closes the
-//! connection; a malformed head gets an empty 400. The head timer covers the first request of a
-//! connection; later requests on a kept-alive connection have the keep-alive timeout (5 s) until
-//! their first byte.
+//! connection; a malformed head gets an empty 400. actix's head timer covers the first request
+//! of a connection; `http::heads` closes a connection whose later head is late.
 
 use std::future::Future as _;
 use std::pin::Pin;

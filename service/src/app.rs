@@ -193,18 +193,52 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let instance_lock = lock_single_instance(&config)?;
-        let state = open_state(config, clock).await?;
+        let mut state = open_state(config, clock).await?;
+        match crate::usecase::revoke::mark_compromised_keys(&state.store, state.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "keys of certificates revoked for compromise marked"),
+            Err(e) => tracing::warn!(error = %e, "compromised keys not marked"),
+        }
+        let listen = state.config.listen.clone();
+        let listener =
+            bind(&listen).map_err(|source| StartError::Bind { addr: listen.clone(), source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr: listen.clone(), source })?;
+        if state.config.public_url.is_none() {
+            // CRL and OCSP pointers name the port actually bound, never `:0` (API.md A24).
+            state.config.public_url = Some(state.config.default_public_url(Some(bound.port())));
+        }
         let authority = state.authority();
+        // The public URL's host is always a name of the server certificate (API.md A30).
+        let mut names = state.config.tls_names.clone();
+        let public = state.config.public_base_url();
+        if let Ok(host) = crate::config::public_url_host(&public) {
+            if !names.contains(&host) {
+                names.push(host.clone());
+            }
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+            if loopback {
+                tracing::warn!(
+                    url = %public,
+                    "certificates will point devices at a loopback URL for CRL and OCSP: set \
+                     public_url (provisiond.toml, PROVISIOND_PUBLIC_URL or init --public-url) to \
+                     the address devices reach"
+                );
+            }
+        }
         let cred = crate::usecase::server_cert::issue_for_instance(
             &state.store,
             &authority,
             &state.config.host_name,
-            &state.config.tls_names,
+            &names,
             state.now(),
         )
         .await?;
         let tls = crate::tls::server_config(&cred)?;
-        let listen = state.config.listen.clone();
         let state = web::Data::new(state);
         let reloader = state.clone();
         let holder = crate::usecase::random_hex(8);
@@ -281,7 +315,7 @@ impl Application {
         .client_request_timeout(header_timeout)
         .tls_handshake_timeout(Duration::from_secs(5))
         .shutdown_timeout(20)
-        .bind_rustls_0_23(&listen, tls)
+        .listen_rustls_0_23(listener, tls)
         .map_err(|source| StartError::Bind { addr: listen.clone(), source })?;
         let addr = server.addrs().first().copied().ok_or_else(|| StartError::Bind {
             addr: listen.clone(),
@@ -302,6 +336,26 @@ impl Application {
         self.state.store.close().await;
         result
     }
+}
+
+/// Binds the HTTPS socket as actix would (address reuse, a backlog of 1,024), before the
+/// server is built, so the bound port is known to what the server issues.
+fn bind(listen: &str) -> std::io::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs as _;
+    let mut last = std::io::Error::other("the address resolves to nothing");
+    for addr in listen.to_socket_addrs()? {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        match socket.bind(&addr.into()).and_then(|()| socket.listen(1024)) {
+            Ok(()) => return Ok(socket.into()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Jobs that one instance at a time runs (a lease in the database, DESIGN.md "Scale-out"):

@@ -33,6 +33,14 @@ enum Command {
         /// Write the owner connection string to this file (mode 0600) instead of stdout.
         #[arg(long, value_name = "F")]
         credentials_out: Option<PathBuf>,
+        /// The URL devices and brokers reach this service at (absolute https://, no query):
+        /// CRL and OCSP pointers in every certificate use it, and its host is a SAN of the
+        /// server certificate. Default https://{host_name}:{bound port}.
+        #[arg(long, value_name = "URL")]
+        public_url: Option<String>,
+        /// An extra DNS name or IP address for the server certificate (repeatable).
+        #[arg(long = "tls-name", value_name = "NAME")]
+        tls_names: Vec<String>,
         /// Offline root: an intermediate certificate signed by --root-cert (PEM).
         #[arg(long, value_name = "F", requires_all = ["intermediate_key", "root_cert"])]
         intermediate_cert: Option<PathBuf>,
@@ -43,11 +51,16 @@ enum Command {
         #[arg(long, value_name = "F", requires_all = ["intermediate_cert", "intermediate_key"])]
         root_cert: Option<PathBuf>,
     },
-    /// Serve the HTTPS API (initializes the data directory on first run).
+    /// Serve the HTTPS API. Initializes the data directory only when it is the default
+    /// `./provisiond-data` and does not exist yet, or with --init; otherwise a missing or
+    /// uninitialized data directory is an error (run `provisiond init` first).
     Serve {
         /// Address to listen on (default 127.0.0.1:8443; port 0 picks a free port).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// Initialize the data directory (absent or empty) if it is not initialized yet.
+        #[arg(long)]
+        init: bool,
     },
     /// Apply database migrations.
     Migrate,
@@ -159,13 +172,21 @@ fn init_tracing() {
 
 async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     let listen = match &cli.command {
-        Command::Serve { listen } => listen.clone(),
+        Command::Serve { listen, .. } => listen.clone(),
         _ => None,
     };
-    let overrides = Overrides { data_dir: cli.data_dir.clone(), listen };
+    let explicit_data_dir =
+        cli.data_dir.is_some() || std::env::var_os("PROVISIOND_DATA_DIR").is_some();
+    let (public_url, tls_names) = match &cli.command {
+        Command::Init { public_url, tls_names, .. } => (public_url.clone(), tls_names.clone()),
+        _ => (None, Vec::new()),
+    };
+    let overrides = Overrides { data_dir: cli.data_dir.clone(), listen, public_url, tls_names };
     let config = Config::load(&overrides).map_err(|e| e.to_string())?;
     match cli.command {
-        Command::Init { credentials_out, intermediate_cert, intermediate_key, root_cert } => {
+        Command::Init {
+            credentials_out, intermediate_cert, intermediate_key, root_cert, ..
+        } => {
             let external = match (intermediate_cert, intermediate_key, root_cert) {
                 (Some(c), Some(k), Some(r)) => {
                     let read = |p: &PathBuf| {
@@ -182,7 +203,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             };
             init(config, credentials_out, external).await
         }
-        Command::Serve { .. } => serve(config).await,
+        Command::Serve { init, .. } => serve(config, explicit_data_dir, init).await,
         Command::Migrate => migrate(config).await,
         Command::RotateMasterKey { batch_size, grace_secs, stop_after_batches } => {
             let opts = crate::usecase::rotate_master_key::RotateOptions {
@@ -224,8 +245,19 @@ async fn init(
 
 /// `provisiond serve`
 #[allow(clippy::print_stdout)]
-async fn serve(mut config: Config) -> Result<ExitCode, String> {
+async fn serve(mut config: Config, explicit: bool, init: bool) -> Result<ExitCode, String> {
     if !config.file_path().exists() {
+        // Only the README's one command initializes by itself: the default directory, absent.
+        // Anything else (a typo, the wrong working directory) would silently make a second PKI.
+        if !init && (explicit || config.data_dir.exists()) {
+            eprintln!(
+                "error: {} is not an initialized provisiond data directory: run \
+                 `provisiond init --data-dir {0}` first, or `provisiond serve --init` to \
+                 initialize it now",
+                config.data_dir.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
         let listen = config.listen.clone();
         let done = crate::usecase::init::initialize(config, &SystemClock, None)
             .await

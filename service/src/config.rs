@@ -29,6 +29,35 @@ pub enum ConfigError {
         /// what went wrong
         reason: String,
     },
+    /// A setting has a value of the wrong form (whatever layer set it).
+    #[error("setting {key} is invalid: {reason}")]
+    Invalid {
+        /// the setting
+        key: &'static str,
+        /// what went wrong and the expected form
+        reason: &'static str,
+    },
+}
+
+/// The host of an absolute `https://` URL without query or fragment (`public_url`, API.md
+/// A30); an error names the expected form.
+pub fn public_url_host(url: &str) -> Result<String, ConfigError> {
+    let bad = |reason| ConfigError::Invalid { key: "public_url", reason };
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or(bad("an absolute https:// URL is expected, e.g. https://pki.example.com:8443"))?;
+    if url.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("no query, fragment or whitespace is allowed"));
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    if host.is_empty() || authority.contains('@') {
+        return Err(bad("a host is expected after https://, without user info"));
+    }
+    Ok(host.to_ascii_lowercase())
 }
 
 /// A database URL; its `Debug` masks any password.
@@ -146,6 +175,10 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--listen`
     pub listen: Option<String>,
+    /// `--public-url`
+    pub public_url: Option<String>,
+    /// `--tls-name` (repeatable)
+    pub tls_names: Vec<String>,
 }
 
 impl Config {
@@ -167,6 +200,15 @@ impl Config {
         config.apply_env()?;
         if let Some(listen) = &overrides.listen {
             config.listen = listen.clone();
+        }
+        if let Some(url) = &overrides.public_url {
+            config.public_url = Some(url.trim_end_matches('/').to_owned());
+        }
+        if !overrides.tls_names.is_empty() {
+            config.tls_names.clone_from(&overrides.tls_names);
+        }
+        if let Some(url) = &config.public_url {
+            public_url_host(url)?;
         }
         Ok(config)
     }
@@ -266,9 +308,19 @@ impl Config {
         })
     }
 
-    /// The public base URL for CRL / OCSP pointers.
+    /// The public base URL for CRL / OCSP pointers: `public_url`, else
+    /// `https://{host_name}:{port of listen}` (`serve` fills in the bound port before it
+    /// issues anything, so a certificate never points at port 0).
     pub fn public_base_url(&self) -> String {
-        self.public_url.clone().unwrap_or_else(|| format!("https://{}", self.listen))
+        self.public_url.clone().unwrap_or_else(|| self.default_public_url(None))
+    }
+
+    /// `https://{host_name}:{port}`, the port being `bound_port` or the one of `listen`.
+    pub fn default_public_url(&self, bound_port: Option<u16>) -> String {
+        let port = bound_port.map(|p| p.to_string()).unwrap_or_else(|| {
+            self.listen.rsplit_once(':').map_or_else(|| "8443".to_owned(), |(_, p)| p.to_owned())
+        });
+        format!("https://{}:{port}", self.host_name)
     }
 
     /// Writes the persistent part of the config (mode 0600: it may hold a database URL).

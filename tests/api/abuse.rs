@@ -43,7 +43,7 @@ impl TestApp {
         self.child.id()
     }
 
-    fn id_scope(&self) -> String {
+    fn dps_scope(&self) -> String {
         let toml = std::fs::read_to_string(self.data.path().join("provisiond.toml")).unwrap();
         let line = toml.lines().find(|l| l.starts_with("id_scope")).unwrap();
         line.split('"').nth(1).unwrap().to_owned()
@@ -176,7 +176,7 @@ async fn oversized_bodies_get_413_in_the_format_of_their_route() {
         let body = assert_problem(r, 413).await;
         assert!(body["detail"].as_str().unwrap().contains("too large"), "{path}: {body}");
     }
-    let scope = app.id_scope();
+    let scope = app.dps_scope();
     let url = app.url(&format!("/{scope}/registrations/big/register?api-version=2019-03-31"));
     let r = app
         .client

@@ -63,7 +63,7 @@ async fn serve_initializes_on_first_run_and_writes_the_owner_credentials_file() 
     let db = fresh_database().await;
     let d = dir.path().join("fresh");
     let mut child = command(&db)
-        .args(["serve", "--data-dir"])
+        .args(["serve", "--init", "--data-dir"])
         .arg(&d)
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -317,4 +317,73 @@ async fn init_with_an_offline_root_imports_the_intermediate_and_never_sees_the_r
         .post_json("/v1/ca/intermediate/rotate", &app.owner_token(), serde_json::json!({}))
         .await;
     assert_eq!(rot.status(), 409, "rotation needs the (offline) root key");
+}
+
+/// An explicit data dir that is missing (a typo, the wrong directory) is an error naming the
+/// fix, never a second PKI made silently (API.md A30).
+#[tokio::test]
+async fn serve_refuses_a_missing_explicit_data_dir_and_names_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database().await;
+    let d = dir.path().join("typo");
+    let out = command(&db)
+        .args(["serve", "--data-dir"])
+        .arg(&d)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("provisiond init") && err.contains("serve --init"), "{err}");
+    assert!(!d.exists(), "nothing created");
+    assert!(out.stdout.is_empty());
+}
+
+/// `init --public-url --tls-name` (API.md A30): certificates point at the public URL, its host
+/// is a name of the server certificate, and a URL of the wrong form is refused.
+#[tokio::test]
+async fn init_takes_the_public_url_and_tls_names_that_certificates_carry() {
+    let db = fresh_database().await;
+    let data = DataDir::init_with_args(
+        db,
+        &["--public-url", "https://pki.example.test:9443", "--tls-name", "broker.example.test"],
+    )
+    .await;
+    let toml = std::fs::read_to_string(data.path().join("provisiond.toml")).unwrap();
+    assert!(toml.contains("https://pki.example.test:9443"), "{toml}");
+    let app = spawn_with(data, &[]).await;
+    let r = app
+        .client
+        .put(app.url("/v1/enrollment-groups/g"))
+        .header("Authorization", app.owner_token())
+        .json(&serde_json::json!({"attestation": {"type": "symmetric_key"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = app
+        .client
+        .post(app.url("/v1/enrollment-groups/g/registrations"))
+        .header("Authorization", app.owner_token())
+        .json(&serde_json::json!({"registration_id": "u-1", "csr": crate::enrollment::p256("u-1")}))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    let leaf = ::pem::parse_many(body["certificate_chain"].as_str().unwrap()).unwrap()[0]
+        .contents()
+        .to_vec();
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let text = format!("{:?}", cert.extensions());
+    assert!(text.contains("https://pki.example.test:9443/v1/ca/crl/"), "{text}");
+    assert!(text.contains("https://pki.example.test:9443/v1/ca/ocsp"), "{text}");
+
+    let out = command(&None)
+        .args(["init", "--data-dir"])
+        .arg(app.data.dir.path().join("other"))
+        .args(["--public-url", "http://plain.example?x=1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("public_url"));
 }

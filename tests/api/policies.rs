@@ -233,7 +233,7 @@ async fn default_policies_are_allowed_exactly_their_routes() {
         }
     };
     for rule in service::http::ROUTES {
-        let service::http::Access::Requires(perm) = rule.access else { continue };
+        let Some(perm) = rule.access.permission() else { continue };
         let path = rule
             .path
             .replace("{id}", "authz-probe")
@@ -367,7 +367,7 @@ async fn every_protected_route_times_every_permission() {
     };
     let mut checked = 0;
     for rule in service::http::ROUTES {
-        let service::http::Access::Requires(needed) = rule.access else { continue };
+        let Some(needed) = rule.access.permission() else { continue };
         let path = rule
             .path
             .replace("{id}", "authz-probe")

@@ -65,7 +65,9 @@ struct CheckpointClaims {
 /// by the current intermediate over `{seq, hash, at}`.
 pub async fn checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut conn = state.store.conn().await?;
-    let (seq, hash) = crate::store::audit::head(&mut conn).await?;
+    // The last row present, not the head record: after rows are cut from the end the head
+    // still names the vanished row, and signing it would vouch for rows that are gone.
+    let (seq, hash) = crate::store::audit::last_row(&mut conn).await?;
     drop(conn);
     let claims = CheckpointClaims { seq, hash, at: rfc3339(state.now()) };
     let authority = state.authority();

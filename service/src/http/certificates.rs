@@ -11,6 +11,7 @@ use crate::state::AppState;
 
 /// `?device_id=&limit=&cursor=`
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     device_id: Option<String>,
     limit: Option<i64>,
@@ -29,34 +30,32 @@ pub async fn list(
         crate::ids::validate("device id", id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     }
     let now = state.now();
-    let mut conn = state.store.conn().await?;
-    let rows =
-        crate::store::certificates::page(&mut conn, q.device_id.as_deref(), &after, limit + 1)
-            .await?;
-    let more = rows.len() as i64 > limit;
-    let mut items = Vec::new();
-    let mut last = None;
-    for r in rows.into_iter().take(limit as usize) {
-        last = Some(r.serial.clone());
-        // Scoped principals see certificates of devices in their prefix scope only.
-        if who.0.scope.is_some()
-            && !r.device_id.as_deref().is_some_and(|d| who.0.sees_device(d, None))
-        {
-            continue;
-        }
-        let status = if r.revoked_at.is_some() {
-            "revoked"
-        } else if r.not_after <= now {
-            "expired"
-        } else {
-            "valid"
-        };
-        items.push(json!({
-            "serial": r.serial, "device_id": r.device_id, "issuer_id": r.issuer_id, "status": status,
-            "not_before": ts(r.not_before), "not_after": ts(r.not_after), "revoked_at": r.revoked_at.map(ts),
-        }));
-    }
-    let next = if more { last.map(|l| encode_cursor(&l)) } else { None };
+    let (rows, more) = crate::usecase::certificates::list(
+        &state.store,
+        who.0.scope.as_ref(),
+        q.device_id.as_deref(),
+        &after,
+        limit,
+    )
+    .await?;
+    let next = if more { rows.last().map(|r| encode_cursor(&r.serial)) } else { None };
+    let items: Vec<_> = rows
+        .into_iter()
+        .map(|r| {
+            let status = if r.revoked_at.is_some() {
+                "revoked"
+            } else if r.not_after <= now {
+                "expired"
+            } else {
+                "valid"
+            };
+            json!({
+                "serial": r.serial, "device_id": r.device_id, "issuer_id": r.issuer_id,
+                "status": status, "not_before": ts(r.not_before), "not_after": ts(r.not_after),
+                "revoked_at": r.revoked_at.map(ts),
+            })
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(json!({"items": items, "next_cursor": next})))
 }
 
@@ -86,7 +85,14 @@ pub async fn revoke(
             .ok_or_else(|| ApiError::BadRequest(format!("unknown revocation reason `{r}`")))?,
     };
     let rc = super::respond::RequestCtx::new(&state, &req, &who);
-    let row = crate::usecase::revoke::revoke(&state.store, &rc.cx(&state), &serial, reason).await?;
+    let row = crate::usecase::revoke::revoke(
+        &state.store,
+        &rc.cx(&state),
+        who.0.scope.as_ref(),
+        &serial,
+        reason,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(json!({
         "serial": row.serial,
         "status": "revoked",

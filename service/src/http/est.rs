@@ -108,6 +108,10 @@ async fn enroller(
 /// HTTP Basic with an enrollment token as the password: the token's group, if it is valid.
 async fn token_enroller(state: &AppState, user: &str, token: &str) -> Option<EstEnroller> {
     let claims = state.jwt.verify(token, ENROLLMENT_AUDIENCE, state.now(), 0).ok()?;
+    // A token minted for one id is no credential for another.
+    if claims.sub.as_deref().is_some_and(|sub| sub != user) {
+        return None;
+    }
     let group =
         groups::get(&state.store, &state.ring(), claims.grp.as_deref()?, false).await.ok()?;
     Some(EstEnroller {
@@ -129,6 +133,7 @@ pub async fn simpleenroll(
     let r = run_registration(
         &state,
         &req,
+        "est",
         who.group,
         who.jti,
         RegistrationRequest {
@@ -212,6 +217,7 @@ pub async fn serverkeygen(
     let r = run_registration(
         &state,
         &req,
+        "est",
         who.group,
         who.jti,
         RegistrationRequest {

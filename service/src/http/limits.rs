@@ -140,7 +140,7 @@ pub async fn bodies(
     // An `Err` comes from the guard (an `ApiError`, problem+json already) before any body read;
     // the request cannot be kept to render it here (routing needs it unshared).
     let res = next.call(req).await?.map_into_boxed_body();
-    Ok(render(res, timed_out.load(Ordering::Acquire)))
+    Ok(render(res, timed_out.load(Ordering::Acquire), secs))
 }
 
 /// The DPS routes answer DPS's error body, every other route problem+json.
@@ -148,7 +148,12 @@ fn is_dps_route(pattern: Option<&str>) -> bool {
     pattern.is_some_and(|p| p.starts_with("/{id_scope}/registrations/"))
 }
 
-fn render(res: ServiceResponse<BoxBody>, timed_out: bool) -> ServiceResponse<BoxBody> {
+/// `timeout`: the body timeout in seconds, named in a 408's detail.
+fn render(
+    res: ServiceResponse<BoxBody>,
+    timed_out: bool,
+    timeout: u64,
+) -> ServiceResponse<BoxBody> {
     let status = if timed_out { StatusCode::REQUEST_TIMEOUT } else { res.status() };
     if !status.is_client_error() && !status.is_server_error() {
         return res;
@@ -170,13 +175,13 @@ fn render(res: ServiceResponse<BoxBody>, timed_out: bool) -> ServiceResponse<Box
     }
     let detail = match status {
         StatusCode::PAYLOAD_TOO_LARGE => "request body too large".to_owned(),
-        StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout.to_string(),
+        StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout(timeout).to_string(),
         other => other.canonical_reason().unwrap_or("error").to_lowercase(),
     };
     let mut answer = if dps {
         super::registrations::dps_error(status, u32::from(status.as_u16()) * 1000 + 1, &detail)
     } else if timed_out {
-        ApiError::RequestTimeout.error_response()
+        ApiError::RequestTimeout(timeout).error_response()
     } else {
         let title = status.canonical_reason().unwrap_or("Error");
         let slug = title.to_ascii_lowercase().replace(' ', "-");

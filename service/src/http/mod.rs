@@ -43,9 +43,22 @@ pub enum Access {
     Public,
     /// A policy or operator holding this permission.
     Requires(Permission),
+    /// An unscoped policy or operator holding this permission: CA-level objects and the audit
+    /// trail (a scoped principal gets 403, API.md A30).
+    Unscoped(Permission),
     /// The handler authenticates the device itself (SAS attestation, enrollment JWT, client
     /// certificate, bundle token): there is no principal with permissions.
     Attestation,
+}
+
+impl Access {
+    /// The permission the route needs, if any.
+    pub fn permission(self) -> Option<Permission> {
+        match self {
+            Requires(p) | Unscoped(p) => Some(p),
+            Public | Attestation => None,
+        }
+    }
 }
 
 /// One row of the route table.
@@ -60,7 +73,7 @@ pub struct RouteRule {
     pub route: fn() -> Route,
 }
 
-use Access::{Attestation, Public, Requires};
+use Access::{Attestation, Public, Requires, Unscoped};
 use Permission::*;
 
 /// THE route table: one line per route — method, path, who may call it, handler.
@@ -76,8 +89,8 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET",    "/v1/ca/crl/{issuer_id}",           Public,                       || web::get().to(ca::crl_of)),
     rule("POST",   "/v1/ca/ocsp",                      Public,                       || web::post().to(ca::ocsp_post)),
     rule("GET",    "/v1/ca/ocsp/{req:.*}",             Public,                       || web::get().to(ca::ocsp_get)),
-    rule("POST",   "/v1/ca/intermediate/rotate",       Requires(CertificateAdmin),   || web::post().to(ca::rotate_intermediate)),
-    rule("POST",   "/v1/ca/server-certificates",       Requires(CertificateAdmin),   || web::post().to(ca::server_certificate)),
+    rule("POST",   "/v1/ca/intermediate/rotate",       Unscoped(CertificateAdmin),   || web::post().to(ca::rotate_intermediate)),
+    rule("POST",   "/v1/ca/server-certificates",       Unscoped(CertificateAdmin),   || web::post().to(ca::server_certificate)),
     rule("POST",   "/v1/certificates/{serial}/revoke", Requires(CertificateAdmin),   || web::post().to(certificates::revoke)),
     rule("GET",    "/v1/devices",                      Requires(RegistryRead),       || web::get().to(devices::list)),
     rule("PUT",    "/v1/devices/{id}",                 Requires(RegistryReadWrite),  || web::put().to(devices::put)),
@@ -89,13 +102,18 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST",   "/v1/devices/{id}/sas-token",       Requires(DeviceConnect),      || web::post().to(devices::sas_token)),
     rule("POST",   "/v1/sas/verify",                   Requires(ServiceConnect),     || web::post().to(devices::verify)),
     rule("GET",    "/v1/certificates",                 Requires(RegistryRead),       || web::get().to(certificates::list)),
+    rule("GET",    "/v1/policies",                     Requires(PolicyAdmin),        || web::get().to(policies::list)),
     rule("PUT",    "/v1/policies/{name}",              Requires(PolicyAdmin),        || web::put().to(policies::put)),
     rule("GET",    "/v1/policies/{name}",              Requires(PolicyAdmin),        || web::get().to(policies::get)),
     rule("DELETE", "/v1/policies/{name}",              Requires(PolicyAdmin),        || web::delete().to(policies::delete)),
     rule("POST",   "/v1/policies/{name}/keys/rotate",  Requires(PolicyAdmin),        || web::post().to(policies::rotate)),
+    rule("GET",    "/v1/operators",                    Requires(PolicyAdmin),        || web::get().to(operators::list)),
+    rule("GET",    "/v1/operators/{name}",             Requires(PolicyAdmin),        || web::get().to(operators::get)),
     rule("PUT",    "/v1/operators/{name}",             Requires(PolicyAdmin),        || web::put().to(operators::put)),
     rule("DELETE", "/v1/operators/{name}",             Requires(PolicyAdmin),        || web::delete().to(operators::delete)),
     rule("POST",   "/v1/auth/login",                   Public,                       || web::post().to(operators::login)),
+    rule("GET",    "/v1/enrollment-groups",            Requires(EnrollmentRead),     || web::get().to(enrollment::list_groups)),
+    rule("GET",    "/v1/enrollments",                  Requires(EnrollmentRead),     || web::get().to(enrollment::list_enrollments)),
     rule("PUT",    "/v1/enrollment-groups/{id}",       Requires(EnrollmentWrite),    || web::put().to(enrollment::put_group)),
     rule("GET",    "/v1/enrollment-groups/{id}",       Requires(EnrollmentRead),     || web::get().to(enrollment::get_group)),
     rule("DELETE", "/v1/enrollment-groups/{id}",       Requires(EnrollmentWrite),    || web::delete().to(enrollment::delete_group)),
@@ -108,6 +126,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("PUT",    "/{id_scope}/registrations/{registration_id}/register", Attestation, || web::put().to(registrations::dps_register)),
     rule("GET",    "/{id_scope}/registrations/{registration_id}/operations/{operation_id}", Attestation, || web::get().to(registrations::dps_operation)),
     rule("POST",   "/{id_scope}/registrations/{registration_id}", Attestation,       || web::post().to(registrations::dps_status)),
+    rule("GET",    "/v1/bundles",                      Requires(BundleCreate),       || web::get().to(bundles::list)),
     rule("POST",   "/v1/bundles",                      Requires(BundleCreate),       || web::post().to(bundles::create)),
     rule("GET",    "/v1/bundles/{id}",                 Requires(BundleCreate),       || web::get().to(bundles::status)),
     rule("DELETE", "/v1/bundles/{id}",                 Requires(BundleCreate),       || web::delete().to(bundles::cancel)),
@@ -116,10 +135,45 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST",   "/.well-known/est/simpleenroll",    Attestation,                  || web::post().to(est::simpleenroll)),
     rule("POST",   "/.well-known/est/simplereenroll",  Attestation,                  || web::post().to(est::simplereenroll)),
     rule("POST",   "/.well-known/est/serverkeygen",    Attestation,                  || web::post().to(est::serverkeygen)),
-    rule("GET",    "/v1/audit",                        Requires(AuditRead),          || web::get().to(audit::list)),
-    rule("GET",    "/v1/audit/verify",                 Requires(AuditRead),          || web::get().to(audit::verify)),
-    rule("GET",    "/v1/audit/checkpoint",             Requires(AuditRead),          || web::get().to(audit::checkpoint)),
+    rule("GET",    "/v1/audit",                        Unscoped(AuditRead),          || web::get().to(audit::list)),
+    rule("GET",    "/v1/audit/verify",                 Unscoped(AuditRead),          || web::get().to(audit::verify)),
+    rule("GET",    "/v1/audit/checkpoint",             Unscoped(AuditRead),          || web::get().to(audit::checkpoint)),
 ];
+
+/// The query parameters of the `/v1` routes that take any; every other `/v1` route takes none.
+/// Anything else is refused with 400 naming it (API.md A30), after authentication.
+pub const QUERY_PARAMETERS: &[(&str, &str, &[&str])] = &[
+    ("GET", "/v1/devices", &["cursor", "limit", "status", "prefix", "enrollment_group_id"]),
+    ("GET", "/v1/certificates", &["device_id", "limit", "cursor", "kind"]),
+    ("GET", "/v1/audit", &["after", "limit", "action", "target_prefix", "outcome"]),
+    ("GET", "/v1/ca/crl", &["format"]),
+    ("GET", "/v1/ca/crl/{issuer_id}", &["format"]),
+    ("GET", "/v1/policies", &["cursor", "limit"]),
+    ("GET", "/v1/operators", &["cursor", "limit"]),
+    ("GET", "/v1/enrollment-groups", &["cursor", "limit"]),
+    ("GET", "/v1/enrollments", &["cursor", "limit"]),
+    ("GET", "/v1/bundles", &["cursor", "limit", "device_id", "status"]),
+];
+
+/// Refuses a `/v1` query parameter the route does not take.
+fn check_query(pattern: &str, method: &str, query: &str) -> Result<(), ApiError> {
+    if !pattern.starts_with("/v1/") || query.is_empty() {
+        return Ok(());
+    }
+    let allowed = QUERY_PARAMETERS
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == pattern)
+        .map_or(&[][..], |(_, _, names)| *names);
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
+        .map_err(|_| ApiError::BadRequest("the query string is malformed".into()))?;
+    match pairs.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+        Some((k, _)) => Err(ApiError::BadRequest(format!(
+            "unknown query parameter `{}`",
+            k.chars().take(64).collect::<String>()
+        ))),
+        None => Ok(()),
+    }
+}
 
 const fn rule(
     method: &'static str,
@@ -165,13 +219,18 @@ pub async fn guard(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let pattern = req.match_pattern();
     let rule = pattern.as_deref().and_then(|p| rule_for(p, req.method().as_str()));
-    if let Some(RouteRule { access: Requires(permission), .. }) = rule {
+    let needed = match rule.map(|r| r.access) {
+        Some(Requires(p)) => Some((p, false)),
+        Some(Unscoped(p)) => Some((p, true)),
+        _ => None,
+    };
+    if let Some((permission, unscoped_only)) = needed {
         let Some(state) = req.app_data::<web::Data<AppState>>().map(|d| d.clone().into_inner())
         else {
             return Err(ApiError::internal(std::io::Error::other("state missing")).into());
         };
         let principal = extract::authenticate(&state, req.request()).await?;
-        if !principal.has(*permission) {
+        if !principal.has(permission) {
             audit_denied(&state, &principal.name, req.request()).await;
             return Err(ApiError::Forbidden(format!(
                 "this operation needs the {} permission",
@@ -179,7 +238,17 @@ pub async fn guard(
             ))
             .into());
         }
+        if unscoped_only && principal.is_scoped() {
+            audit_denied(&state, &principal.name, req.request()).await;
+            return Err(ApiError::Forbidden(
+                "this operation is for unscoped principals only (CA-level objects, audit)".into(),
+            )
+            .into());
+        }
         req.extensions_mut().insert(Authenticated(principal));
+    }
+    if let Some(rule) = rule {
+        check_query(rule.path, rule.method, req.query_string())?;
     }
     Ok(next.call(req).await?.map_into_boxed_body())
 }
@@ -285,7 +354,7 @@ mod tests {
                 );
             }
             if a.path.starts_with("/v1/audit") {
-                assert_eq!(a.access, Requires(Permission::AuditRead));
+                assert_eq!(a.access, Unscoped(Permission::AuditRead));
             }
         }
     }

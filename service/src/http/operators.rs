@@ -75,6 +75,35 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
+fn operator_json(r: &crate::store::operators::OperatorRow) -> serde_json::Value {
+    let names: Vec<String> = serde_json::from_str(&r.permissions).unwrap_or_default();
+    json!({
+        "name": r.name, "permissions": names,
+        "created_at": ts(r.created_at), "updated_at": ts(r.updated_at),
+    })
+}
+
+/// `GET /v1/operators`: names and permissions, never password hashes.
+pub async fn list(
+    state: web::Data<AppState>,
+    q: web::Query<super::respond::PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (after, limit) = q.bounds()?;
+    let (rows, more) = operators::list(&state.store, &after, limit).await?;
+    let next = if more { rows.last().map(|r| r.name.clone()) } else { None };
+    let items = rows.iter().map(operator_json).collect();
+    Ok(HttpResponse::Ok().json(super::respond::page_json(items, next.as_deref())))
+}
+
+/// `GET /v1/operators/{name}`
+pub async fn get(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let name = path_id(&req, "name", "operator name")?;
+    let row = operators::get(&state.store, &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("operator not found".into()))?;
+    Ok(HttpResponse::Ok().json(operator_json(&row)))
+}
+
 /// Login body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -58,7 +58,11 @@ async fn attest_sas(
         Ok(g) if g.attestation == Attestation::SymmetricKey => {
             let ok =
                 t.check_signature(&g.primary).is_ok() | t.check_signature(&g.secondary).is_ok();
-            return Ok(ok.then(|| Arc::new(g)));
+            if ok {
+                return Ok(Some(Arc::new(g)));
+            }
+            // Not the individual key: a group's derived key is still a valid credential (the
+            // registration rule then decides whether that group may touch this id).
         }
         Ok(_) | Err(groups::GroupError::NotFound) => {}
         Err(e) => return Err(e.into()),
@@ -105,6 +109,10 @@ async fn attest(
                 .jwt
                 .verify(h["Bearer ".len()..].trim(), ENROLLMENT_AUDIENCE, state.now(), 0)
                 .map_err(|_| AuthError::Invalid { claimed: Some(registration_id.to_owned()) })?;
+            // A token minted for one id is no credential for another.
+            if claims.sub.as_deref().is_some_and(|sub| sub != registration_id) {
+                return Err(AuthError::Invalid { claimed: Some(registration_id.to_owned()) });
+            }
             let group_id = claims.grp.ok_or(AuthError::Invalid { claimed: None })?;
             let group = groups::get(&state.store, &state.ring(), &group_id, false)
                 .await
@@ -154,16 +162,18 @@ pub async fn attest_x509(
     Some(refused())
 }
 
-/// Runs a registration for an attested device and counts it.
+/// Runs a registration for an attested device through `door` (the metric label) and counts it.
 pub(crate) async fn run_registration(
     state: &AppState,
     req: &HttpRequest,
+    door: &'static str,
     group: Arc<Group>,
     jti: Option<String>,
     r: RegistrationRequest,
 ) -> Result<Registered, ApiError> {
     let actor = Actor { name: format!("device:{}", r.registration_id), addr: client_ip(req) };
-    Ok(state.register(actor, group, jti, r).await?)
+    let door = crate::state::Door::device(door);
+    Ok(state.register(door, actor, group, jti, r).await?)
 }
 
 /// `POST /v1/registrations/{registration_id}` body.
@@ -193,6 +203,7 @@ pub async fn self_register(
     let r = run_registration(
         &state,
         &req,
+        "self",
         attested.group,
         attested.jti,
         RegistrationRequest {
@@ -241,12 +252,18 @@ fn dps_from_api(e: ApiError) -> HttpResponse {
 }
 
 fn registration_state(state: &AppState, r: &Registered) -> Value {
+    registration_state_as(state, r, "assigned")
+}
+
+/// A `registrationState` with `status` (`assigned`, or `disabled` for a disabled device, which
+/// never shows a certificate chain).
+fn registration_state_as(state: &AppState, r: &Registered, status: &str) -> Value {
     let mut s = json!({
         "registrationId": r.device_id,
         "createdDateTimeUtc": ts(r.created_at),
         "assignedHub": state.config.host_name,
         "deviceId": r.device_id,
-        "status": "assigned",
+        "status": status,
         "substatus": "initialAssignment",
         "lastUpdatedDateTimeUtc": ts(r.updated_at),
         "etag": r.etag,
@@ -254,7 +271,7 @@ fn registration_state(state: &AppState, r: &Registered) -> Value {
     if let Some(p) = &r.payload {
         s["payload"] = p.clone();
     }
-    if !r.chain.is_empty() {
+    if !r.chain.is_empty() && status == "assigned" {
         let b64 = &base64::engine::general_purpose::STANDARD;
         s["issuedCertificateChain"] =
             json!(r.chain.iter().map(|d| b64.encode(d)).collect::<Vec<_>>());
@@ -341,7 +358,7 @@ pub async fn dps_register(
         tags: None,
         payload: body.payload,
     };
-    match run_registration(&state, &req, attested.group, attested.jti, request).await {
+    match run_registration(&state, &req, "dps_http", attested.group, attested.jti, request).await {
         Ok(r) => {
             HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
                 "operationId": r.operation_id,
@@ -353,16 +370,27 @@ pub async fn dps_register(
     }
 }
 
+/// The stored registration of `id` as its attested enrollment may read it, and the status to
+/// show (`assigned` or `disabled`). A one-time token reads only the id it registered.
 async fn stored(
     state: &AppState,
     attested: &Attested,
     id: &str,
-) -> Result<Option<Registered>, ApiError> {
+) -> Result<Option<(Registered, &'static str)>, ApiError> {
     let mut conn = state.store.conn().await?;
+    if let Some(jti) = &attested.jti {
+        let used_for = crate::store::enrollment::token_used_for(&mut conn, jti).await?;
+        if used_for.as_deref() != Some(id) {
+            return Err(ApiError::Unauthorized {
+                detail: "this enrollment token did not register this id",
+            });
+        }
+    }
     let Some(reg) = crate::store::enrollment::registration(&mut conn, id).await? else {
         return Ok(None);
     };
     let Some(device) = crate::store::devices::get(&mut conn, id).await? else { return Ok(None) };
+    let status = if device.status == "enabled" { "assigned" } else { "disabled" };
     let authority = state.authority();
     let chain = match &reg.serial {
         Some(serial) => register::stored_chain(&mut conn, &authority, serial).await?,
@@ -376,12 +404,13 @@ async fn stored(
         operation_id: reg.operation_id,
         created_at: reg.created_at,
         updated_at: reg.updated_at,
-        etag: device.etag,
+        etag: device.etag.clone(),
         payload: reg.payload.as_deref().and_then(|p| serde_json::from_str(p).ok()),
     })
-    .filter(|_| {
-        attested.group.individual || Some(attested.group.id.as_str()) == reg.group_id.as_deref()
-    }))
+    // Only while the attested enrollment owns the device (not after a delete and an admin
+    // re-create, say).
+    .filter(|_| register::owned_by(&device, &attested.group))
+    .map(|r| (r, status)))
 }
 
 /// `GET /{id_scope}/registrations/{registration_id}/operations/{operation_id}`
@@ -392,10 +421,10 @@ pub async fn dps_operation(state: web::Data<AppState>, req: HttpRequest) -> Http
     };
     let op = req.match_info().get("operation_id").unwrap_or_default().to_owned();
     match stored(&state, &attested, &path.registration_id).await {
-        Ok(Some(r)) if r.operation_id == op => HttpResponse::Ok().json(json!({
+        Ok(Some((r, status))) if r.operation_id == op => HttpResponse::Ok().json(json!({
             "operationId": r.operation_id,
-            "status": "assigned",
-            "registrationState": registration_state(&state, &r),
+            "status": status,
+            "registrationState": registration_state_as(&state, &r, status),
         })),
         Ok(_) => dps_error(StatusCode::NOT_FOUND, 404_002, "unknown operation"),
         Err(e) => dps_from_api(e),
@@ -409,7 +438,7 @@ pub async fn dps_status(state: web::Data<AppState>, req: HttpRequest) -> HttpRes
         Err(resp) => return resp,
     };
     match stored(&state, &attested, &path.registration_id).await {
-        Ok(Some(r)) => HttpResponse::Ok().json(registration_state(&state, &r)),
+        Ok(Some((r, status))) => HttpResponse::Ok().json(registration_state_as(&state, &r, status)),
         Ok(None) => dps_error(StatusCode::NOT_FOUND, 404_002, "device is not registered"),
         Err(e) => dps_from_api(e),
     }

@@ -106,6 +106,18 @@ pub async fn page(
 }
 
 /// The chain head without locking.
+/// The `(seq, hash)` of the highest audit row present (`(0, 64 zeros)` for an empty chain):
+/// what a checkpoint may sign. Unlike [`head`], never a row cut from the end.
+pub async fn last_row(conn: &mut AnyConnection) -> Result<(i64, String), StoreError> {
+    Ok(sqlx::query_as::<_, (i64, String)>(
+        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_optional(conn)
+    .await?
+    .unwrap_or_else(|| (0, "0".repeat(64))))
+}
+
+/// The chain head writers lock.
 pub async fn head(conn: &mut AnyConnection) -> Result<(i64, String), StoreError> {
     Ok(sqlx::query_as::<_, (i64, String)>("SELECT seq, hash FROM audit_head WHERE id = 1")
         .fetch_one(conn)

@@ -86,6 +86,10 @@ pub enum StoreError {
     /// The row does not exist.
     #[error("not found")]
     NotFound,
+    /// A concurrent transaction won (deadlock victim, serialization failure): the same work
+    /// may succeed when tried again.
+    #[error("conflicting concurrent transaction")]
+    Contention(#[source] sqlx::Error),
     /// The database cannot be reached (pool timeout, I/O, closed pool).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -114,6 +118,12 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Protocol(_) => StoreError::Unavailable(e),
             sqlx::Error::Database(db) if db.code().is_some_and(|c| connection_lost(&c)) => {
                 StoreError::Unavailable(e)
+            }
+            // deadlock_detected, serialization_failure
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| c == "40P01" || c == "40001") =>
+            {
+                StoreError::Contention(e)
             }
             // character_not_in_repertoire (NUL in text), untranslatable_character
             sqlx::Error::Database(db)
@@ -323,6 +333,28 @@ fn placeholder(dialect: Dialect, n: usize) -> String {
 /// A list of `n` placeholders numbered from `first`, bound in order.
 pub(crate) fn placeholders(dialect: Dialect, first: usize, n: usize) -> String {
     (first..first + n).map(|i| placeholder(dialect, i)).collect::<Vec<_>>().join(", ")
+}
+
+/// Which of `values` appear in `table.column` (one round trip; nothing asked for none).
+/// `table` and `column` are this module's constants, never input.
+pub(crate) async fn present(
+    conn: &mut sqlx::AnyConnection,
+    table: &'static str,
+    column: &'static str,
+    values: &[&str],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    if values.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql = format!(
+        "SELECT {column} FROM {table} WHERE {column} IN ({})",
+        placeholders(dialect_of(conn), 1, values.len())
+    );
+    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+    for v in values {
+        q = q.bind(*v);
+    }
+    Ok(q.fetch_all(conn).await?.into_iter().collect())
 }
 
 /// Converts a stored 0/1 integer to bool.

@@ -34,6 +34,9 @@ pub enum CaAdminError {
     /// input
     #[error("{0}")]
     Invalid(String),
+    /// the key's certificate was revoked for compromise
+    #[error("the certificate of this key was revoked for compromise: send a CSR for a new key")]
+    KeyCompromised,
     /// signing
     #[error(transparent)]
     Authority(#[from] ca::AuthorityError),
@@ -127,8 +130,11 @@ pub async fn issue_server_certificate(
         ip_addresses: &req.ip_addresses,
         validity_secs: req.validity_days * 86_400,
     };
-    let cert = issue_server(issuer, csr.subject_key(), &profile, cx.now)?;
     let mut tx = store.begin().await?;
+    if certificates::is_compromised(&mut tx, &csr.subject_key().fingerprint()).await? {
+        return Err(CaAdminError::KeyCompromised);
+    }
+    let cert = issue_server(issuer, csr.subject_key(), &profile, cx.now)?;
     certificates::insert(&mut tx, &record(&cert, None, &issuer.id(), "server", cx.now)).await?;
     cx.audit(&mut tx, store.dialect(), "certificate.server.issue", &cert.serial).await?;
     tx.commit().await.map_err(StoreError::from)?;

@@ -98,6 +98,43 @@ pub const KEY_RELOAD_SECS: u64 = 5;
 /// How often a running server checkpoints the SQLite write-ahead log.
 pub const CHECKPOINT_MILLIS: u64 = 500;
 
+/// How long a kept-alive connection may stay silent between requests.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// How often the summaries of rate-limited failures whose window ended are written.
+pub const SUMMARY_SECS: u64 = 5;
+
+/// Writes one `auth.failure.summary` audit row and one log line per rate-limited key whose
+/// window is over (every window with `all`, at shutdown): the failures it refused were counted,
+/// not written one by one (API.md A25, A30).
+pub async fn write_failure_summaries(state: &AppState, all: bool) {
+    let now = state.now();
+    let summaries =
+        if all { state.limiter.drain_summaries(now) } else { state.limiter.due_summaries(now) };
+    let entries: Vec<crate::audit::Entry> =
+        summaries.iter().map(crate::audit::Entry::auth_failure_summary).collect();
+    for (s, e) in summaries.iter().zip(&entries) {
+        tracing::warn!(
+            principal = %e.target,
+            client_addr = %s.addr,
+            count = s.count,
+            "authentication failures refused while rate-limited"
+        );
+    }
+    // Bounded transactions (a full limiter table holds 65,536 keys).
+    for chunk in entries.chunks(500) {
+        let written = async {
+            let mut tx = state.store.begin().await?;
+            crate::audit::append_many(&mut tx, state.store.dialect(), &state.audit_key, chunk, now)
+                .await?;
+            tx.commit().await.map_err(StoreError::from)
+        };
+        if let Err(e) = written.await {
+            tracing::warn!(error = %http::problem::error_chain(&e), "failure summaries not audited");
+        }
+    }
+}
+
 /// A built, bound, not yet running server.
 pub struct Application {
     server: actix_web::dev::Server,
@@ -147,6 +184,7 @@ pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
         metrics: Metrics::new()?,
         registrations: Default::default(),
         policy_cache: Default::default(),
+        enrollment_groups: Default::default(),
     })
 }
 
@@ -228,6 +266,26 @@ impl Application {
                 }
             }
         });
+        let summarizer = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(SUMMARY_SECS));
+            loop {
+                tick.tick().await;
+                write_failure_summaries(&summarizer, false).await;
+                crate::auth::password::release_idle();
+            }
+        });
+        let header_timeout = Duration::from_secs(state.config.request_header_timeout_secs.max(1));
+        // Heads after a connection's first request: see `http::heads`.
+        let watchdog = Arc::new(http::heads::Watchdog::new(KEEP_ALIVE + header_timeout));
+        let sweeper = watchdog.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                sweeper.sweep();
+            }
+        });
         let data = state.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -241,14 +299,21 @@ impl Application {
                 }))
                 .wrap(from_fn(http::guard))
                 .wrap(from_fn(http::measure))
+                .wrap(from_fn(http::limits::bodies))
+                .wrap(from_fn(http::heads::track))
                 .wrap(from_fn(http::access::log))
                 .configure(http::configure)
                 .default_service(web::to(|| async {
                     Err::<String, _>(ApiError::NotFound("no such route".into()))
                 }))
         })
-        .on_connect(crate::mtls::on_connect)
-        .client_request_timeout(Duration::from_secs(30))
+        .on_connect(move |conn, ext| {
+            crate::mtls::on_connect(conn, ext);
+            watchdog.on_connect(conn, ext);
+        })
+        .keep_alive(KEEP_ALIVE)
+        // A request head must arrive within this (API.md A25); bodies: `http::limits`.
+        .client_request_timeout(header_timeout)
         .tls_handshake_timeout(Duration::from_secs(5))
         .shutdown_timeout(20)
         .listen_rustls_0_23(listener, tls)
@@ -280,6 +345,7 @@ impl Application {
     /// Serves until SIGTERM / SIGINT; in-flight requests finish.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        write_failure_summaries(&self.state, true).await;
         self.state.store.close().await;
         result
     }

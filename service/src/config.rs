@@ -154,6 +154,11 @@ pub struct Config {
     pub crl_validity_secs: i64,
     /// Database pool size.
     pub db_max_connections: u32,
+    /// A request head must arrive within this many seconds (API.md A25).
+    pub request_header_timeout_secs: u64,
+    /// A request body must arrive within this many seconds, and no read of a body (NDJSON
+    /// included) waits longer than this for its next byte (API.md A25, A30).
+    pub request_body_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -172,6 +177,8 @@ impl Default for Config {
             sas_skew_secs: 300,
             crl_validity_secs: 86_400,
             db_max_connections: 8,
+            request_header_timeout_secs: 10,
+            request_body_timeout_secs: 30,
         }
     }
 }
@@ -238,6 +245,8 @@ impl Config {
             "PROVISIOND_URL",
             "PROVISIOND_CONNECTION_STRING",
             "PROVISIOND_PKCS11_PIN",
+            "PROVISIOND_REQUEST_HEADER_TIMEOUT_SECS",
+            "PROVISIOND_REQUEST_BODY_TIMEOUT_SECS",
             "PROVISIOND_TEST_DB",
             "PROVISIOND_TEST_PG_URL",
             "PROVISIOND_REQUIRE_INTEROP",
@@ -298,6 +307,12 @@ impl Config {
         }
         if let Some(v) = int("PROVISIOND_DB_MAX_CONNECTIONS")? {
             self.db_max_connections = v.clamp(1, 256) as u32;
+        }
+        if let Some(v) = int("PROVISIOND_REQUEST_HEADER_TIMEOUT_SECS")? {
+            self.request_header_timeout_secs = v.clamp(1, 3600) as u64;
+        }
+        if let Some(v) = int("PROVISIOND_REQUEST_BODY_TIMEOUT_SECS")? {
+            self.request_body_timeout_secs = v.clamp(1, 3600) as u64;
         }
         Ok(())
     }

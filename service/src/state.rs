@@ -35,6 +35,8 @@ pub struct AppState {
     pub registrations: crate::usecase::register::Queue,
     /// verified policies (SQLite only; see `PolicyCache`)
     pub policy_cache: crate::auth::sas::PolicyCache,
+    /// decoded enabled enrollment groups for device attestation (see `GroupCache`)
+    pub enrollment_groups: crate::auth::enrollments::GroupCache,
 }
 
 impl AppState {

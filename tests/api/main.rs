@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
 #![allow(unreachable_pub)]
 
+mod abuse;
 mod audit;
 mod auth;
 mod azure_sdk;

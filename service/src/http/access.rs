@@ -14,20 +14,6 @@ use actix_web::{Error, HttpMessage as _};
 
 use super::extract::Authenticated;
 
-/// A method as logs and metrics name it: a standard method, else `other`.
-pub fn method_name(method: &actix_web::http::Method) -> &'static str {
-    match method.as_str() {
-        "GET" => "GET",
-        "HEAD" => "HEAD",
-        "POST" => "POST",
-        "PUT" => "PUT",
-        "DELETE" => "DELETE",
-        "PATCH" => "PATCH",
-        "OPTIONS" => "OPTIONS",
-        _ => "other",
-    }
-}
-
 /// The access-log middleware.
 pub async fn log(
     req: ServiceRequest,
@@ -35,7 +21,7 @@ pub async fn log(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let start = Instant::now();
     let request_id = crate::usecase::random_hex(8);
-    let method = method_name(req.method());
+    let method = super::method_label(req.method());
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let client = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
     let res = next.call(req).await;

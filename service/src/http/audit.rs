@@ -48,11 +48,16 @@ pub async fn list(
     let items: Vec<_> = rows
         .into_iter()
         .map(|r| {
-            serde_json::json!({
+            let mut item = serde_json::json!({
                 "seq": r.seq, "at": rfc3339(r.at), "actor": r.actor, "action": r.action,
                 "target": r.target, "outcome": r.outcome, "client_addr": r.client_addr,
                 "prev_hash": r.prev_hash, "hash": r.hash,
-            })
+            });
+            // Present only on `auth.failure.summary` rows (API.md A30).
+            if let Some(count) = r.failure_count {
+                item["count"] = count.into();
+            }
+            item
         })
         .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items })))

@@ -194,16 +194,21 @@ pub async fn redeem(
     let now = cx.now;
     match bundles::redeem(&state.store, &cx, &id, token).await {
         Ok(r) => render(&state, r),
+        // A wrong token is a refused credential: counted, rate-limited, audited within bounds.
+        Err(BundleError::Unauthorized) => Err(super::extract::refused_credential(
+            &state,
+            Some(&actor.name),
+            req.path(),
+            &addr,
+            "bundle",
+            "missing or invalid bundle token",
+        )
+        .await),
         Err(e) => {
-            if matches!(e, BundleError::Unauthorized | BundleError::Gone(_)) {
+            // Only the token's holder gets this far (the token is checked first).
+            if matches!(e, BundleError::Gone(_)) {
                 let entry = Entry::failure(&actor.name, "bundle.redeem", &id, Some(&addr));
                 crate::audit::record(&state.store, &state.audit_key, &entry, now).await?;
-            }
-            if let BundleError::Unauthorized = e {
-                state.metrics.auth_failures.with_label_values(&["bundle"]).inc();
-                if let Some(retry_after) = state.limiter.fail(Some(&actor.name), &addr, now) {
-                    return Err(ApiError::TooManyRequests { retry_after });
-                }
             }
             Err(e.into())
         }

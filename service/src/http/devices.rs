@@ -520,15 +520,7 @@ pub async fn renew(
     let presented = match state.own_client(&req) {
         Ok(p) => p,
         Err(e) => {
-            let err: ApiError = e.into();
-            let entry = crate::audit::Entry::failure(
-                &format!("device:{id}"),
-                "auth.failure",
-                req.path(),
-                super::extract::client_ip(&req).as_deref(),
-            );
-            crate::audit::record(&state.store, &state.audit_key, &entry, state.now()).await?;
-            return Err(err);
+            return Err(refused_certificate(&state, &req, Some(&format!("device:{id}")), e).await)
         }
     };
     let actor = crate::usecase::Actor {
@@ -584,4 +576,20 @@ pub async fn import_line(
         .await
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// A refused client certificate (renewal, EST re-enrollment): the one refused-credential step,
+/// so it is counted, rate-limited and audited within bounds like every other credential.
+pub(crate) async fn refused_certificate(
+    state: &AppState,
+    req: &HttpRequest,
+    claimed: Option<&str>,
+    e: crate::mtls::MtlsError,
+) -> ApiError {
+    let detail = match ApiError::from(e) {
+        ApiError::Unauthorized { detail } => detail,
+        _ => "the client certificate is not valid here",
+    };
+    let addr = super::extract::client_ip(req).unwrap_or_else(|| "unknown".into());
+    super::extract::refused_credential(state, claimed, req.path(), &addr, "mtls", detail).await
 }

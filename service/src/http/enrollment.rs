@@ -26,9 +26,6 @@ pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 pub const GROUP_COMMIT_LINES: usize = 250;
 /// Largest single NDJSON line.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
-/// A body that sends nothing for this long while the server waits to read it is ended with a
-/// 408 line (API.md A30).
-pub const BODY_IDLE_SECS: u64 = 30;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -631,12 +628,10 @@ pub async fn registrations(
         };
         while !done {
             // Take what has already arrived without waiting; wait only when nothing is pending.
+            // The body's idle clock is `http::limits` (request_body_timeout_secs): it runs only
+            // while this reader waits for bytes.
             let next = if pending.is_empty() {
-                let idle = std::time::Duration::from_secs(BODY_IDLE_SECS);
-                match tokio::time::timeout(idle, payload.next()).await {
-                    Ok(next) => Some(next),
-                    Err(_) => return fail(ApiError::RequestTimeout(BODY_IDLE_SECS)).await,
-                }
+                Some(payload.next().await)
             } else {
                 payload.next().now_or_never()
             };
@@ -648,6 +643,10 @@ pub async fn registrations(
                         return fail(ApiError::PayloadTooLarge).await;
                     }
                     buf.extend_from_slice(&chunk);
+                }
+                Some(Some(Err(e))) if super::limits::is_body_timeout(&e) => {
+                    let secs = registrar.state.config.request_body_timeout_secs;
+                    return fail(ApiError::RequestTimeout(secs)).await;
                 }
                 Some(Some(Err(e))) => {
                     return fail(ApiError::BadRequest(format!("cannot read body: {e}"))).await;

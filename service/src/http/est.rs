@@ -3,6 +3,8 @@
 //! authenticated by HTTP Basic (user = registration id, password = a one-time enrollment token)
 //! or a manufacturer client certificate; re-enrollment by the current certificate (mTLS).
 
+use std::sync::Arc;
+
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine as _;
@@ -65,7 +67,7 @@ fn csr_cn(der: &[u8]) -> Result<String, ApiError> {
 
 /// Who is enrolling: a group and the registration id, plus the token to consume.
 struct EstEnroller {
-    group: Group,
+    group: Arc<Group>,
     registration_id: String,
     jti: Option<String>,
 }
@@ -112,7 +114,11 @@ async fn token_enroller(state: &AppState, user: &str, token: &str) -> Option<Est
     }
     let group =
         groups::get(&state.store, &state.ring(), claims.grp.as_deref()?, false).await.ok()?;
-    Some(EstEnroller { group, registration_id: user.to_owned(), jti: Some(claims.jti) })
+    Some(EstEnroller {
+        group: Arc::new(group),
+        registration_id: user.to_owned(),
+        jti: Some(claims.jti),
+    })
 }
 
 /// `POST /.well-known/est/simpleenroll`
@@ -152,7 +158,7 @@ pub async fn simplereenroll(
 ) -> Result<HttpResponse, ApiError> {
     let current = match state.own_client(&req) {
         Ok(c) => c,
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(super::devices::refused_certificate(&state, &req, None, e).await),
     };
     mime_ok(&req, "application/pkcs10")?;
     let csr = csr_body(&body)?;

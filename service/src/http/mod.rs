@@ -14,6 +14,8 @@ pub mod devices;
 pub mod enrollment;
 pub mod est;
 pub mod extract;
+pub mod heads;
+pub mod limits;
 pub mod operators;
 pub mod ops;
 pub mod policies;
@@ -266,10 +268,12 @@ pub async fn guard(
 }
 
 async fn audit_denied(state: &Arc<AppState>, actor: &str, req: &actix_web::HttpRequest) {
+    // The path is the caller's text: bounded and escaped like a failure row's (API.md A25).
+    let path = crate::audit::bounded_text(req.path(), crate::audit::MAX_PATH_CHARS);
     let entry = crate::audit::Entry::failure(
         actor,
         "auth.forbidden",
-        req.path(),
+        &path,
         extract::client_ip(req).as_deref(),
     );
     if let Err(e) = crate::audit::record(&state.store, &state.audit_key, &entry, state.now()).await
@@ -284,8 +288,10 @@ pub async fn measure(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let start = Instant::now();
+    // Bounded label sets (API.md A25): the matched route template, never the raw path; the
+    // standard methods by name and any other method string as `other`.
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let res = next.call(req).await;
     if let Some(state) = state {
@@ -293,11 +299,7 @@ pub async fn measure(
             Ok(r) => r.status().as_u16(),
             Err(e) => e.as_response_error().status_code().as_u16(),
         };
-        state
-            .metrics
-            .http_requests
-            .with_label_values(&[&route, &method, &status.to_string()])
-            .inc();
+        state.metrics.http_requests.with_label_values(&[&route, method, &status.to_string()]).inc();
         state
             .metrics
             .http_duration
@@ -307,9 +309,36 @@ pub async fn measure(
     res
 }
 
+/// The `method` label of a request: one of the standard methods, or `other` (the access log
+/// names methods the same way).
+pub fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::PATCH => "PATCH",
+        M::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_labels_are_the_standard_methods_or_other() {
+        use actix_web::http::Method;
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for odd in ["TRACE", "CONNECT", "FOO", "get", "X-ANYTHING-123"] {
+            let m = Method::from_bytes(odd.as_bytes()).unwrap();
+            assert_eq!(method_label(&m), "other", "{odd}");
+        }
+    }
 
     #[test]
     fn every_route_in_the_table_is_in_the_openapi_contract() {

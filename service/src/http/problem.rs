@@ -39,6 +39,9 @@ pub enum ApiError {
     /// 501.
     #[error("{0}")]
     NotImplemented(String),
+    /// 503: too much work queued (password hashing); retry after a second.
+    #[error("the server is busy; retry after 1 s")]
+    Overloaded,
     /// 413.
     #[error("request body too large (JSON bodies are limited to 1 MiB)")]
     PayloadTooLarge,
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => ("method-not-allowed", "Method Not Allowed"),
             ApiError::NotFound(_) => ("not-found", "Not Found"),
             ApiError::NotImplemented(_) => ("not-implemented", "Not Implemented"),
+            ApiError::Overloaded => ("overloaded", "Service Unavailable"),
             ApiError::PayloadTooLarge => ("payload-too-large", "Payload Too Large"),
             ApiError::PreconditionFailed => ("precondition-failed", "Precondition Failed"),
             ApiError::RequestTimeout(_) => ("request-timeout", "Request Timeout"),
@@ -121,6 +125,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -151,6 +156,12 @@ impl ResponseError for ApiError {
             }
             ApiError::Unavailable => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::Overloaded => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RequestTimeout(_) => {
+                resp.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
             }
             _ => {}
         }

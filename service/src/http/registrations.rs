@@ -6,6 +6,8 @@
 //! the registration's own transaction. DPS routes answer DPS's error body instead of
 //! problem+json.
 
+use std::sync::Arc;
+
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine as _;
@@ -16,6 +18,7 @@ use super::enrollment::registration_json;
 use super::extract::client_ip;
 use super::problem::ApiError;
 use super::respond::{path_id, secret_json, ts};
+use crate::auth::enrollments::GroupCacheError;
 use crate::auth::jwt::ENROLLMENT_AUDIENCE;
 use crate::auth::AuthError;
 use crate::state::AppState;
@@ -25,17 +28,19 @@ use crate::usecase::Actor;
 
 /// How a device proved itself.
 struct Attested {
-    group: Group,
+    group: Arc<Group>,
     jti: Option<String>,
 }
 
-/// Finds the enrollment whose key signed `token` for `registration_id`.
+/// Finds the enrollment whose key signed `token` for `registration_id`: the individual
+/// enrollment of that id, else each enabled `symmetric_key` group from the decoded-group cache
+/// (no per-attempt decoding, whatever the number of groups).
 async fn attest_sas(
     state: &AppState,
     token: &str,
     resource: &str,
     registration_id: &str,
-) -> Result<Option<Group>, ApiError> {
+) -> Result<Option<Arc<Group>>, ApiError> {
     let Ok(t) = ca::sas::SasToken::parse(token) else { return Ok(None) };
     let validity = ca::sas::Validity {
         now: state.now(),
@@ -54,7 +59,7 @@ async fn attest_sas(
             let ok =
                 t.check_signature(&g.primary).is_ok() | t.check_signature(&g.secondary).is_ok();
             if ok {
-                return Ok(Some(g));
+                return Ok(Some(Arc::new(g)));
             }
             // Not the individual key: a group's derived key is still a valid credential (the
             // registration rule then decides whether that group may touch this id).
@@ -62,18 +67,22 @@ async fn attest_sas(
         Ok(_) | Err(groups::GroupError::NotFound) => {}
         Err(e) => return Err(e.into()),
     }
-    let rows = {
-        let mut conn = state.store.conn().await?;
-        crate::store::enrollment::groups_by_attestation(&mut conn, "symmetric_key").await?
-    };
-    for row in rows {
-        let g = groups::decode(&ring, row, false)?;
+    let snapshot =
+        state.enrollment_groups.snapshot(&state.store, &ring).await.map_err(cache_error)?;
+    for g in &snapshot.symmetric {
         let (p, s) = g.device_keys(registration_id);
         if t.check_signature(&p).is_ok() | t.check_signature(&s).is_ok() {
-            return Ok(Some(g));
+            return Ok(Some(Arc::clone(g)));
         }
     }
     Ok(None)
+}
+
+fn cache_error(e: GroupCacheError) -> ApiError {
+    match e {
+        GroupCacheError::Store(s) => s.into(),
+        GroupCacheError::Group(g) => g.into(),
+    }
 }
 
 async fn attest(
@@ -108,41 +117,41 @@ async fn attest(
             let group = groups::get(&state.store, &state.ring(), &group_id, false)
                 .await
                 .map_err(|_| AuthError::Invalid { claimed: Some(registration_id.to_owned()) })?;
-            Ok(Attested { group, jti: Some(claims.jti) })
+            Ok(Attested { group: Arc::new(group), jti: Some(claims.jti) })
         }
         Some(_) => Err(AuthError::UnsupportedScheme),
     }
 }
 
 /// Manufacturer-certificate attestation: the presented chain must lead to the CA of an enabled
-/// `x509_ca` enrollment (individual first, then groups) and its CN must equal the registration
-/// id. `None` when no certificate was presented.
+/// `x509_ca` enrollment (individual first, then groups from the decoded-group cache) and its CN
+/// must equal the registration id. `None` when no certificate was presented.
 pub async fn attest_x509(
     state: &AppState,
     req: &HttpRequest,
     registration_id: &str,
-) -> Option<Result<Group, AuthError>> {
+) -> Option<Result<Arc<Group>, AuthError>> {
     let chain = crate::mtls::presented(req)?;
     let refused = || Err(AuthError::Invalid { claimed: Some(registration_id.to_owned()) });
     let ring = state.ring();
-    let mut candidates = Vec::new();
+    let mut candidates: Vec<(Arc<Group>, Vec<Vec<u8>>)> = Vec::new();
     if let Ok(g) = groups::get(&state.store, &ring, registration_id, true).await {
-        candidates.push(g);
+        if let Attestation::X509Ca(pems) = &g.attestation {
+            let anchors = pems
+                .iter()
+                .filter_map(|p| ca::authority::certs_from_pem(p).ok())
+                .flatten()
+                .collect();
+            candidates.push((Arc::new(g), anchors));
+        }
     }
-    let rows = match state.store.conn().await {
-        Ok(mut conn) => crate::store::enrollment::groups_by_attestation(&mut conn, "x509_ca")
-            .await
-            .unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
-    candidates.extend(rows.into_iter().filter_map(|r| groups::decode(&ring, r, false).ok()));
-    for g in candidates {
-        let Attestation::X509Ca(pems) = &g.attestation else { continue };
+    if let Ok(snapshot) = state.enrollment_groups.snapshot(&state.store, &ring).await {
+        candidates.extend(snapshot.x509.iter().map(|x| (Arc::clone(&x.group), x.anchors.clone())));
+    }
+    for (g, anchors) in candidates {
         if !g.enabled {
             continue;
         }
-        let anchors: Vec<Vec<u8>> =
-            pems.iter().filter_map(|p| ca::authority::certs_from_pem(p).ok()).flatten().collect();
         if let Ok(identity) = crate::mtls::validate(&chain.0, &anchors, &[], state.now()) {
             if identity.common_name.as_deref() != Some(registration_id) {
                 return Some(refused());
@@ -158,13 +167,13 @@ pub(crate) async fn run_registration(
     state: &AppState,
     req: &HttpRequest,
     door: &'static str,
-    group: Group,
+    group: Arc<Group>,
     jti: Option<String>,
     r: RegistrationRequest,
 ) -> Result<Registered, ApiError> {
     let actor = Actor { name: format!("device:{}", r.registration_id), addr: client_ip(req) };
     let door = crate::state::Door::device(door);
-    Ok(state.register(door, actor, std::sync::Arc::new(group), jti, r).await?)
+    Ok(state.register(door, actor, group, jti, r).await?)
 }
 
 /// `POST /v1/registrations/{registration_id}` body.
@@ -211,7 +220,8 @@ pub async fn self_register(
 
 // ---- Azure DPS-compatible device API ----
 
-fn dps_error(status: StatusCode, code: u32, message: &str) -> HttpResponse {
+/// A DPS error answer: `{"errorCode", "trackingId", "message", "timestampUtc"}`.
+pub(crate) fn dps_error(status: StatusCode, code: u32, message: &str) -> HttpResponse {
     let mut resp = HttpResponse::build(status).json(json!({
         "errorCode": code,
         "trackingId": uuid::Uuid::new_v4().to_string(),

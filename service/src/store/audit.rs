@@ -23,6 +23,8 @@ pub struct AuditRow {
     pub outcome: String,
     /// client IP
     pub client_addr: Option<String>,
+    /// failures a summary row stands for (NULL on every other row)
+    pub failure_count: Option<i64>,
     /// hash of the previous row (64 zeros for the first)
     pub prev_hash: String,
     /// HMAC of this row
@@ -70,7 +72,7 @@ pub fn append_if_head(w: &mut super::Writes, rows: &[AuditRow], expected: &(i64,
 fn insert_rows(w: &mut super::Writes, rows: &[AuditRow]) {
     w.insert(
         "audit_log",
-        "seq, at, actor, action, target, outcome, client_addr, prev_hash, hash",
+        "seq, at, actor, action, target, outcome, client_addr, failure_count, prev_hash, hash",
         rows.len(),
     );
     for row in rows {
@@ -81,6 +83,7 @@ fn insert_rows(w: &mut super::Writes, rows: &[AuditRow]) {
             .bind(&row.target)
             .bind(&row.outcome)
             .bind(row.client_addr.as_deref())
+            .bind(row.failure_count)
             .bind(&row.prev_hash)
             .bind(&row.hash);
     }
@@ -94,8 +97,8 @@ pub async fn page(
     filter: &AuditFilter<'_>,
 ) -> Result<Vec<AuditRow>, StoreError> {
     Ok(sqlx::query_as::<_, AuditRow>(
-        "SELECT seq, at, actor, action, target, outcome, client_addr, prev_hash, hash \
-         FROM audit_log WHERE seq > $1 AND ($3 IS NULL OR action = $3) \
+        "SELECT seq, at, actor, action, target, outcome, client_addr, failure_count, prev_hash, \
+         hash FROM audit_log WHERE seq > $1 AND ($3 IS NULL OR action = $3) \
          AND ($4 IS NULL OR substr(target, 1, length($4)) = $4) \
          AND ($5 IS NULL OR outcome = $5) ORDER BY seq LIMIT $2",
     )

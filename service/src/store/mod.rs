@@ -150,6 +150,7 @@ pub struct Store {
     dialect: Dialect,
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     policy_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    group_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     direct: Option<std::sync::Arc<direct::DirectReads>>,
 }
 
@@ -197,6 +198,7 @@ impl Store {
             dialect,
             writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             policy_generation: Default::default(),
+            group_generation: Default::default(),
             direct: match dialect {
                 Dialect::Sqlite => url.sqlite_file().map(|f| direct::DirectReads::new(f).into()),
                 Dialect::Postgres => None,
@@ -227,6 +229,17 @@ impl Store {
     /// Call after committing any change to the `policies` table.
     pub fn policies_changed(&self) {
         self.policy_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Counts committed enrollment-group changes made through this handle; caches of decoded
+    /// groups (`auth::enrollments`) are valid only while it is unchanged.
+    pub fn group_generation(&self) -> u64 {
+        self.group_generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Call after committing any change to the `enrollment_groups` table.
+    pub fn groups_changed(&self) {
+        self.group_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Whether every write comes through this process: SQLite serves one instance (the server

@@ -413,6 +413,7 @@ pub async fn put(
     };
     cx.audit(&mut tx, store.dialect(), action, &g.id).await?;
     tx.commit().await.map_err(StoreError::from)?;
+    store.groups_changed();
     Ok((g, created))
 }
 
@@ -435,6 +436,7 @@ pub async fn delete(
     let action = if individual { "enrollment.delete" } else { "enrollment_group.delete" };
     cx.audit(&mut tx, store.dialect(), action, id).await?;
     tx.commit().await.map_err(StoreError::from)?;
+    store.groups_changed();
     Ok(())
 }
 

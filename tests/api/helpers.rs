@@ -315,7 +315,13 @@ async fn start_server(
 /// A reqwest client that trusts only the given PEM chain.
 pub fn client_trusting(chain: &Path) -> reqwest::Client {
     let pem = std::fs::read(chain).unwrap();
-    let mut builder = reqwest::Client::builder().tls_built_in_root_certs(false).use_rustls_tls();
+    // Idle pooled connections are dropped before the server's 5 s keep-alive ends them: a
+    // request on a connection the server just closed fails its body write (BrokenPipe) instead
+    // of being retried, which made tests that pause (generating CSRs) flaky on a loaded machine.
+    let mut builder = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .use_rustls_tls()
+        .pool_idle_timeout(Duration::from_secs(2));
     for cert in reqwest::Certificate::from_pem_bundle(&pem).unwrap() {
         builder = builder.add_root_certificate(cert);
     }

@@ -134,24 +134,47 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum OperatorCommand {
-    /// Create an operator (password from stdin).
+    /// Create an operator. The password is asked for without echo on a terminal, else read
+    /// from stdin (one line), or from --password-file. An existing operator is changed only
+    /// with --replace.
+    ///
+    /// Example: provisiond operator add alice --permission RegistryRead --permission AuditRead
     Add {
         /// User name.
         name: String,
-        /// Permission (repeat).
-        #[arg(long = "permission", value_name = "P")]
+        /// A permission the operator holds (repeat; at least one).
+        #[arg(long = "permission", value_name = "P", required = true, value_parser = permission_names())]
         permissions: Vec<String>,
+        /// Read the password from the first line of this file instead.
+        #[arg(long, value_name = "F")]
+        password_file: Option<PathBuf>,
+        /// Replace an existing operator's password and permissions (its sessions end).
+        #[arg(long)]
+        replace: bool,
     },
-    /// Change an operator's password (from stdin), keeping its permissions.
+    /// Change an operator's password, keeping its permissions (its sessions end).
     Passwd {
         /// User name.
         name: String,
+        /// Read the password from the first line of this file instead.
+        #[arg(long, value_name = "F")]
+        password_file: Option<PathBuf>,
     },
-    /// Remove an operator.
+    /// Remove an operator (its sessions end).
     Remove {
         /// User name.
         name: String,
     },
+    /// List operators and their permissions.
+    List,
+}
+
+/// Valid permission names, for `--permission` (listed by --help and in errors).
+fn permission_names() -> clap::builder::PossibleValuesParser {
+    let mut names: Vec<&'static str> =
+        crate::auth::Permission::ALL.iter().map(|p| p.as_str()).collect();
+    names.push("RegistryWrite");
+    clap::builder::PossibleValuesParser::new(names)
 }
 
 #[derive(Debug, Subcommand)]
@@ -441,12 +464,30 @@ async fn sas_token(
     Ok(ExitCode::SUCCESS)
 }
 
-fn read_password() -> Result<crate::auth::password::Password, String> {
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
-    let pw = line.trim_end_matches(['\r', '\n']).to_owned();
+/// The password: from `file` (first line), a prompt without echo on a terminal, or one line of
+/// stdin. Nothing else depends on whether stdin is a terminal.
+fn read_password(
+    file: Option<&std::path::Path>,
+) -> Result<crate::auth::password::Password, String> {
+    use std::io::IsTerminal as _;
+    let pw = match file {
+        Some(path) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+            );
+            text.lines().next().unwrap_or_default().to_owned()
+        }
+        None if std::io::stdin().is_terminal() => rpassword::prompt_password("password: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
     if pw.chars().count() < crate::http::operators::MIN_PASSWORD_LEN {
         return Err(format!(
             "the password must be at least {} characters",
@@ -462,16 +503,39 @@ async fn operator(config: Config, command: OperatorCommand) -> Result<ExitCode, 
     let rc = crate::http::respond::RequestCtx::for_actor(&state, cli_actor());
     let cx = rc.cx(&state);
     match command {
-        OperatorCommand::Add { name, permissions } => {
+        OperatorCommand::Add { name, permissions, password_file, replace } => {
             crate::ids::validate("operator name", &name).map_err(|e| e.to_string())?;
             let perms = crate::auth::PermissionSet::parse(permissions.iter().map(String::as_str))
                 .map_err(|bad| format!("unknown permission `{bad}`"))?;
-            crate::usecase::operators::put(&state.store, &cx, &name, read_password()?, &perms)
+            let exists = crate::usecase::operators::get(&state.store, &name)
+                .await
+                .map_err(|e| error_chain(&e))?
+                .is_some();
+            if exists && !replace {
+                eprintln!(
+                    "error: operator {name} exists: add --replace to change its password and \
+                     permissions, or use `provisiond operator passwd {name}`"
+                );
+                return Ok(ExitCode::from(5));
+            }
+            let password = read_password(password_file.as_deref())?;
+            crate::usecase::operators::put(&state.store, &cx, &name, password, &perms)
                 .await
                 .map_err(|e| error_chain(&e))?;
-            eprintln!("operator {name} saved");
+            eprintln!("operator {name} {}", if exists { "replaced" } else { "created" });
         }
-        OperatorCommand::Passwd { name } => {
+        OperatorCommand::List => {
+            let (rows, _) = crate::usecase::operators::list(&state.store, "", 1000)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let mut out = String::new();
+            for r in rows {
+                let names: Vec<String> = serde_json::from_str(&r.permissions).unwrap_or_default();
+                out.push_str(&format!("{}\t{}\n", r.name, names.join(",")));
+            }
+            print_stdout(&out);
+        }
+        OperatorCommand::Passwd { name, password_file } => {
             let row = {
                 let mut conn = state.store.conn().await.map_err(|e| error_chain(&e))?;
                 crate::store::operators::get(&mut conn, &name).await.map_err(|e| error_chain(&e))?
@@ -480,7 +544,8 @@ async fn operator(config: Config, command: OperatorCommand) -> Result<ExitCode, 
             let names: Vec<String> = serde_json::from_str(&row.permissions).unwrap_or_default();
             let perms = crate::auth::PermissionSet::parse(names.iter().map(String::as_str))
                 .unwrap_or_default();
-            crate::usecase::operators::put(&state.store, &cx, &name, read_password()?, &perms)
+            let password = read_password(password_file.as_deref())?;
+            crate::usecase::operators::put(&state.store, &cx, &name, password, &perms)
                 .await
                 .map_err(|e| error_chain(&e))?;
             eprintln!("password of {name} changed");
@@ -493,6 +558,12 @@ async fn operator(config: Config, command: OperatorCommand) -> Result<ExitCode, 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a command's result to stdout (what scripts read).
+#[allow(clippy::print_stdout)]
+fn print_stdout(text: &str) {
+    print!("{text}");
 }
 
 fn progress(len: u64, what: &str) -> indicatif::ProgressBar {

@@ -494,3 +494,48 @@ async fn backup_then_restore_brings_back_everything_and_the_audit_verifies() {
         .unwrap();
     assert!(!restore_again.status.success(), "restore needs an absent or empty directory");
 }
+
+/// `operator add` requires a permission (valid names listed), refuses to replace without
+/// --replace, takes --password-file; `operator list` shows names and permissions, never hashes.
+#[tokio::test]
+async fn operator_cli_requires_permissions_refuses_silent_replacement_and_lists() {
+    let data = DataDir::init().await;
+    let run = |args: &[&str]| {
+        command(&data.database_url)
+            .args(args)
+            .arg("--data-dir")
+            .arg(data.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let pw = data.dir.path().join("pw");
+    std::fs::write(&pw, "correct horse battery\n").unwrap();
+    let pw = pw.display().to_string();
+    let none = run(&["operator", "add", "dave", "--password-file", &pw]);
+    assert_eq!(none.status.code(), Some(2), "a permission is required");
+    let bad =
+        run(&["operator", "add", "dave", "--permission", "Everything", "--password-file", &pw]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("RegistryRead"), "valid names listed");
+    let ok = run(&["operator", "add", "dave", "--permission", "AuditRead", "--password-file", &pw]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let again =
+        run(&["operator", "add", "dave", "--permission", "PolicyAdmin", "--password-file", &pw]);
+    assert_eq!(again.status.code(), Some(5), "no silent replacement");
+    let replaced = run(&[
+        "operator",
+        "add",
+        "dave",
+        "--permission",
+        "RegistryRead",
+        "--password-file",
+        &pw,
+        "--replace",
+    ]);
+    assert!(replaced.status.success());
+    let list = run(&["operator", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert_eq!(text.trim(), "dave\tRegistryRead");
+    assert!(!text.contains("argon2"));
+}

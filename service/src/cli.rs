@@ -129,6 +129,10 @@ enum Command {
     Import {
         /// Input file.
         file: PathBuf,
+        /// `admin`: a line whose owner (enrollment group or individual enrollment) does not
+        /// exist here is imported as admin-owned instead of failing (409).
+        #[arg(long, value_name = "KIND", value_parser = ["admin"])]
+        owner: Option<String>,
     },
 }
 
@@ -274,7 +278,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Operator { command } => operator(config, command).await,
         Command::Export { out, with_keys } => export(config, out, with_keys).await,
-        Command::Import { file } => import(config, file).await,
+        Command::Import { file, owner } => import(config, file, owner.is_some()).await,
     }
 }
 
@@ -612,7 +616,7 @@ async fn export(config: Config, out: PathBuf, with_keys: bool) -> Result<ExitCod
 }
 
 /// `provisiond import`
-async fn import(config: Config, file: PathBuf) -> Result<ExitCode, String> {
+async fn import(config: Config, file: PathBuf, admin_if_missing: bool) -> Result<ExitCode, String> {
     use std::io::BufRead as _;
     let state = open_state(config, Arc::new(SystemClock)).await.map_err(|e| error_chain(&e))?;
     let open =
@@ -645,7 +649,7 @@ async fn import(config: Config, file: PathBuf) -> Result<ExitCode, String> {
         let mut items = Vec::with_capacity(chunk.len());
         let mut parsed_lines = Vec::with_capacity(chunk.len());
         for (i, line) in &chunk {
-            match crate::http::devices::parse_import_line(line) {
+            match crate::http::devices::parse_import_line(line, admin_if_missing) {
                 Ok(item) => {
                     items.push(item);
                     parsed_lines.push((*i, line));
@@ -661,7 +665,14 @@ async fn import(config: Config, file: PathBuf) -> Result<ExitCode, String> {
             Ok(_) => ok += n,
             Err(_) => {
                 for (i, line) in parsed_lines {
-                    match crate::http::devices::import_line(&state.store, &cx, line).await {
+                    match crate::http::devices::import_line(
+                        &state.store,
+                        &cx,
+                        line,
+                        admin_if_missing,
+                    )
+                    .await
+                    {
                         Ok(()) => ok += 1,
                         Err(e) => {
                             failed += 1;

@@ -45,6 +45,13 @@ impl Clock for FixedClock {
     }
 }
 
+/// Unix seconds of RFC 3339 text (`None` when it is not).
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp)
+}
+
 /// RFC 3339 UTC text for unix seconds (`2026-11-23T10:00:00Z`).
 pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)

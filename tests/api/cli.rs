@@ -539,3 +539,77 @@ async fn operator_cli_requires_permissions_refuses_silent_replacement_and_lists(
     assert_eq!(text.trim(), "dave\tRegistryRead");
     assert!(!text.contains("argon2"));
 }
+
+/// export → import keeps every field of a device: owner (when its enrollment exists there,
+/// else the line fails 409 unless --owner admin), enrollment group, creation time, keys, tags.
+#[tokio::test]
+async fn export_then_import_keeps_owner_group_and_timestamps() {
+    let app = crate::helpers::spawn_app().await;
+    app.put_group(
+        "fab",
+        serde_json::json!({"attestation": {"type": "symmetric_key"}, "credential": "sas"}),
+    )
+    .await;
+    let r = app.enroll("fab", serde_json::json!({"registration_id": "own-1"})).await;
+    assert_eq!(r.status(), 201);
+    app.put_device("adm-1", serde_json::json!({"tags": {"a": 1}})).await;
+    let out = app.data.dir.path().join("export.ndjson");
+    let o = command(&app.data.database_url)
+        .args(["export", "--with-keys", "--out"])
+        .arg(&out)
+        .arg("--data-dir")
+        .arg(app.data.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let exported: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    let other = DataDir::init().await;
+    let import = |extra: &[&str]| {
+        command(&other.database_url)
+            .arg("import")
+            .arg(&out)
+            .args(extra)
+            .arg("--data-dir")
+            .arg(other.path())
+            .output()
+            .unwrap()
+    };
+    let o = import(&[]);
+    assert_eq!(o.status.code(), Some(1), "the group is missing there");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--owner admin"));
+    let other_app = spawn_with(other, &[]).await;
+    other_app
+        .put_group(
+            "fab",
+            serde_json::json!({"attestation": {"type": "symmetric_key"}, "credential": "sas"}),
+        )
+        .await;
+    let mut other_app = other_app;
+    other_app.stop();
+    let o = command(&other_app.data.database_url)
+        .arg("import")
+        .arg(&out)
+        .arg("--data-dir")
+        .arg(other_app.data.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    other_app.restart().await;
+    for before in &exported {
+        let id = before["device_id"].as_str().unwrap();
+        let after: serde_json::Value = other_app
+            .get_as(&format!("/v1/devices/{id}"), &other_app.owner_token())
+            .await
+            .json()
+            .await
+            .unwrap();
+        for member in ["owner", "enrollment_group_id", "created_at", "authentication", "tags"] {
+            assert_eq!(before[member], after[member], "{id}: {member}");
+        }
+    }
+}

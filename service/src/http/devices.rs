@@ -174,6 +174,7 @@ fn validate(id: &str, body: DeviceBody) -> Result<DeviceInput, ApiError> {
         auth,
         tags: body.tags,
         parent_id: body.parent_id,
+        imported: None,
     })
 }
 
@@ -552,26 +553,48 @@ pub async fn renew(
     })))
 }
 
-/// Parses one NDJSON import line into an id and a validated input.
-pub fn parse_import_line(line: &str) -> Result<(String, DeviceInput), String> {
+/// Parses one NDJSON import line (the device representation as `export` writes it,
+/// `device_id` required) into an id and a validated input, with the line's `owner` and
+/// `created_at` (`admin_if_missing`: `import --owner admin`).
+pub fn parse_import_line(
+    line: &str,
+    admin_if_missing: bool,
+) -> Result<(String, DeviceInput), String> {
     let body: DeviceBody = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     let id = body.device_id.clone().ok_or("device_id is required")?;
     crate::ids::validate("device id", &id).map_err(|e| e.to_string())?;
-    let input = validate(&id, body).map_err(|e| e.to_string())?;
+    let owner = match body._owner.as_ref().filter(|o| !o.is_null()) {
+        None => None,
+        Some(o) => match (o["kind"].as_str(), o["id"].as_str()) {
+            (Some("admin"), _) => None,
+            (Some(kind @ ("enrollment_group" | "enrollment")), Some(oid)) => {
+                Some((kind.to_owned(), oid.to_owned()))
+            }
+            _ => {
+                return Err(
+                    "owner must be {\"kind\": admin|enrollment_group|enrollment, \"id\"}".into()
+                )
+            }
+        },
+    };
+    let created_at = match body._created_at.as_ref().and_then(Value::as_str) {
+        None => None,
+        Some(t) => Some(crate::clock::parse_rfc3339(t).ok_or("created_at must be RFC 3339")?),
+    };
+    let mut input = validate(&id, body).map_err(|e| e.to_string())?;
+    input.imported = Some(devices::Imported { owner, created_at, admin_if_missing });
     Ok((id, input))
 }
 
-/// Imports one NDJSON line (the device representation, `device_id` required): create or
-/// replace, like `PUT /v1/devices/{id}`. Returns a human-readable error for the line.
+/// Imports one NDJSON line: create or replace, like `PUT /v1/devices/{id}` (an imported
+/// owner is recorded on create). Returns a human-readable error for the line.
 pub async fn import_line(
     store: &crate::store::Store,
     cx: &crate::usecase::Ctx<'_>,
     line: &str,
+    admin_if_missing: bool,
 ) -> Result<(), String> {
-    let body: DeviceBody = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
-    let id = body.device_id.clone().ok_or("device_id is required")?;
-    crate::ids::validate("device id", &id).map_err(|e| e.to_string())?;
-    let input = validate(&id, body).map_err(|e| e.to_string())?;
+    let (id, input) = parse_import_line(line, admin_if_missing)?;
     devices::put(store, cx, &id, input, &Precondition::default())
         .await
         .map_err(|e| e.to_string())?;

@@ -202,7 +202,7 @@ impl From<crate::usecase::devices::DeviceError> for ApiError {
     fn from(e: crate::usecase::devices::DeviceError) -> Self {
         use crate::usecase::devices::DeviceError as E;
         match e {
-            E::Disabled => ApiError::Conflict(e.to_string()),
+            E::Disabled | E::OwnerMissing(_) => ApiError::Conflict(e.to_string()),
             E::Invalid(m) => ApiError::BadRequest(m),
             E::NotFound => ApiError::NotFound("device not found".into()),
             E::PreconditionFailed => ApiError::PreconditionFailed,

@@ -36,6 +36,9 @@ pub enum DeviceError {
     /// unknown device
     #[error("device not found")]
     NotFound,
+    /// the imported owner's enrollment does not exist here
+    #[error("{0}")]
+    OwnerMissing(String),
     /// If-Match / If-None-Match did not hold
     #[error("precondition failed")]
     PreconditionFailed,
@@ -122,6 +125,20 @@ pub struct DeviceInput {
     pub tags: Option<Map<String, Value>>,
     /// gateway
     pub parent_id: Option<Option<String>>,
+    /// imports only: the owner to record when the device is created (an enrollment that must
+    /// exist), and its creation time
+    pub imported: Option<Imported>,
+}
+
+/// What an import line carries beyond a PUT body (API.md A30 `import`).
+#[derive(Debug, Default, Clone)]
+pub struct Imported {
+    /// `("enrollment_group", group id)` or `("enrollment", registration id)`; None = admin
+    pub owner: Option<(String, String)>,
+    /// when the device was created where it was exported
+    pub created_at: Option<i64>,
+    /// `--owner admin`: an owner whose enrollment does not exist here becomes admin
+    pub admin_if_missing: bool,
 }
 
 /// Conditions of a PUT / DELETE.
@@ -254,13 +271,21 @@ pub async fn put_many(
     let repeated: std::collections::HashSet<String> =
         ids.iter().filter(|id| !seen.insert(**id)).map(|id| (*id).to_owned()).collect();
     let (fresh, rest): (Vec<_>, Vec<_>) = items.into_iter().partition(|(id, input)| {
-        !existing.contains(id) && !repeated.contains(id) && input.parent_id.is_none()
+        !existing.contains(id)
+            && !repeated.contains(id)
+            && input.parent_id.is_none()
+            && input.imported.as_ref().is_none_or(|i| i.owner.is_none())
     });
     let mut new_rows = Vec::with_capacity(fresh.len());
     let mut entries = Vec::with_capacity(fresh.len());
     for (id, input) in fresh {
         entries.push(cx.actor.did("device.create", &id));
-        new_rows.push(shape(cx, &id, None, input)?.row);
+        let created_at = input.imported.as_ref().and_then(|i| i.created_at);
+        let mut row = shape(cx, &id, None, input)?.row;
+        if let Some(at) = created_at {
+            row.created_at = at;
+        }
+        new_rows.push(row);
     }
     let mut w = crate::store::Writes::new(store.dialect());
     rows::insert_many(&mut w, &new_rows);
@@ -361,7 +386,11 @@ async fn put_in(
             return Err(DeviceError::Invalid(format!("parent device `{parent}` does not exist")));
         }
     }
-    let Shaped { row, auth, old_etag, created, was_enabled } = shape(cx, id, current, input)?;
+    let imported = input.imported.clone();
+    let Shaped { mut row, auth, old_etag, created, was_enabled } = shape(cx, id, current, input)?;
+    if let (true, Some(imported)) = (created, imported) {
+        adopt_owner(&mut *tx, &mut row, &imported).await?;
+    }
     if created {
         rows::insert(&mut *tx, &row).await?;
         cx.audit(&mut *tx, dialect, "device.create", id).await?;
@@ -375,6 +404,40 @@ async fn put_in(
         }
     }
     Ok((Device { row, auth }, created))
+}
+
+/// Records an imported device's owner (when its enrollment exists here) and creation time.
+async fn adopt_owner(
+    tx: &mut sqlx::AnyConnection,
+    row: &mut DeviceRow,
+    imported: &Imported,
+) -> Result<(), DeviceError> {
+    if let Some(at) = imported.created_at {
+        row.created_at = at;
+    }
+    let Some((kind, id)) = &imported.owner else { return Ok(()) };
+    let exists = match kind.as_str() {
+        "enrollment_group" => crate::store::enrollment::group(&mut *tx, id).await?.is_some(),
+        "enrollment" => {
+            id == &row.device_id
+                && crate::store::enrollment::enrollment(&mut *tx, id).await?.is_some()
+        }
+        _ => false,
+    };
+    match (exists, imported.admin_if_missing) {
+        (true, _) => {
+            row.owner_kind.clone_from(kind);
+            row.enrollment_group_id = (kind == "enrollment_group").then(|| id.clone());
+        }
+        (false, true) => {}
+        (false, false) => {
+            return Err(DeviceError::OwnerMissing(format!(
+                "owner {kind} `{id}` does not exist here: create it first, or import with \
+                 --owner admin"
+            )))
+        }
+    }
+    Ok(())
 }
 
 /// Deletes a device and revokes its certificates.

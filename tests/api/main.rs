@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod devices;
 mod enrollment;
+mod files;
 mod faults;
 mod helpers;
 mod mosquitto;

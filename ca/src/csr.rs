@@ -208,6 +208,24 @@ impl SubjectKey {
     pub fn key_type(&self) -> KeyType {
         self.key_type
     }
+
+    /// The key's fingerprint (see [`key_fingerprint`]).
+    pub fn fingerprint(&self) -> String {
+        key_fingerprint(&self.raw)
+    }
+}
+
+/// Lowercase hex SHA-256 of a public key's bits (the SubjectPublicKeyInfo's BIT STRING): one
+/// key has one fingerprint, whichever request or certificate carries it.
+pub fn key_fingerprint(public_key_bits: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(public_key_bits))
+}
+
+/// The [`key_fingerprint`] of a DER certificate's subject key (`None` when it does not parse).
+pub fn certificate_key_fingerprint(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    Some(key_fingerprint(&cert.public_key().subject_public_key.data))
 }
 
 impl rcgen::PublicKeyData for SubjectKey {
@@ -279,6 +297,30 @@ impl VerifiedCsr {
     /// The request in DER form (for idempotency comparison).
     pub fn der(&self) -> &[u8] {
         &self.der
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_has_the_same_fingerprint_in_its_request_and_its_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["dev-1".into()]).unwrap();
+        let csr = params.serialize_request(&key).unwrap();
+        let verified = VerifiedCsr::parse(csr.der(), &CsrPolicy::server()).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            Some(verified.subject_key().fingerprint()),
+            certificate_key_fingerprint(cert.der())
+        );
+        let other = rcgen::KeyPair::generate().unwrap();
+        let cert2 = params.self_signed(&other).unwrap();
+        assert_ne!(
+            certificate_key_fingerprint(cert.der()),
+            certificate_key_fingerprint(cert2.der())
+        );
     }
 }
 

@@ -100,6 +100,43 @@ pub const KEY_RELOAD_SECS: u64 = 5;
 /// How often a running server checkpoints the SQLite write-ahead log.
 pub const CHECKPOINT_MILLIS: u64 = 500;
 
+/// How long a kept-alive connection may stay silent between requests.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// How often the summaries of rate-limited failures whose window ended are written.
+pub const SUMMARY_SECS: u64 = 5;
+
+/// Writes one `auth.failure.summary` audit row and one log line per rate-limited key whose
+/// window is over (every window with `all`, at shutdown): the failures it refused were counted,
+/// not written one by one (API.md A25, A30).
+pub async fn write_failure_summaries(state: &AppState, all: bool) {
+    let now = state.now();
+    let summaries =
+        if all { state.limiter.drain_summaries(now) } else { state.limiter.due_summaries(now) };
+    let entries: Vec<crate::audit::Entry> =
+        summaries.iter().map(crate::audit::Entry::auth_failure_summary).collect();
+    for (s, e) in summaries.iter().zip(&entries) {
+        tracing::warn!(
+            principal = %e.target,
+            client_addr = %s.addr,
+            count = s.count,
+            "authentication failures refused while rate-limited"
+        );
+    }
+    // Bounded transactions (a full limiter table holds 65,536 keys).
+    for chunk in entries.chunks(500) {
+        let written = async {
+            let mut tx = state.store.begin().await?;
+            crate::audit::append_many(&mut tx, state.store.dialect(), &state.audit_key, chunk, now)
+                .await?;
+            tx.commit().await.map_err(StoreError::from)
+        };
+        if let Err(e) = written.await {
+            tracing::warn!(error = %http::problem::error_chain(&e), "failure summaries not audited");
+        }
+    }
+}
+
 /// A built, bound, not yet running server.
 pub struct Application {
     server: actix_web::dev::Server,
@@ -149,6 +186,7 @@ pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
         metrics: Metrics::new()?,
         registrations: Default::default(),
         policy_cache: Default::default(),
+        enrollment_groups: Default::default(),
     })
 }
 
@@ -157,18 +195,52 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let instance_lock = lock_single_instance(&config)?;
-        let state = open_state(config, clock).await?;
+        let mut state = open_state(config, clock).await?;
+        match crate::usecase::revoke::mark_compromised_keys(&state.store, state.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "keys of certificates revoked for compromise marked"),
+            Err(e) => tracing::warn!(error = %e, "compromised keys not marked"),
+        }
+        let listen = state.config.listen.clone();
+        let listener =
+            bind(&listen).map_err(|source| StartError::Bind { addr: listen.clone(), source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr: listen.clone(), source })?;
+        if state.config.public_url.is_none() {
+            // CRL and OCSP pointers name the port actually bound, never `:0` (API.md A24).
+            state.config.public_url = Some(state.config.default_public_url(Some(bound.port())));
+        }
         let authority = state.authority();
+        // The public URL's host is always a name of the server certificate (API.md A30).
+        let mut names = state.config.tls_names.clone();
+        let public = state.config.public_base_url();
+        if let Ok(host) = crate::config::public_url_host(&public) {
+            if !names.contains(&host) {
+                names.push(host.clone());
+            }
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+            if loopback {
+                tracing::warn!(
+                    url = %public,
+                    "certificates will point devices at a loopback URL for CRL and OCSP: set \
+                     public_url (provisiond.toml, PROVISIOND_PUBLIC_URL or init --public-url) to \
+                     the address devices reach"
+                );
+            }
+        }
         let cred = crate::usecase::server_cert::issue_for_instance(
             &state.store,
             &authority,
             &state.config.host_name,
-            &state.config.tls_names,
+            &names,
             state.now(),
         )
         .await?;
         let tls = crate::tls::server_config(&cred)?;
-        let listen = state.config.listen.clone();
         let state = web::Data::new(state);
         let reloader = state.clone();
         let holder = crate::usecase::random_hex(8);
@@ -196,6 +268,26 @@ impl Application {
                 }
             }
         });
+        let summarizer = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(SUMMARY_SECS));
+            loop {
+                tick.tick().await;
+                write_failure_summaries(&summarizer, false).await;
+                crate::auth::password::release_idle();
+            }
+        });
+        let header_timeout = Duration::from_secs(state.config.request_header_timeout_secs.max(1));
+        // Heads after a connection's first request: see `http::heads`.
+        let watchdog = Arc::new(http::heads::Watchdog::new(KEEP_ALIVE + header_timeout));
+        let sweeper = watchdog.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                sweeper.sweep();
+            }
+        });
         let data = state.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -209,21 +301,41 @@ impl Application {
                 }))
                 .wrap(from_fn(http::guard))
                 .wrap(from_fn(http::measure))
+                .wrap(from_fn(http::limits::bodies))
+                .wrap(from_fn(http::heads::track))
+                .wrap(from_fn(http::access::log))
                 .configure(http::configure)
                 .default_service(web::to(|| async {
                     Err::<String, _>(ApiError::NotFound("no such route".into()))
                 }))
         })
-        .on_connect(crate::mtls::on_connect)
-        .client_request_timeout(Duration::from_secs(30))
+        .on_connect(move |conn, ext| {
+            crate::mtls::on_connect(conn, ext);
+            watchdog.on_connect(conn, ext);
+        })
+        .keep_alive(KEEP_ALIVE)
+        // A request head must arrive within this (API.md A25); bodies: `http::limits`.
+        .client_request_timeout(header_timeout)
         .tls_handshake_timeout(Duration::from_secs(5))
         .shutdown_timeout(20)
-        .bind_rustls_0_23(&listen, tls)
+        .listen_rustls_0_23(listener, tls)
         .map_err(|source| StartError::Bind { addr: listen.clone(), source })?;
         let addr = server.addrs().first().copied().ok_or_else(|| StartError::Bind {
             addr: listen.clone(),
             source: std::io::Error::other("no address bound"),
         })?;
+        let issuer = state.authority().active_entry().id.clone();
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            data_dir = %state.config.data_dir.display(),
+            database = %state.config.database().masked(),
+            host_name = %state.config.host_name,
+            id_scope = %state.config.id_scope,
+            public_url = %state.config.public_base_url(),
+            listen = %addr,
+            intermediate = %issuer,
+            "provisiond starting"
+        );
         Ok(Self { server: server.run(), addr, state, _instance_lock: instance_lock })
     }
 
@@ -235,9 +347,30 @@ impl Application {
     /// Serves until SIGTERM / SIGINT; in-flight requests finish.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        write_failure_summaries(&self.state, true).await;
         self.state.store.close().await;
         result
     }
+}
+
+/// Binds the HTTPS socket as actix would (address reuse, a backlog of 1,024), before the
+/// server is built, so the bound port is known to what the server issues.
+fn bind(listen: &str) -> std::io::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs as _;
+    let mut last = std::io::Error::other("the address resolves to nothing");
+    for addr in listen.to_socket_addrs()? {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        match socket.bind(&addr.into()).and_then(|()| socket.listen(1024)) {
+            Ok(()) => return Ok(socket.into()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Jobs that one instance at a time runs (a lease in the database, DESIGN.md "Scale-out"):

@@ -54,6 +54,7 @@ impl AuditKey {
             target: row.target.clone(),
             outcome: if row.outcome == "success" { Outcome::Success } else { Outcome::Failure },
             client_addr: row.client_addr.clone(),
+            count: row.failure_count,
         };
         // The stored outcome must be one of the two canonical values, or the row was edited.
         if row.outcome != entry.outcome.as_str() {
@@ -98,6 +99,26 @@ pub struct Entry {
     pub outcome: Outcome,
     /// client IP
     pub client_addr: Option<String>,
+    /// how many failures a summary row stands for (`auth.failure.summary` only)
+    pub count: Option<i64>,
+}
+
+/// Longest claimed principal kept in a failure row (characters, API.md A25).
+pub const MAX_PRINCIPAL_CHARS: usize = crate::auth::ratelimit::MAX_PRINCIPAL_CHARS;
+/// Longest request path kept in a failure row (characters, API.md A25).
+pub const MAX_PATH_CHARS: usize = 256;
+
+/// `s` cut to `max` characters (on a character boundary) with control characters escaped
+/// (`\u{1b}`), for attacker-chosen text in audit rows and log lines. The escaping may lengthen
+/// the result by a bounded factor (at most 8 bytes per kept character).
+pub fn bounded_text(s: &str, max: usize) -> String {
+    let kept = crate::auth::ratelimit::truncate_chars(s, max);
+    if !kept.chars().any(char::is_control) {
+        return kept.to_owned();
+    }
+    kept.chars()
+        .map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.into() })
+        .collect()
 }
 
 impl Entry {
@@ -109,6 +130,7 @@ impl Entry {
             target: target.to_owned(),
             outcome: Outcome::Success,
             client_addr: client_addr.map(str::to_owned),
+            count: None,
         }
     }
 
@@ -116,12 +138,44 @@ impl Entry {
     pub fn failure(actor: &str, action: &str, target: &str, client_addr: Option<&str>) -> Self {
         Self { outcome: Outcome::Failure, ..Self::success(actor, action, target, client_addr) }
     }
+
+    /// A failed authentication: the claimed principal (or `anonymous`) and the request path,
+    /// each bounded and escaped (API.md A25).
+    pub fn auth_failure(claimed: Option<&str>, path: &str, client_addr: Option<&str>) -> Self {
+        let actor = claimed
+            .map_or_else(|| "anonymous".to_owned(), |c| bounded_text(c, MAX_PRINCIPAL_CHARS));
+        Self::failure(&actor, "auth.failure", &bounded_text(path, MAX_PATH_CHARS), client_addr)
+    }
+
+    /// The summary of one rate-limited key's refused failures in one window: target = the
+    /// (truncated) principal, or `*` for an address key (every principal from that address).
+    pub fn auth_failure_summary(s: &crate::auth::ratelimit::Summary) -> Self {
+        let principal = s.principal.as_deref().map(|p| bounded_text(p, MAX_PRINCIPAL_CHARS));
+        let actor = principal.as_deref().unwrap_or("anonymous");
+        let target = principal.as_deref().unwrap_or("*");
+        Self {
+            count: Some(i64::try_from(s.count).unwrap_or(i64::MAX)),
+            ..Self::failure(actor, "auth.failure.summary", target, Some(&s.addr))
+        }
+    }
 }
 
-/// Canonical, unambiguous serialization of a row's content (a JSON array).
+/// Canonical, unambiguous serialization of a row's content (a JSON array). A summary's count
+/// is an eighth element, present only on summary rows, so older rows hash as they always did.
 fn canonical(seq: i64, at: i64, e: &Entry) -> String {
-    serde_json::json!([seq, at, e.actor, e.action, e.target, e.outcome.as_str(), e.client_addr])
-        .to_string()
+    let mut row = serde_json::json!([
+        seq,
+        at,
+        e.actor,
+        e.action,
+        e.target,
+        e.outcome.as_str(),
+        e.client_addr
+    ]);
+    if let (Some(count), Some(items)) = (e.count, row.as_array_mut()) {
+        items.push(count.into());
+    }
+    row.to_string()
 }
 
 /// Appends `entry` inside the caller's write transaction (so the audit row commits or rolls back
@@ -203,6 +257,7 @@ fn chain(
             target: entry.target.clone(),
             outcome: entry.outcome.as_str().to_owned(),
             client_addr: entry.client_addr.clone(),
+            failure_count: entry.count,
             prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
             hash,
         });
@@ -234,6 +289,17 @@ pub struct Verification {
     pub first_bad_seq: Option<i64>,
 }
 
+/// One page of the trail after `after`, limited by `filter`.
+pub async fn page(
+    store: &Store,
+    after: i64,
+    limit: i64,
+    filter: &crate::store::audit::AuditFilter<'_>,
+) -> Result<Vec<crate::store::audit::AuditRow>, StoreError> {
+    let mut conn = store.conn().await?;
+    crate::store::audit::page(&mut conn, after, limit, filter).await
+}
+
 /// Walks the whole chain in pages and reports the first inconsistency: a gap or reordering in
 /// `seq`, a `prev_hash` that is not the previous row's `hash`, a MAC that does not match, or a
 /// head that does not point at the last row (rows cut from the end).
@@ -244,7 +310,7 @@ pub async fn verify(store: &Store, key: &AuditKey) -> Result<Verification, Store
     let mut prev = GENESIS.to_owned();
     let mut checked = 0;
     loop {
-        let page = rows::page(&mut conn, expected_seq - 1, 1000).await?;
+        let page = rows::page(&mut conn, expected_seq - 1, 1000, &Default::default()).await?;
         if page.is_empty() {
             break;
         }
@@ -279,6 +345,7 @@ mod tests {
             key.hash(GENESIS, &Entry { target: "x".into(), ..e.clone() }, 1, 100),
             key.hash(GENESIS, &Entry { outcome: Outcome::Failure, ..e.clone() }, 1, 100),
             key.hash(GENESIS, &Entry { client_addr: None, ..e.clone() }, 1, 100),
+            key.hash(GENESIS, &Entry { count: Some(0), ..e.clone() }, 1, 100),
             key.hash(GENESIS, &e, 2, 100),
             key.hash(GENESIS, &e, 1, 101),
             key.hash(&"1".repeat(64), &e, 1, 100),
@@ -287,5 +354,42 @@ mod tests {
             assert_ne!(v, base);
         }
         assert_eq!(base.len(), 64);
+    }
+
+    #[test]
+    fn a_row_without_a_count_hashes_as_before_the_count_existed() {
+        let e = Entry::failure("a", "auth.failure", "/x", None);
+        assert_eq!(canonical(1, 2, &e), r#"[1,2,"a","auth.failure","/x","failure",null]"#);
+        let s = Entry { count: Some(7), ..e };
+        assert_eq!(canonical(1, 2, &s), r#"[1,2,"a","auth.failure","/x","failure",null,7]"#);
+    }
+
+    #[test]
+    fn failure_rows_hold_at_most_128_characters_of_principal_and_256_of_path() {
+        let e = Entry::auth_failure(Some(&"ü".repeat(5000)), &"/a".repeat(40_000), Some("::1"));
+        assert_eq!(e.actor.chars().count(), 128);
+        assert_eq!(e.target.chars().count(), 256);
+        assert_eq!(Entry::auth_failure(None, "/v1", None).actor, "anonymous");
+    }
+
+    #[test]
+    fn control_characters_in_failure_rows_are_escaped() {
+        let e = Entry::auth_failure(Some("evil\n\u{1b}[31mname"), "/p\r\nX", None);
+        assert!(!e.actor.chars().any(char::is_control), "{}", e.actor);
+        assert!(e.actor.contains("\\u{a}"), "{}", e.actor);
+        assert!(!e.target.chars().any(char::is_control));
+    }
+
+    #[test]
+    fn summaries_name_the_principal_and_carry_the_count() {
+        use crate::auth::ratelimit::Summary;
+        let s = Summary { principal: Some("p".into()), addr: "10.0.0.1".into(), count: 42 };
+        let e = Entry::auth_failure_summary(&s);
+        assert_eq!(
+            (e.action.as_str(), e.target.as_str(), e.count),
+            ("auth.failure.summary", "p", Some(42))
+        );
+        let s = Summary { principal: None, ..s };
+        assert_eq!(Entry::auth_failure_summary(&s).target, "*");
     }
 }

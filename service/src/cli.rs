@@ -33,6 +33,14 @@ enum Command {
         /// Write the owner connection string to this file (mode 0600) instead of stdout.
         #[arg(long, value_name = "F")]
         credentials_out: Option<PathBuf>,
+        /// The URL devices and brokers reach this service at (absolute https://, no query):
+        /// CRL and OCSP pointers in every certificate use it, and its host is a SAN of the
+        /// server certificate. Default https://{host_name}:{bound port}.
+        #[arg(long, value_name = "URL")]
+        public_url: Option<String>,
+        /// An extra DNS name or IP address for the server certificate (repeatable).
+        #[arg(long = "tls-name", value_name = "NAME")]
+        tls_names: Vec<String>,
         /// Offline root: an intermediate certificate signed by --root-cert (PEM).
         #[arg(long, value_name = "F", requires_all = ["intermediate_key", "root_cert"])]
         intermediate_cert: Option<PathBuf>,
@@ -43,14 +51,36 @@ enum Command {
         #[arg(long, value_name = "F", requires_all = ["intermediate_cert", "intermediate_key"])]
         root_cert: Option<PathBuf>,
     },
-    /// Serve the HTTPS API (initializes the data directory on first run).
+    /// Serve the HTTPS API. Initializes the data directory only when it is the default
+    /// `./provisiond-data` and does not exist yet, or with --init; otherwise a missing or
+    /// uninitialized data directory is an error (run `provisiond init` first).
     Serve {
         /// Address to listen on (default 127.0.0.1:8443; port 0 picks a free port).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// Initialize the data directory (absent or empty) if it is not initialized yet.
+        #[arg(long)]
+        init: bool,
     },
     /// Apply database migrations.
     Migrate,
+    /// Write a backup of this deployment to a new file (0600): config, master key, CA chain
+    /// and, on SQLite, a consistent snapshot of the database taken while the server runs. On
+    /// PostgreSQL it prints the pg_dump / pg_restore commands for the database.
+    Backup {
+        /// The backup file to create (refused if it exists).
+        #[arg(long, value_name = "F")]
+        out: PathBuf,
+        /// Include the root CA key (it belongs offline: only with this flag).
+        #[arg(long)]
+        with_root_key: bool,
+    },
+    /// Restore a backup into an absent or empty data directory (--data-dir).
+    Restore {
+        /// The backup file.
+        #[arg(long, value_name = "F")]
+        from: PathBuf,
+    },
     /// Rotate the master key: add a new version, re-seal every secret in batches, then retire
     /// the old version. Safe to run while servers run; resumable if interrupted.
     RotateMasterKey {
@@ -133,7 +163,12 @@ enum AuditCommand {
 /// Entry point of the `provisiond` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The log format may be set in provisiond.toml: a quiet first read of the configuration
+    // picks it (the real load, after this, reports any problem through the logger).
+    let format = Config::load(&Overrides { data_dir: cli.data_dir.clone(), ..Default::default() })
+        .map(|c| c.log_format)
+        .unwrap_or_default();
+    init_tracing(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -150,25 +185,41 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs go to stderr (stdout carries only what scripts read), as text — coloured only on a
+/// terminal, never escape codes in a log file — or as one JSON object per line.
+fn init_tracing(format: crate::config::LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        crate::config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        crate::config::LogFormat::Text => {
+            builder.with_ansi(std::io::stderr().is_terminal()).try_init()
+        }
+    };
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     let listen = match &cli.command {
-        Command::Serve { listen } => listen.clone(),
+        Command::Serve { listen, .. } => listen.clone(),
         _ => None,
     };
-    let overrides = Overrides { data_dir: cli.data_dir.clone(), listen };
+    let explicit_data_dir =
+        cli.data_dir.is_some() || std::env::var_os("PROVISIOND_DATA_DIR").is_some();
+    let (public_url, tls_names) = match &cli.command {
+        Command::Init { public_url, tls_names, .. } => (public_url.clone(), tls_names.clone()),
+        _ => (None, Vec::new()),
+    };
+    let overrides = Overrides { data_dir: cli.data_dir.clone(), listen, public_url, tls_names };
     let config = Config::load(&overrides).map_err(|e| e.to_string())?;
     if !matches!(cli.command, Command::Init { .. }) {
         tighten_data_dir(&config)?;
     }
     match cli.command {
-        Command::Init { credentials_out, intermediate_cert, intermediate_key, root_cert } => {
+        Command::Init {
+            credentials_out, intermediate_cert, intermediate_key, root_cert, ..
+        } => {
             let external = match (intermediate_cert, intermediate_key, root_cert) {
                 (Some(c), Some(k), Some(r)) => {
                     let read = |p: &PathBuf| {
@@ -185,8 +236,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             };
             init(config, credentials_out, external).await
         }
-        Command::Serve { .. } => serve(config).await,
+        Command::Serve { init, .. } => serve(config, explicit_data_dir, init).await,
         Command::Migrate => migrate(config).await,
+        Command::Backup { out, with_root_key } => backup(config, out, with_root_key).await,
+        Command::Restore { from } => restore(config, from),
         Command::RotateMasterKey { batch_size, grace_secs, stop_after_batches } => {
             let opts = crate::usecase::rotate_master_key::RotateOptions {
                 batch_size: batch_size.clamp(1, 10_000),
@@ -245,8 +298,19 @@ async fn init(
 
 /// `provisiond serve`
 #[allow(clippy::print_stdout)]
-async fn serve(mut config: Config) -> Result<ExitCode, String> {
+async fn serve(mut config: Config, explicit: bool, init: bool) -> Result<ExitCode, String> {
     if !config.file_path().exists() {
+        // Only the README's one command initializes by itself: the default directory, absent.
+        // Anything else (a typo, the wrong working directory) would silently make a second PKI.
+        if !init && (explicit || config.data_dir.exists()) {
+            eprintln!(
+                "error: {} is not an initialized provisiond data directory: run \
+                 `provisiond init --data-dir {0}` first, or `provisiond serve --init` to \
+                 initialize it now",
+                config.data_dir.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
         let listen = config.listen.clone();
         let done = crate::usecase::init::initialize(config, &SystemClock, None)
             .await
@@ -266,6 +330,34 @@ async fn serve(mut config: Config) -> Result<ExitCode, String> {
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     app.run_until_stopped().await.map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `provisiond backup`
+async fn backup(config: Config, out: PathBuf, with_root_key: bool) -> Result<ExitCode, String> {
+    let store =
+        crate::store::Store::connect(&config.database(), 2).await.map_err(|e| error_chain(&e))?;
+    let report = crate::usecase::backup::backup(&config, &store, &out, with_root_key)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    eprintln!("wrote {} ({})", out.display(), report.entries.join(", "));
+    if !report.database_included {
+        let url = config.database().masked();
+        eprintln!(
+            "the PostgreSQL database is not in the file; back it up with:\n  \
+             pg_dump --format=custom --file=provisiond.dump '{url}'\n\
+             and restore it into an empty database with:\n  \
+             pg_restore --no-owner --dbname='<new database url>' provisiond.dump"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `provisiond restore`
+fn restore(config: Config, from: PathBuf) -> Result<ExitCode, String> {
+    let restored =
+        crate::usecase::backup::restore(&from, &config.data_dir).map_err(|e| error_chain(&e))?;
+    eprintln!("restored {} into {}", restored.join(", "), config.data_dir.display());
     Ok(ExitCode::SUCCESS)
 }
 

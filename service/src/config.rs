@@ -29,6 +29,35 @@ pub enum ConfigError {
         /// what went wrong
         reason: String,
     },
+    /// A setting has a value of the wrong form (whatever layer set it).
+    #[error("setting {key} is invalid: {reason}")]
+    Invalid {
+        /// the setting
+        key: &'static str,
+        /// what went wrong and the expected form
+        reason: &'static str,
+    },
+}
+
+/// The host of an absolute `https://` URL without query or fragment (`public_url`, API.md
+/// A30); an error names the expected form.
+pub fn public_url_host(url: &str) -> Result<String, ConfigError> {
+    let bad = |reason| ConfigError::Invalid { key: "public_url", reason };
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or(bad("an absolute https:// URL is expected, e.g. https://pki.example.com:8443"))?;
+    if url.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("no query, fragment or whitespace is allowed"));
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    if host.is_empty() || authority.contains('@') {
+        return Err(bad("a host is expected after https://, without user info"));
+    }
+    Ok(host.to_ascii_lowercase())
 }
 
 /// A database URL; its `Debug` masks any password.
@@ -82,6 +111,17 @@ impl std::fmt::Debug for DatabaseUrl {
     }
 }
 
+/// How the server writes its log (stderr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// human-readable lines (colour only on a terminal)
+    #[default]
+    Text,
+    /// one JSON object per line (for log shippers)
+    Json,
+}
+
 /// Everything provisiond is configured by.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -101,7 +141,10 @@ pub struct Config {
     pub master_key_file: Option<PathBuf>,
     /// Root CA key file; default `{data_dir}/root-ca.key`.
     pub root_key_file: Option<PathBuf>,
-    /// Public base URL put into certificates' CRL DP / OCSP AIA; default `https://{listen}`.
+    /// `text` (default) or `json`: the log format on stderr.
+    pub log_format: LogFormat,
+    /// Public base URL put into certificates' CRL DP / OCSP AIA; default
+    /// `https://{host_name}:{bound port}`.
     pub public_url: Option<String>,
     /// Extra DNS names / IPs for the service's TLS certificate.
     pub tls_names: Vec<String>,
@@ -111,6 +154,11 @@ pub struct Config {
     pub crl_validity_secs: i64,
     /// Database pool size.
     pub db_max_connections: u32,
+    /// A request head must arrive within this many seconds (API.md A25).
+    pub request_header_timeout_secs: u64,
+    /// A request body must arrive within this many seconds, and no read of a body (NDJSON
+    /// included) waits longer than this for its next byte (API.md A25, A30).
+    pub request_body_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -123,11 +171,14 @@ impl Default for Config {
             database_url: None,
             master_key_file: None,
             root_key_file: None,
+            log_format: LogFormat::Text,
             public_url: None,
             tls_names: Vec::new(),
             sas_skew_secs: 300,
             crl_validity_secs: 86_400,
             db_max_connections: 8,
+            request_header_timeout_secs: 10,
+            request_body_timeout_secs: 30,
         }
     }
 }
@@ -139,6 +190,10 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--listen`
     pub listen: Option<String>,
+    /// `--public-url`
+    pub public_url: Option<String>,
+    /// `--tls-name` (repeatable)
+    pub tls_names: Vec<String>,
 }
 
 impl Config {
@@ -161,6 +216,15 @@ impl Config {
         if let Some(listen) = &overrides.listen {
             config.listen = listen.clone();
         }
+        if let Some(url) = &overrides.public_url {
+            config.public_url = Some(url.trim_end_matches('/').to_owned());
+        }
+        if !overrides.tls_names.is_empty() {
+            config.tls_names.clone_from(&overrides.tls_names);
+        }
+        if let Some(url) = &config.public_url {
+            public_url_host(url)?;
+        }
         Ok(config)
     }
 
@@ -177,6 +241,12 @@ impl Config {
             "PROVISIOND_SAS_SKEW_SECS",
             "PROVISIOND_CRL_VALIDITY_SECS",
             "PROVISIOND_DB_MAX_CONNECTIONS",
+            "PROVISIOND_LOG_FORMAT",
+            "PROVISIOND_URL",
+            "PROVISIOND_CONNECTION_STRING",
+            "PROVISIOND_PKCS11_PIN",
+            "PROVISIOND_REQUEST_HEADER_TIMEOUT_SECS",
+            "PROVISIOND_REQUEST_BODY_TIMEOUT_SECS",
             "PROVISIOND_TEST_DB",
             "PROVISIOND_TEST_PG_URL",
             "PROVISIOND_REQUIRE_INTEROP",
@@ -188,6 +258,18 @@ impl Config {
             }
         }
         let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+        if let Some(v) = var("PROVISIOND_LOG_FORMAT") {
+            self.log_format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "PROVISIOND_LOG_FORMAT".into(),
+                        reason: "expected text or json".into(),
+                    })
+                }
+            };
+        }
         if let Some(v) = var("PROVISIOND_HOST_NAME") {
             self.host_name = v;
         }
@@ -226,6 +308,12 @@ impl Config {
         if let Some(v) = int("PROVISIOND_DB_MAX_CONNECTIONS")? {
             self.db_max_connections = v.clamp(1, 256) as u32;
         }
+        if let Some(v) = int("PROVISIOND_REQUEST_HEADER_TIMEOUT_SECS")? {
+            self.request_header_timeout_secs = v.clamp(1, 3600) as u64;
+        }
+        if let Some(v) = int("PROVISIOND_REQUEST_BODY_TIMEOUT_SECS")? {
+            self.request_body_timeout_secs = v.clamp(1, 3600) as u64;
+        }
         Ok(())
     }
 
@@ -251,9 +339,19 @@ impl Config {
         })
     }
 
-    /// The public base URL for CRL / OCSP pointers.
+    /// The public base URL for CRL / OCSP pointers: `public_url`, else
+    /// `https://{host_name}:{port of listen}` (`serve` fills in the bound port before it
+    /// issues anything, so a certificate never points at port 0).
     pub fn public_base_url(&self) -> String {
-        self.public_url.clone().unwrap_or_else(|| format!("https://{}", self.listen))
+        self.public_url.clone().unwrap_or_else(|| self.default_public_url(None))
+    }
+
+    /// `https://{host_name}:{port}`, the port being `bound_port` or the one of `listen`.
+    pub fn default_public_url(&self, bound_port: Option<u16>) -> String {
+        let port = bound_port.map(|p| p.to_string()).unwrap_or_else(|| {
+            self.listen.rsplit_once(':').map_or_else(|| "8443".to_owned(), |(_, p)| p.to_owned())
+        });
+        format!("https://{}:{port}", self.host_name)
     }
 
     /// Writes the persistent part of the config (mode 0600: it may hold a database URL).

@@ -11,7 +11,7 @@
 //! - [`auth`]: principals, permissions, SAS authentication, rate limiting;
 //! - [`audit`]: the HMAC-chained audit trail;
 //! - [`authority`]: the loaded CA hierarchy; [`tls`]: rustls configuration;
-//! - [`clock`], [`metrics`], [`state`], [`fsutil`]: plumbing.
+//! - [`clock`], [`metrics`], [`state`], [`fsutil`], [`spool`]: plumbing.
 
 pub mod app;
 pub mod audit;
@@ -26,6 +26,7 @@ pub mod ids;
 pub mod metrics;
 pub mod mtls;
 pub mod seal;
+pub mod spool;
 pub mod state;
 pub mod store;
 pub mod tls;

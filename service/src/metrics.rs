@@ -13,7 +13,7 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     /// failed authentications by scheme
     pub auth_failures: IntCounterVec,
-    /// registrations by enrollment group and outcome
+    /// registrations by door (`json`, `ndjson`, `self`, `dps_http`, `est`) and outcome: no ids
     pub registrations: IntCounterVec,
 }
 
@@ -40,11 +40,8 @@ impl Metrics {
             &["scheme"],
         )?;
         let registrations = IntCounterVec::new(
-            Opts::new(
-                "provisiond_registrations_total",
-                "Registrations by enrollment group and outcome",
-            ),
-            &["group", "outcome"],
+            Opts::new("provisiond_registrations_total", "Registrations by door and outcome"),
+            &["door", "outcome"],
         )?;
         registry.register(Box::new(registrations.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;

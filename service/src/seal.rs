@@ -159,18 +159,10 @@ impl KeyRing {
         let Some(key) = self.keys.get(&version) else {
             return Vec::new(); // unreachable: the ring is never empty (parse/generate)
         };
-        let cipher = Aes256Gcm::new((&*key.0).into());
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let aad = ctx.aad(version);
-        // AES-GCM encryption only fails for inputs beyond 64 GiB.
-        let ct = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: aad.as_bytes() })
-            .unwrap_or_default();
-        let mut blob = Vec::with_capacity(4 + 12 + ct.len());
+        let sealed = aead_seal(&key.0, ctx.aad(version).as_bytes(), plaintext);
+        let mut blob = Vec::with_capacity(4 + sealed.len());
         blob.extend_from_slice(&version.to_be_bytes());
-        blob.extend_from_slice(&nonce);
-        blob.extend_from_slice(&ct);
+        blob.extend_from_slice(&sealed);
         blob
     }
 
@@ -181,23 +173,42 @@ impl KeyRing {
         }
         let version = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]);
         let key = self.keys.get(&version).ok_or(SealError::UnknownVersion(version))?;
-        let cipher = Aes256Gcm::new((&*key.0).into());
-        let aad = ctx.aad(version);
-        cipher
-            .decrypt(
-                Nonce::from_slice(&blob[4..16]),
-                Payload { msg: &blob[16..], aad: aad.as_bytes() },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| SealError::OpenFailed {
+        aead_open(&key.0, ctx.aad(version).as_bytes(), &blob[4..]).ok_or_else(|| {
+            SealError::OpenFailed {
                 context: format!("{}:{}:{}", ctx.table, ctx.column, ctx.row_id),
-            })
+            }
+        })
     }
 
     /// The key version a blob was sealed with.
     pub fn version_of(blob: &[u8]) -> Option<u32> {
         blob.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
+}
+
+/// THE AES-256-GCM of provisiond: `nonce (12 random bytes) ‖ ciphertext ‖ tag`, bound to
+/// `aad`. Every sealed thing (columns, bundle payloads, spooled answers) goes through it.
+pub fn aead_seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let cipher = Aes256Gcm::new(key.into());
+    let mut nonce = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    // AES-GCM encryption only fails for inputs beyond 64 GiB.
+    let ct = cipher
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+        .unwrap_or_default();
+    [nonce.as_slice(), &ct].concat()
+}
+
+/// Opens what [`aead_seal`] made under the same key and `aad` (None if anything differs).
+pub fn aead_open(key: &[u8; 32], aad: &[u8], blob: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if blob.len() < 12 + 16 {
+        return None;
+    }
+    let cipher = Aes256Gcm::new(key.into());
+    cipher
+        .decrypt(Nonce::from_slice(&blob[..12]), Payload { msg: &blob[12..], aad })
+        .ok()
+        .map(Zeroizing::new)
 }
 
 fn random_key() -> MasterKey {

@@ -35,6 +35,8 @@ pub struct AppState {
     pub registrations: crate::usecase::register::Queue,
     /// verified policies (SQLite only; see `PolicyCache`)
     pub policy_cache: crate::auth::sas::PolicyCache,
+    /// decoded enabled enrollment groups for device attestation (see `GroupCache`)
+    pub enrollment_groups: crate::auth::enrollments::GroupCache,
 }
 
 impl AppState {
@@ -113,22 +115,40 @@ impl AppState {
     }
 }
 
+/// Which door a single registration came through (the metric label, API.md A30) and the
+/// caller's scope (factory lines; devices have none).
+#[derive(Debug, Clone, Copy)]
+pub struct Door<'a> {
+    /// `json`, `self`, `dps_http`, `est`, …
+    pub name: &'static str,
+    /// the calling policy's scope
+    pub scope: Option<&'a crate::auth::Scope>,
+}
+
+impl Door<'_> {
+    /// A device door (no caller scope).
+    pub fn device(name: &'static str) -> Door<'static> {
+        Door { name, scope: None }
+    }
+}
+
 impl AppState {
     /// Registers one device: the CPU work (CSR proof of possession, signing) here, the storing
-    /// in the next group commit of [`run_registration_queue`]; counts the outcome.
+    /// in the next group commit of [`run_registration_queue`]; counts the outcome by door.
     pub async fn register(
         &self,
+        door: Door<'_>,
         actor: crate::usecase::Actor,
         group: Arc<crate::usecase::groups::Group>,
         jti: Option<String>,
         request: crate::usecase::register::RegistrationRequest,
     ) -> Result<crate::usecase::register::Registered, crate::usecase::register::RegisterError> {
         let base_url = self.config.public_base_url();
-        let group_id = group.id.clone();
         let prepared = crate::usecase::register::prepare(
             &group,
             &self.authority(),
             &base_url,
+            door.scope,
             request,
             self.now(),
         );
@@ -137,7 +157,7 @@ impl AppState {
             Err(e) => Err(e),
         };
         let outcome = if result.is_ok() { "success" } else { "failure" };
-        self.metrics.registrations.with_label_values(&[&group_id, outcome]).inc();
+        self.metrics.registrations.with_label_values(&[door.name, outcome]).inc();
         result
     }
 }

@@ -63,7 +63,7 @@ async fn serve_initializes_on_first_run_and_writes_the_owner_credentials_file() 
     let db = fresh_database().await;
     let d = dir.path().join("fresh");
     let mut child = command(&db)
-        .args(["serve", "--data-dir"])
+        .args(["serve", "--init", "--data-dir"])
         .arg(&d)
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -317,4 +317,180 @@ async fn init_with_an_offline_root_imports_the_intermediate_and_never_sees_the_r
         .post_json("/v1/ca/intermediate/rotate", &app.owner_token(), serde_json::json!({}))
         .await;
     assert_eq!(rot.status(), 409, "rotation needs the (offline) root key");
+}
+
+/// An explicit data dir that is missing (a typo, the wrong directory) is an error naming the
+/// fix, never a second PKI made silently (API.md A30).
+#[tokio::test]
+async fn serve_refuses_a_missing_explicit_data_dir_and_names_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database().await;
+    let d = dir.path().join("typo");
+    let out = command(&db)
+        .args(["serve", "--data-dir"])
+        .arg(&d)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("provisiond init") && err.contains("serve --init"), "{err}");
+    assert!(!d.exists(), "nothing created");
+    assert!(out.stdout.is_empty());
+}
+
+/// `init --public-url --tls-name` (API.md A30): certificates point at the public URL, its host
+/// is a name of the server certificate, and a URL of the wrong form is refused.
+#[tokio::test]
+async fn init_takes_the_public_url_and_tls_names_that_certificates_carry() {
+    let db = fresh_database().await;
+    let data = DataDir::init_with_args(
+        db,
+        &["--public-url", "https://pki.example.test:9443", "--tls-name", "broker.example.test"],
+    )
+    .await;
+    let toml = std::fs::read_to_string(data.path().join("provisiond.toml")).unwrap();
+    assert!(toml.contains("https://pki.example.test:9443"), "{toml}");
+    let app = spawn_with(data, &[]).await;
+    let r = app
+        .client
+        .put(app.url("/v1/enrollment-groups/g"))
+        .header("Authorization", app.owner_token())
+        .json(&serde_json::json!({"attestation": {"type": "symmetric_key"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = app
+        .client
+        .post(app.url("/v1/enrollment-groups/g/registrations"))
+        .header("Authorization", app.owner_token())
+        .json(&serde_json::json!({"registration_id": "u-1", "csr": crate::enrollment::p256("u-1")}))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    let leaf = ::pem::parse_many(body["certificate_chain"].as_str().unwrap()).unwrap()[0]
+        .contents()
+        .to_vec();
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let text = format!("{:?}", cert.extensions());
+    assert!(text.contains("https://pki.example.test:9443/v1/ca/crl/"), "{text}");
+    assert!(text.contains("https://pki.example.test:9443/v1/ca/ocsp"), "{text}");
+
+    let out = command(&None)
+        .args(["init", "--data-dir"])
+        .arg(app.data.dir.path().join("other"))
+        .args(["--public-url", "http://plain.example?x=1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("public_url"));
+}
+
+/// A backup restored into a fresh data dir serves every device, key, certificate and audit
+/// row, and its audit chain verifies (on PostgreSQL with the pg_dump / pg_restore recipe).
+#[tokio::test]
+async fn backup_then_restore_brings_back_everything_and_the_audit_verifies() {
+    let app = crate::helpers::spawn_app().await;
+    app.put_group("g", serde_json::json!({"attestation": {"type": "symmetric_key"}})).await;
+    let r = app
+        .enroll(
+            "g",
+            serde_json::json!({"registration_id": "b-1", "csr": crate::enrollment::p256("b-1")}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let put = app
+        .client
+        .put(app.url("/v1/devices/b-2"))
+        .header("Authorization", app.owner_token())
+        .json(&serde_json::json!({"tags": {"site": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    let before: serde_json::Value = put.json().await.unwrap();
+    let out = app.data.dir.path().join("backup.tar");
+    let b = command(&app.data.database_url)
+        .args(["backup", "--data-dir"])
+        .arg(app.data.path())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    assert_eq!(mode(&out), 0o600);
+    let again = command(&app.data.database_url)
+        .args(["backup", "--data-dir"])
+        .arg(app.data.path())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "an existing file is never overwritten");
+
+    let restored_db = if crate::helpers::backend_is_postgres() {
+        let target = fresh_database().await;
+        let dump = app.data.dir.path().join("db.dump");
+        let src = app.data.database_url.clone().unwrap();
+        let d = std::process::Command::new("pg_dump")
+            .args(["--format=custom", "--file"])
+            .arg(&dump)
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(d.status.success(), "{}", String::from_utf8_lossy(&d.stderr));
+        let r = std::process::Command::new("pg_restore")
+            .args(["--no-owner", "--dbname"])
+            .arg(target.as_ref().unwrap())
+            .arg(&dump)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        target
+    } else {
+        crate::helpers::TestDatabase::given(None)
+    };
+    let dir2 = tempfile::tempdir().unwrap();
+    let d2 = dir2.path().join("restored");
+    let r = command(&restored_db)
+        .args(["restore", "--data-dir"])
+        .arg(&d2)
+        .arg("--from")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(mode(&d2), 0o700);
+    assert_eq!(mode(&d2.join("master.key")), 0o600);
+    let verify =
+        command(&restored_db).args(["audit", "verify", "--data-dir"]).arg(&d2).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    let data2 =
+        DataDir { dir: dir2, database_url: restored_db, owner_key: app.data.owner_key.clone() };
+    // `DataDir::path()` is `dir/d`: serve the restored dir through a link of that name.
+    std::os::unix::fs::symlink(&d2, data2.dir.path().join("d")).unwrap();
+    let app2 = spawn_with(data2, &[]).await;
+    let after: serde_json::Value =
+        app2.get_as("/v1/devices/b-2", &app2.owner_token()).await.json().await.unwrap();
+    assert_eq!(before["authentication"], after["authentication"], "keys come back");
+    assert_eq!(before["tags"], after["tags"]);
+    let certs: serde_json::Value = app2
+        .get_as("/v1/certificates?device_id=b-1", &app2.owner_token())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(certs["items"][0]["status"], "valid");
+    let v: serde_json::Value =
+        app2.get_as("/v1/audit/verify", &app2.owner_token()).await.json().await.unwrap();
+    assert_eq!(v["ok"], true);
+    let restore_again = command(&None)
+        .args(["restore", "--data-dir"])
+        .arg(&d2)
+        .arg("--from")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!restore_again.status.success(), "restore needs an absent or empty directory");
 }

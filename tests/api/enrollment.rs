@@ -827,3 +827,56 @@ async fn dps_compatible_register_operation_and_status() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// A client that sends its whole batch before it reads a byte of the answer (Python
+/// `requests`, like most HTTP libraries) gets every answer line: the server keeps reading the
+/// body while answers wait (in memory, then a sealed spool file), and its memory stays bounded.
+/// (Before the spool, this batch hung until the client's write timed out.)
+#[tokio::test]
+async fn a_half_duplex_client_gets_every_answer_of_a_large_batch() {
+    let app = spawn_app().await;
+    app.put_group("hd", json!({"attestation": {"type": "symmetric_key"}, "credential": "sas"}))
+        .await;
+    let n = 60_000;
+    let script = r#"
+import sys, requests
+url, token, chain, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+# ~52 MB of body and ~35 MB of answers: far more than both sockets' buffers hold.
+pad = "p" * 700
+body = "".join('{"registration_id": "%s%06d", "tags": {"pad": "%s"}}\n' % ("h" * 120, i, pad)
+               for i in range(n)).encode()
+r = requests.post(url, data=body, verify=chain, timeout=120,
+                  headers={"Authorization": token, "Content-Type": "application/x-ndjson"})
+lines = r.text.splitlines()
+ok = sum(1 for l in lines if '"device_key"' in l)
+print(r.status_code, len(lines), ok)
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(app.url("/v1/enrollment-groups/hd/registrations"))
+        .arg(app.owner_token())
+        .arg(app.chain_path())
+        .arg(n.to_string())
+        .output()
+        .await;
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        other => {
+            assert_ne!(
+                std::env::var("PROVISIOND_REQUIRE_INTEROP").as_deref(),
+                Ok("1"),
+                "python3 with requests is needed: {other:?}"
+            );
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(text, format!("200 {n} {n}"), "status, answer lines, registered");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", app.child.id())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(peak_kib < 400 * 1024, "server peak RSS {peak_kib} KiB stays bounded");
+}

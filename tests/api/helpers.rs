@@ -102,6 +102,11 @@ impl DataDir {
 
     /// Initializes against a given database (None = SQLite in the data dir).
     pub async fn init_with(database_url: TestDatabase) -> Self {
+        Self::init_with_args(database_url, &[]).await
+    }
+
+    /// `init` with extra arguments (`--public-url`, `--tls-name`, …).
+    pub async fn init_with_args(database_url: TestDatabase, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("owner.txt");
         let out = command(&database_url)
@@ -109,6 +114,7 @@ impl DataDir {
             .arg(dir.path().join("d"))
             .arg("--credentials-out")
             .arg(&creds)
+            .args(args)
             .output()
             .unwrap();
         assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));

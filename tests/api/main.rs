@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
 #![allow(unreachable_pub)]
 
+mod abuse;
 mod audit;
 mod auth;
 mod azure_sdk;
@@ -15,6 +16,7 @@ mod enrollment;
 mod files;
 mod faults;
 mod helpers;
+mod lists;
 mod mosquitto;
 mod mtls;
 mod ops;
@@ -22,3 +24,4 @@ mod policies;
 mod revocation;
 mod storage;
 mod tls;
+mod trust;

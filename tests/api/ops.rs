@@ -91,3 +91,54 @@ async fn ca_chain_is_intermediate_then_root_and_crl_is_signed_der() {
         .await;
     assert_problem(app.client.get(app.url("/v1/ca/crl/00ff")).send().await.unwrap(), 404).await;
 }
+
+/// One access line per request (JSON when asked), with route template, status, principal and
+/// request id, and never a secret: not the token, its signature, or a key the answer carried.
+#[tokio::test]
+async fn every_request_writes_one_json_access_line_without_secrets() {
+    let data = crate::helpers::DataDir::init().await;
+    let app = crate::helpers::spawn_with(data, &[("PROVISIOND_LOG_FORMAT", "json")]).await;
+    let owner = app.owner_token();
+    let r = app
+        .client
+        .put(app.url("/v1/devices/log-1"))
+        .header("Authorization", &owner)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let device: serde_json::Value = r.json().await.unwrap();
+    let key = device["authentication"]["symmetric_key"]["primary_key"].as_str().unwrap().to_owned();
+    app.client.get(app.url("/healthz")).send().await.unwrap();
+    app.client
+        .get(app.url("/v1/devices"))
+        .header("Authorization", "SharedAccessSignature sr=x&sig=y&se=1&skn=nobody")
+        .send()
+        .await
+        .unwrap();
+    let logs = app.logs();
+    let lines: Vec<serde_json::Value> =
+        logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(!lines.is_empty(), "JSON log lines: {logs}");
+    let access: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["target"] == "provisiond::access").collect();
+    let put = access.iter().find(|l| l["request_id"] == request_id.as_str()).expect("PUT line");
+    assert_eq!(put["route"], "/v1/devices/{id}");
+    assert_eq!(put["method"], "PUT");
+    assert_eq!(put["status"], 201);
+    assert_eq!(put["principal"], "owner");
+    assert!(access.iter().any(|l| l["route"] == "/healthz" && l["status"] == 200));
+    assert!(access.iter().any(|l| l["route"] == "/v1/devices" && l["status"] == 401));
+    let sig = owner.split("sig=").nth(1).unwrap().split('&').next().unwrap();
+    for secret in [app.data.owner_key.as_str(), sig, key.as_str()] {
+        assert!(!logs.contains(secret), "a secret reached the log");
+    }
+    assert!(!logs.contains('\u{1b}'), "no ANSI escape codes in a log file");
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"] == "provisiond starting"
+            || l["message"] == "provisiond starting"),
+        "a start-up summary"
+    );
+}

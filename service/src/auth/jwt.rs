@@ -23,6 +23,10 @@ pub struct Claims {
     /// enrollment group (enrollment tokens)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grp: Option<String>,
+    /// the operator's credential generation (operator sessions): the session ends when it
+    /// changes
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gen: Option<String>,
     /// unique id
     pub jti: String,
     /// issued at
@@ -112,6 +116,7 @@ mod tests {
             aud: aud.into(),
             sub: Some("alice".into()),
             grp: None,
+            gen: None,
             jti: "j".into(),
             iat: 0,
             exp,

@@ -13,6 +13,9 @@ use crate::state::AppState;
 pub struct AuditQuery {
     after: Option<i64>,
     limit: Option<i64>,
+    action: Option<String>,
+    target_prefix: Option<String>,
+    outcome: Option<String>,
 }
 
 /// `GET /v1/audit`
@@ -28,16 +31,33 @@ pub async fn list(
     if after < 0 {
         return Err(ApiError::BadRequest("after must be a non-negative sequence number".into()));
     }
-    let mut conn = state.store.conn().await?;
-    let rows = crate::store::audit::page(&mut conn, after, limit).await?;
+    if q.outcome.as_deref().is_some_and(|o| o != "success" && o != "failure") {
+        return Err(ApiError::BadRequest("outcome must be success or failure".into()));
+    }
+    if q.action.as_deref().is_some_and(|a| a.len() > 128)
+        || q.target_prefix.as_deref().is_some_and(|t| t.len() > 256)
+    {
+        return Err(ApiError::BadRequest("action or target_prefix is too long".into()));
+    }
+    let filter = crate::store::audit::AuditFilter {
+        action: q.action.as_deref(),
+        target_prefix: q.target_prefix.as_deref(),
+        outcome: q.outcome.as_deref(),
+    };
+    let rows = crate::audit::page(&state.store, after, limit, &filter).await?;
     let items: Vec<_> = rows
         .into_iter()
         .map(|r| {
-            serde_json::json!({
+            let mut item = serde_json::json!({
                 "seq": r.seq, "at": rfc3339(r.at), "actor": r.actor, "action": r.action,
                 "target": r.target, "outcome": r.outcome, "client_addr": r.client_addr,
                 "prev_hash": r.prev_hash, "hash": r.hash,
-            })
+            });
+            // Present only on `auth.failure.summary` rows (API.md A30).
+            if let Some(count) = r.failure_count {
+                item["count"] = count.into();
+            }
+            item
         })
         .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items })))
@@ -60,7 +80,9 @@ struct CheckpointClaims {
 /// by the current intermediate over `{seq, hash, at}`.
 pub async fn checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut conn = state.store.conn().await?;
-    let (seq, hash) = crate::store::audit::head(&mut conn).await?;
+    // The last row present, not the head record: after rows are cut from the end the head
+    // still names the vanished row, and signing it would vouch for rows that are gone.
+    let (seq, hash) = crate::store::audit::last_row(&mut conn).await?;
     drop(conn);
     let claims = CheckpointClaims { seq, hash, at: rfc3339(state.now()) };
     let authority = state.authority();

@@ -20,6 +20,10 @@ impl From<BundleError> for ApiError {
         match e {
             BundleError::Invalid(m) => ApiError::BadRequest(m),
             BundleError::DeviceNotFound => ApiError::NotFound("device not found".into()),
+            BundleError::DeviceDisabled => ApiError::Conflict(
+                "the device is disabled: enable it first (a pending bundle stays redeemable)"
+                    .into(),
+            ),
             BundleError::NotFound => ApiError::NotFound("bundle not found".into()),
             BundleError::Unauthorized => {
                 ApiError::Unauthorized { detail: "missing or invalid bundle token" }
@@ -70,9 +74,6 @@ pub async fn create(
             "pkcs12 needs a certificate: use credential x509 or both".into(),
         ));
     }
-    if !who.0.sees_device(&body.device_id, None) && who.0.scope.is_some() {
-        return Err(ApiError::NotFound("device not found".into()));
-    }
     let rc = RequestCtx::new(&state, &req, &who);
     let authority = state.authority();
     let new = NewBundle { device_id: body.device_id, credential, format, ttl_secs: ttl };
@@ -81,6 +82,7 @@ pub async fn create(
         &rc.cx(&state),
         &authority,
         &state.config.public_base_url(),
+        who.0.scope.as_ref(),
         new,
     )
     .await?;
@@ -99,21 +101,67 @@ fn bundle_id(req: &HttpRequest) -> Result<String, ApiError> {
     Ok(id.to_ascii_lowercase())
 }
 
+/// `?device_id=&status=&cursor=&limit=`
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    device_id: Option<String>,
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+fn bundle_json(b: &crate::store::bundles::BundleRow, now: i64) -> serde_json::Value {
+    json!({
+        "id": b.id, "device_id": b.device_id, "credential": b.credential, "format": b.format,
+        "status": bundles::status(b, now), "created_at": ts(b.created_at),
+        "expires_at": ts(b.expires_at), "redeemed_at": b.redeemed_at.map(ts),
+        "redeemed_from": b.redeemed_from,
+    })
+}
+
+/// `GET /v1/bundles`: records only (never a token or payload), in the caller's scope.
+pub async fn list(
+    state: web::Data<AppState>,
+    who: Authenticated,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = super::respond::PageQuery { cursor: q.cursor.clone(), limit: q.limit };
+    let (after, limit) = page.bounds()?;
+    if let Some(id) = &q.device_id {
+        crate::ids::validate("device id", id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    if let Some(s) = &q.status {
+        if !["pending", "redeemed", "expired", "cancelled"].contains(&s.as_str()) {
+            return Err(ApiError::BadRequest(
+                "status must be pending, redeemed, expired or cancelled".into(),
+            ));
+        }
+    }
+    let now = state.now();
+    let (rows, more) = bundles::list(
+        &state.store,
+        who.0.scope.as_ref(),
+        q.device_id.as_deref(),
+        q.status.as_deref(),
+        &after,
+        limit,
+        now,
+    )
+    .await?;
+    let next = if more { rows.last().map(|r| r.id.clone()) } else { None };
+    let items = rows.iter().map(|b| bundle_json(b, now)).collect();
+    Ok(HttpResponse::Ok().json(super::respond::page_json(items, next.as_deref())))
+}
+
 /// `GET /v1/bundles/{id}`
 pub async fn status(
     state: web::Data<AppState>,
     req: HttpRequest,
+    who: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     let id = bundle_id(&req)?;
-    let mut conn = state.store.conn().await?;
-    let b = crate::store::bundles::get(&mut conn, &id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("bundle not found".into()))?;
-    Ok(HttpResponse::Ok().json(json!({
-        "id": b.id, "device_id": b.device_id, "credential": b.credential, "format": b.format,
-        "status": bundles::status(&b, state.now()), "created_at": ts(b.created_at), "expires_at": ts(b.expires_at),
-        "redeemed_at": b.redeemed_at.map(ts), "redeemed_from": b.redeemed_from,
-    })))
+    let b = bundles::get(&state.store, who.0.scope.as_ref(), &id).await?;
+    Ok(HttpResponse::Ok().json(bundle_json(&b, state.now())))
 }
 
 /// `DELETE /v1/bundles/{id}`
@@ -124,7 +172,7 @@ pub async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     let id = bundle_id(&req)?;
     let rc = RequestCtx::new(&state, &req, &who);
-    bundles::cancel(&state.store, &rc.cx(&state), &id).await?;
+    bundles::cancel(&state.store, &rc.cx(&state), who.0.scope.as_ref(), &id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -146,16 +194,21 @@ pub async fn redeem(
     let now = cx.now;
     match bundles::redeem(&state.store, &cx, &id, token).await {
         Ok(r) => render(&state, r),
+        // A wrong token is a refused credential: counted, rate-limited, audited within bounds.
+        Err(BundleError::Unauthorized) => Err(super::extract::refused_credential(
+            &state,
+            Some(&actor.name),
+            req.path(),
+            &addr,
+            "bundle",
+            "missing or invalid bundle token",
+        )
+        .await),
         Err(e) => {
-            if matches!(e, BundleError::Unauthorized | BundleError::Gone(_)) {
+            // Only the token's holder gets this far (the token is checked first).
+            if matches!(e, BundleError::Gone(_)) {
                 let entry = Entry::failure(&actor.name, "bundle.redeem", &id, Some(&addr));
                 crate::audit::record(&state.store, &state.audit_key, &entry, now).await?;
-            }
-            if let BundleError::Unauthorized = e {
-                state.metrics.auth_failures.with_label_values(&["bundle"]).inc();
-                if let Some(retry_after) = state.limiter.fail(Some(&actor.name), &addr, now) {
-                    return Err(ApiError::TooManyRequests { retry_after });
-                }
             }
             Err(e.into())
         }

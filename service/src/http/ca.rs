@@ -4,6 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
 use super::problem::ApiError;
+use super::respond::ts;
 use crate::state::AppState;
 use crate::usecase::crl::{self, CrlError};
 
@@ -215,4 +216,22 @@ pub async fn server_certificate(
         "not_before": crate::clock::rfc3339(cert.not_before),
         "not_after": crate::clock::rfc3339(cert.not_after),
     })))
+}
+
+/// `GET /v1/ca/issuers`: every CA with its validity and CRL state (unscoped principals with
+/// CertificateAdmin or RegistryRead).
+pub async fn issuers(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let authority = state.authority();
+    let items: Vec<_> = crate::usecase::intermediate::issuers(&state.store, &authority)
+        .await?
+        .into_iter()
+        .map(|i| {
+            serde_json::json!({
+                "issuer_id": i.issuer_id, "subject": i.subject, "not_before": ts(i.not_before),
+                "not_after": ts(i.not_after), "current": i.current, "root": i.root,
+                "crl_number": i.crl_number, "crl_next_update": i.crl_next_update.map(ts),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"items": items})))
 }

@@ -40,18 +40,21 @@ enum AuthType {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct KeysBody {
     primary_key: Option<String>,
     secondary_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ThumbprintsBody {
     primary_thumbprint: Option<String>,
     secondary_thumbprint: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AuthBody {
     #[serde(rename = "type")]
     kind: Option<AuthType>,
@@ -59,8 +62,10 @@ struct AuthBody {
     x509_thumbprint: Option<ThumbprintsBody>,
 }
 
-/// PUT body: the device representation, every member optional; read-only members ignored.
+/// PUT body: the device representation, every member optional; read-only members accepted
+/// and ignored (a GET body can be PUT back); any other member is refused (API.md A29).
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeviceBody {
     device_id: Option<String>,
     status: Option<Status>,
@@ -70,6 +75,18 @@ pub struct DeviceBody {
     tags: Option<Map<String, Value>>,
     #[serde(default, deserialize_with = "double")]
     parent_id: Option<Option<String>>,
+    #[serde(default, rename = "etag")]
+    _etag: Option<Value>,
+    #[serde(default, rename = "generation_id")]
+    _generation_id: Option<Value>,
+    #[serde(default, rename = "enrollment_group_id")]
+    _enrollment_group_id: Option<Value>,
+    #[serde(default, rename = "owner")]
+    _owner: Option<Value>,
+    #[serde(default, rename = "created_at")]
+    _created_at: Option<Value>,
+    #[serde(default, rename = "updated_at")]
+    _updated_at: Option<Value>,
 }
 
 fn thumbprint(t: String, which: &str) -> Result<String, ApiError> {
@@ -104,12 +121,7 @@ fn validate(id: &str, body: DeviceBody) -> Result<DeviceInput, ApiError> {
         }
     }
     if let Some(tags) = &body.tags {
-        if Value::Object(tags.clone()).to_string().len() > devices::MAX_TAGS_BYTES {
-            return Err(ApiError::BadRequest(format!(
-                "tags must be at most {} bytes",
-                devices::MAX_TAGS_BYTES
-            )));
-        }
+        devices::check_tags("tags", tags).map_err(ApiError::BadRequest)?;
     }
     if let Some(Some(parent)) = &body.parent_id {
         crate::ids::validate("parent_id", parent)
@@ -190,9 +202,20 @@ pub fn device_json(d: &Device, with_keys: bool) -> Value {
         "tags": serde_json::from_str::<Value>(&r.tags).unwrap_or_else(|_| json!({})),
         "parent_id": r.parent_id,
         "enrollment_group_id": r.enrollment_group_id,
+        "owner": owner_json(r),
         "created_at": ts(r.created_at),
         "updated_at": ts(r.updated_at),
     })
+}
+
+/// The device's owner (API.md A30): `{"kind", "id"}`.
+fn owner_json(r: &crate::store::devices::DeviceRow) -> Value {
+    let id = match r.owner_kind.as_str() {
+        "enrollment_group" => r.enrollment_group_id.clone(),
+        "enrollment" => Some(r.device_id.clone()),
+        _ => None,
+    };
+    json!({"kind": r.owner_kind, "id": id})
 }
 
 fn respond(status: StatusCode, d: &Device, who: &Authenticated) -> HttpResponse {
@@ -213,7 +236,7 @@ fn precondition(req: &HttpRequest, who: &Authenticated) -> Result<Precondition, 
 
 async fn visible(state: &AppState, who: &Authenticated, id: &str) -> Result<Device, ApiError> {
     let d = devices::get(&state.store, &state.ring(), id).await?;
-    if !who.0.sees_device(id, d.row.enrollment_group_id.as_deref()) {
+    if !who.0.sees_device(id, d.row.owner_group()) {
         return Err(ApiError::NotFound("device not found".into()));
     }
     Ok(d)
@@ -259,12 +282,27 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// `?cursor=&limit=&status=`
+/// `?cursor=&limit=&status=&prefix=&enrollment_group_id=`
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     cursor: Option<String>,
     limit: Option<i64>,
     status: Option<Status>,
+    prefix: Option<String>,
+    enrollment_group_id: Option<String>,
+}
+
+/// The id prefix a list reads: the query's and the scope's together (`None` inside it: the
+/// two exclude each other, nothing to read).
+fn effective_prefix<'a>(query: Option<&'a str>, scope: Option<&'a str>) -> Option<Option<&'a str>> {
+    match (query, scope) {
+        (None, s) => Some(s),
+        (q, None) => Some(q),
+        (Some(q), Some(s)) if q.starts_with(s) => Some(Some(q)),
+        (Some(q), Some(s)) if s.starts_with(q) => Some(Some(s)),
+        _ => None,
+    }
 }
 
 /// `GET /v1/devices`
@@ -276,6 +314,15 @@ pub async fn list(
     let limit = limit(q.limit)?;
     let after = decode_cursor(q.cursor.as_deref())?;
     let status = q.status.map(|s| if s == Status::Enabled { "enabled" } else { "disabled" });
+    if let Some(p) = &q.prefix {
+        if p.len() > 128 {
+            return Err(ApiError::BadRequest("prefix must be at most 128 characters".into()));
+        }
+    }
+    let Some(prefix) = effective_prefix(q.prefix.as_deref(), who.0.device_prefix()) else {
+        return Ok(secret_json(StatusCode::OK, &json!({"items": [], "next_cursor": null})));
+    };
+    let group = q.enrollment_group_id.as_deref();
     let with_keys = who.0.has(Permission::RegistryReadWrite);
     let ring = state.ring();
     let mut items = Vec::new();
@@ -283,14 +330,9 @@ pub async fn list(
     let mut next = None;
     // Group scopes filter after the query; keep reading until the page is full.
     'pages: loop {
-        let rows = crate::store::devices::page_committed(
-            &state.store,
-            &cursor,
-            status,
-            who.0.device_prefix(),
-            limit + 1,
-        )
-        .await?;
+        let rows =
+            crate::store::devices::page_committed(&state.store, &cursor, status, prefix, limit + 1)
+                .await?;
         let exhausted = rows.len() as i64 <= limit;
         for row in rows {
             if items.len() as i64 == limit {
@@ -298,7 +340,9 @@ pub async fn list(
                 break 'pages;
             }
             cursor = row.device_id.clone();
-            if who.0.sees_device(&row.device_id, row.enrollment_group_id.as_deref()) {
+            if who.0.sees_device(&row.device_id, row.owner_group())
+                && group.is_none_or(|g| row.enrollment_group_id.as_deref() == Some(g))
+            {
                 items.push(device_json(&devices::open(&ring, row)?, with_keys));
             }
         }
@@ -311,8 +355,18 @@ pub async fn list(
     Ok(secret_json(StatusCode::OK, &json!({"items": items, "next_cursor": next})))
 }
 
+/// `GET /v1/devices/counts`: devices by status, in the caller's scope.
+pub async fn counts(
+    state: web::Data<AppState>,
+    who: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    let (enabled, disabled) = devices::counts(&state.store, who.0.scope.as_ref()).await?;
+    Ok(HttpResponse::Ok().json(json!({"enabled": enabled, "disabled": disabled})))
+}
+
 /// `{"key": "primary" | "secondary" | "swap"}`
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RotateBody {
     key: String,
 }
@@ -344,6 +398,7 @@ pub async fn rotate(
 
 /// `{"csr": PEM}`
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CsrBody {
     csr: String,
 }
@@ -356,7 +411,6 @@ pub async fn issue_certificate(
     body: web::Json<CsrBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id", KIND)?;
-    visible(&state, &who, &id).await?;
     let rc = RequestCtx::new(&state, &req, &who);
     let authority = state.authority();
     let base = state.config.public_base_url();
@@ -365,6 +419,7 @@ pub async fn issue_certificate(
         &rc.cx(&state),
         &authority,
         &base,
+        who.0.scope.as_ref(),
         &id,
         body.csr.as_bytes(),
     )
@@ -380,6 +435,7 @@ pub async fn issue_certificate(
 
 /// `{"ttl_secs": n}`
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenBody {
     ttl_secs: Option<i64>,
 }
@@ -414,6 +470,7 @@ pub async fn sas_token(
 
 /// `{"token": string}`
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VerifyBody {
     token: Value,
 }
@@ -421,6 +478,7 @@ pub struct VerifyBody {
 /// `POST /v1/sas/verify`: 200 for any string (RFC 7662-style introspection).
 pub async fn verify(
     state: web::Data<AppState>,
+    who: Authenticated,
     body: web::Json<VerifyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let Value::String(token) = &body.token else {
@@ -429,6 +487,7 @@ pub async fn verify(
     let verdict = crate::usecase::sas::verify(
         &state.store,
         &state.ring(),
+        who.0.scope.as_ref(),
         &state.config.host_name,
         token,
         state.now(),
@@ -461,15 +520,7 @@ pub async fn renew(
     let presented = match state.own_client(&req) {
         Ok(p) => p,
         Err(e) => {
-            let err: ApiError = e.into();
-            let entry = crate::audit::Entry::failure(
-                &format!("device:{id}"),
-                "auth.failure",
-                req.path(),
-                super::extract::client_ip(&req).as_deref(),
-            );
-            crate::audit::record(&state.store, &state.audit_key, &entry, state.now()).await?;
-            return Err(err);
+            return Err(refused_certificate(&state, &req, Some(&format!("device:{id}")), e).await)
         }
     };
     let actor = crate::usecase::Actor {
@@ -525,4 +576,20 @@ pub async fn import_line(
         .await
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// A refused client certificate (renewal, EST re-enrollment): the one refused-credential step,
+/// so it is counted, rate-limited and audited within bounds like every other credential.
+pub(crate) async fn refused_certificate(
+    state: &AppState,
+    req: &HttpRequest,
+    claimed: Option<&str>,
+    e: crate::mtls::MtlsError,
+) -> ApiError {
+    let detail = match ApiError::from(e) {
+        ApiError::Unauthorized { detail } => detail,
+        _ => "the client certificate is not valid here",
+    };
+    let addr = super::extract::client_ip(req).unwrap_or_else(|| "unknown".into());
+    super::extract::refused_credential(state, claimed, req.path(), &addr, "mtls", detail).await
 }

@@ -14,7 +14,6 @@ use serde_json::{json, Map, Value};
 use super::extract::Authenticated;
 use super::problem::ApiError;
 use super::respond::{path_id, secret_json, ts, RequestCtx};
-use crate::auth::Principal;
 use crate::state::AppState;
 use crate::usecase::groups::{self, Attestation, Credential, Group, Reprovisioning};
 use crate::usecase::register::{self, Registered, RegistrationRequest};
@@ -29,17 +28,20 @@ pub const GROUP_COMMIT_LINES: usize = 250;
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct KeysBody {
     primary_key: Option<String>,
     secondary_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CaBody {
     ca_certificates: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AttestationBody {
     #[serde(rename = "type")]
     kind: String,
@@ -47,9 +49,19 @@ struct AttestationBody {
     x509_ca: Option<CaBody>,
 }
 
-/// PUT body of a group or individual enrollment.
+/// PUT body of a group or individual enrollment: every member a GET returns is accepted back
+/// (read-only ones ignored, the id must equal the path); any other member is refused.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GroupBody {
+    enrollment_group_id: Option<String>,
+    registration_id: Option<String>,
+    #[serde(default, rename = "etag")]
+    _etag: Option<Value>,
+    #[serde(default, rename = "created_at")]
+    _created_at: Option<Value>,
+    #[serde(default, rename = "updated_at")]
+    _updated_at: Option<Value>,
     attestation: Option<AttestationBody>,
     credential: Option<String>,
     provisioning_status: Option<String>,
@@ -64,6 +76,18 @@ type Keys = (Option<ca::SasKey>, Option<ca::SasKey>);
 
 fn parse_group(id: &str, body: GroupBody, individual: bool) -> Result<(Group, Keys), ApiError> {
     let bad = |m: String| ApiError::BadRequest(m);
+    let (member, other) = if individual {
+        (&body.registration_id, &body.enrollment_group_id)
+    } else {
+        (&body.enrollment_group_id, &body.registration_id)
+    };
+    if member.as_deref().is_some_and(|m| m != id) {
+        return Err(bad("the id in the body must equal the id in the path".into()));
+    }
+    if other.is_some() {
+        let name = if individual { "enrollment_group_id" } else { "registration_id" };
+        return Err(bad(format!("unknown member `{name}`")));
+    }
     let att = body.attestation.unwrap_or(AttestationBody {
         kind: "symmetric_key".into(),
         symmetric_key: None,
@@ -139,9 +163,7 @@ fn parse_group(id: &str, body: GroupBody, individual: bool) -> Result<(Group, Ke
             .ok_or_else(|| bad("reprovisioning must be reissue, keep or deny".into()))?,
     };
     let tags = body.initial_tags.unwrap_or_default();
-    if Value::Object(tags.clone()).to_string().len() > crate::usecase::devices::MAX_TAGS_BYTES {
-        return Err(bad("initial_tags too large".into()));
-    }
+    crate::usecase::devices::check_tags("initial_tags", &tags).map_err(bad)?;
     let group = Group {
         id: id.to_owned(),
         individual,
@@ -174,6 +196,52 @@ fn attestation_json(g: &Group) -> Value {
     }
 }
 
+/// Why a scope limited to a device-id prefix may not change a group.
+const PREFIX_LIMITED_GROUPS: &str = "a scope limited to a device_id_prefix cannot change an \
+     enrollment group: its keys and CA certificates register ids outside the prefix";
+
+/// A group as lists show it: everything but its keys.
+fn group_json_without_keys(g: &Group) -> Value {
+    let mut v = group_json(g);
+    if let Some(att) = v.get_mut("attestation").and_then(Value::as_object_mut) {
+        att.remove("symmetric_key");
+    }
+    v
+}
+
+async fn list_any(
+    state: web::Data<AppState>,
+    who: Authenticated,
+    q: web::Query<super::respond::PageQuery>,
+    individual: bool,
+) -> Result<HttpResponse, ApiError> {
+    let (after, limit) = q.bounds()?;
+    let ring = state.ring();
+    let (groups, more) =
+        groups::list(&state.store, &ring, who.0.scope.as_ref(), individual, &after, limit).await?;
+    let next = if more { groups.last().map(|g| g.id.clone()) } else { None };
+    let items = groups.iter().map(group_json_without_keys).collect();
+    Ok(HttpResponse::Ok().json(super::respond::page_json(items, next.as_deref())))
+}
+
+/// `GET /v1/enrollment-groups`: every group in the caller's scope, without keys.
+pub async fn list_groups(
+    s: web::Data<AppState>,
+    w: Authenticated,
+    q: web::Query<super::respond::PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    list_any(s, w, q, false).await
+}
+
+/// `GET /v1/enrollments`: every individual enrollment in the caller's scope, without keys.
+pub async fn list_enrollments(
+    s: web::Data<AppState>,
+    w: Authenticated,
+    q: web::Query<super::respond::PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    list_any(s, w, q, true).await
+}
+
 fn group_json(g: &Group) -> Value {
     let id_member = if g.individual { "registration_id" } else { "enrollment_group_id" };
     let mut v = json!({
@@ -185,22 +253,13 @@ fn group_json(g: &Group) -> Value {
         "created_at": ts(g.created_at),
         "updated_at": ts(g.updated_at),
     });
-    if !g.individual {
-        v["certificate_validity_days"] = json!(g.validity_days);
-        v["allowed_key_types"] =
-            json!(g.allowed_keys.iter().map(|k| k.as_str()).collect::<Vec<_>>());
-        v["registration_id_pattern"] = json!(g.pattern.as_ref().map(|p| p.as_str()));
-        v["initial_tags"] = Value::Object(g.initial_tags.clone());
-        v["reprovisioning"] = json!(g.reprovisioning.as_str());
-    }
+    // Every member PUT accepts, so GET → PUT round-trips losslessly (API.md A30).
+    v["certificate_validity_days"] = json!(g.validity_days);
+    v["allowed_key_types"] = json!(g.allowed_keys.iter().map(|k| k.as_str()).collect::<Vec<_>>());
+    v["registration_id_pattern"] = json!(g.pattern.as_ref().map(|p| p.as_str()));
+    v["initial_tags"] = Value::Object(g.initial_tags.clone());
+    v["reprovisioning"] = json!(g.reprovisioning.as_str());
     v
-}
-
-fn sees_group(p: &Principal, id: &str) -> bool {
-    p.scope
-        .as_ref()
-        .and_then(|s| s.enrollment_group_ids.as_ref())
-        .is_none_or(|ids| ids.iter().any(|g| g == id))
 }
 
 /// The group id / registration id of the path, hidden (404) outside the caller's group scope.
@@ -215,8 +274,10 @@ fn enrollment_id(
         ("id", "enrollment group id")
     };
     let id = path_id(req, param, kind)?;
-    if !individual && !sees_group(&who.0, &id) {
-        return Err(ApiError::NotFound("enrollment group not found".into()));
+    let visible = if individual { who.0.sees_enrollment(&id) } else { who.0.sees_group(&id) };
+    if !visible {
+        let what = if individual { "enrollment" } else { "enrollment group" };
+        return Err(ApiError::NotFound(format!("{what} not found")));
     }
     Ok(id)
 }
@@ -229,6 +290,9 @@ async fn put_any(
     individual: bool,
 ) -> Result<HttpResponse, ApiError> {
     let id = enrollment_id(&req, &who, individual)?;
+    if !individual && who.0.device_prefix().is_some() {
+        return Err(ApiError::Forbidden(PREFIX_LIMITED_GROUPS.into()));
+    }
     let (group, keys) = parse_group(&id, body.into_inner(), individual)?;
     let rc = RequestCtx::new(&state, &req, &who);
     let (g, created) = groups::put(&state.store, &rc.cx(&state), group, keys).await?;
@@ -243,6 +307,10 @@ async fn get_any(
 ) -> Result<HttpResponse, ApiError> {
     let id = enrollment_id(&req, &who, individual)?;
     let g = groups::get(&state.store, &state.ring(), &id, individual).await?;
+    // A group's keys register any id: not for a scope limited to a prefix.
+    if !individual && who.0.device_prefix().is_some() {
+        return Ok(secret_json(StatusCode::OK, &group_json_without_keys(&g)));
+    }
     Ok(secret_json(StatusCode::OK, &group_json(&g)))
 }
 
@@ -309,11 +377,13 @@ pub async fn delete_enrollment(
     delete_any(s, r, w, true).await
 }
 
-/// `{"count", "ttl_secs"}`
+/// `{"count", "ttl_secs", "registration_ids"?}`
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokensBody {
     count: Option<i64>,
     ttl_secs: Option<i64>,
+    registration_ids: Option<Vec<String>>,
 }
 
 /// `POST /v1/enrollment-groups/{id}/tokens`
@@ -323,11 +393,45 @@ pub async fn tokens(
     who: Authenticated,
     body: web::Json<TokensBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path_id(&req, "id", "enrollment group id")?;
-    if !sees_group(&who.0, &id) {
-        return Err(ApiError::NotFound("enrollment group not found".into()));
+    let id = enrollment_id(&req, &who, false)?;
+    let body = body.into_inner();
+    // A token registers whatever id it is not bound to: a scope limited to a prefix mints only
+    // tokens bound to ids inside it.
+    if let Some(prefix) = who.0.device_prefix() {
+        let inside = body
+            .registration_ids
+            .as_ref()
+            .is_some_and(|ids| ids.iter().all(|i| i.starts_with(prefix)));
+        if !inside {
+            return Err(ApiError::Forbidden(
+                "a scope limited to a device_id_prefix mints only tokens bound to ids that start \
+                 with it: list them in registration_ids"
+                    .into(),
+            ));
+        }
     }
-    let count = body.count.unwrap_or(1);
+    if let Some(ids) = &body.registration_ids {
+        if ids.is_empty() || ids.len() > 1000 {
+            return Err(ApiError::BadRequest(
+                "registration_ids must list between 1 and 1000 ids".into(),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for rid in ids {
+            crate::ids::validate("registration id", rid)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            if !seen.insert(rid.as_str()) {
+                return Err(ApiError::BadRequest(format!("registration_ids lists `{rid}` twice")));
+            }
+        }
+        if body.count.is_some_and(|c| c != ids.len() as i64) {
+            return Err(ApiError::BadRequest(
+                "count must equal the number of registration_ids (or be omitted)".into(),
+            ));
+        }
+    }
+    let count =
+        body.registration_ids.as_ref().map_or(body.count.unwrap_or(1), |ids| ids.len() as i64);
     let ttl = body.ttl_secs.unwrap_or(86_400);
     if !(1..=1000).contains(&count) {
         return Err(ApiError::BadRequest("count must be between 1 and 1000".into()));
@@ -336,9 +440,16 @@ pub async fn tokens(
         return Err(ApiError::BadRequest("ttl_secs must be between 1 and 2592000".into()));
     }
     let rc = RequestCtx::new(&state, &req, &who);
-    let (tokens, exp) =
-        groups::mint_tokens(&state.store, &rc.cx(&state), &state.jwt, &id, count as usize, ttl)
-            .await?;
+    let (tokens, exp) = groups::mint_tokens(
+        &state.store,
+        &rc.cx(&state),
+        &state.jwt,
+        &id,
+        count as usize,
+        body.registration_ids.as_deref(),
+        ttl,
+    )
+    .await?;
     Ok(secret_json(StatusCode::CREATED, &json!({"tokens": tokens, "expires_at": ts(exp)})))
 }
 
@@ -388,11 +499,16 @@ struct Registrar {
     group: Arc<Group>,
     authority: Arc<crate::authority::Authority>,
     base_url: String,
+    scope: Option<Arc<crate::auth::Scope>>,
 }
 
 impl Registrar {
     async fn run(&self, req: RegistrationRequest) -> Result<Registered, ApiError> {
-        Ok(self.state.register(self.rc.actor().clone(), self.group.clone(), None, req).await?)
+        let door = crate::state::Door { name: "json", scope: self.scope.as_deref() };
+        Ok(self
+            .state
+            .register(door, self.rc.actor().clone(), self.group.clone(), None, req)
+            .await?)
     }
 }
 
@@ -404,7 +520,7 @@ pub async fn registrations(
     mut payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id", "enrollment group id")?;
-    if !sees_group(&who.0, &id) {
+    if who.0.scope.as_ref().is_some_and(|s| !s.admits_registrations_of(&id)) {
         return Err(ApiError::NotFound("enrollment group not found".into()));
     }
     let mime = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -432,6 +548,7 @@ pub async fn registrations(
         rc: RequestCtx::new(&state, &req, &who),
         authority: state.authority(),
         base_url: state.config.public_base_url(),
+        scope: who.0.scope.clone().map(Arc::new),
         state,
         group: Arc::new(group),
     };
@@ -451,7 +568,10 @@ pub async fn registrations(
         let status = if r.created { StatusCode::CREATED } else { StatusCode::OK };
         return Ok(secret_json(status, &registration_json(&r)));
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    // Answers wait in a spool (memory, then a sealed temporary file), never in a bounded
+    // channel: a client that sends its whole batch before it reads (most HTTP libraries) would
+    // otherwise fill the socket both ways and hang with the server.
+    let spool = Arc::new(crate::spool::Spool::default());
     // Two stages: this task reads lines and starts each chunk's CPU work (JSON, CSR proof of
     // possession, signing) on the blocking pool as soon as the chunk is complete; the committer
     // stores chunks in order, one transaction each, and only then sends their result lines. So
@@ -462,7 +582,7 @@ pub async fn registrations(
     let (jobs, queue) = tokio::sync::mpsc::channel::<PreparingChunk>(2);
     let registrar = Arc::new(registrar);
     let committer = registrar.clone();
-    let out = tx.clone();
+    let out = spool.clone();
     actix_web::rt::spawn(async move {
         let mut turns = register::Turns::default();
         let chunks = futures_util::stream::unfold(queue, |mut queue| async move {
@@ -480,12 +600,18 @@ pub async fn registrations(
                 tracing::error!(error = %e, "registration commit failed");
                 vec![error_line(None, &ApiError::Internal(Box::new(e)))]
             });
+            if out.abandoned() {
+                return; // client went away
+            }
             for line in lines {
-                if out.send(line).await.is_err() {
-                    return; // client went away
+                if let Err(e) = out.push(line) {
+                    tracing::error!(error = %e, "answer spool failed");
+                    out.abandon();
+                    return;
                 }
             }
         }
+        out.close();
     });
     actix_web::rt::spawn(async move {
         use futures_util::FutureExt as _;
@@ -502,6 +628,8 @@ pub async fn registrations(
         };
         while !done {
             // Take what has already arrived without waiting; wait only when nothing is pending.
+            // The body's idle clock is `http::limits` (request_body_timeout_secs): it runs only
+            // while this reader waits for bytes.
             let next = if pending.is_empty() {
                 Some(payload.next().await)
             } else {
@@ -515,6 +643,10 @@ pub async fn registrations(
                         return fail(ApiError::PayloadTooLarge).await;
                     }
                     buf.extend_from_slice(&chunk);
+                }
+                Some(Some(Err(e))) if super::limits::is_body_timeout(&e) => {
+                    let secs = registrar.state.config.request_body_timeout_secs;
+                    return fail(ApiError::RequestTimeout(secs)).await;
                 }
                 Some(Some(Err(e))) => {
                     return fail(ApiError::BadRequest(format!("cannot read body: {e}"))).await;
@@ -563,14 +695,30 @@ pub async fn registrations(
             }
         }
     });
-    drop(tx);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx))
+    let reader = SpoolReader(spool);
+    let stream = futures_util::stream::unfold(reader, |reader| async move {
+        match reader.0.pop().await? {
+            Ok(line) => Some((Ok::<_, actix_web::Error>(line), reader)),
+            Err(e) => {
+                tracing::error!(error = %e, "answer spool failed");
+                None
+            }
+        }
     });
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .content_type("application/x-ndjson")
         .streaming(stream))
+}
+
+/// The response's end of the spool: when the client goes away (the body stream is dropped)
+/// the batch stops and its spooled answers are dropped.
+struct SpoolReader(Arc<crate::spool::Spool>);
+
+impl Drop for SpoolReader {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
 }
 
 /// One NDJSON line after the CPU stage.
@@ -601,9 +749,11 @@ impl Registrar {
         while lines.peek().is_some() {
             let part: Vec<Vec<u8>> = lines.by_ref().take(per_part).collect();
             let (group, authority) = (self.group.clone(), self.authority.clone());
-            let (base_url, now) = (self.base_url.clone(), self.rc.now());
+            let (base_url, now, scope) = (self.base_url.clone(), self.rc.now(), self.scope.clone());
             handles.push(tokio::task::spawn_blocking(move || {
-                part.iter().map(|l| prepare_line(&group, &authority, &base_url, l, now)).collect()
+                part.iter()
+                    .map(|l| prepare_line(&group, &authority, &base_url, scope.as_deref(), l, now))
+                    .collect()
             }));
         }
         PreparingChunk::Lines(handles)
@@ -658,7 +808,7 @@ impl Registrar {
                 .await;
         for ((i, id), result) in slots.into_iter().zip(results) {
             let outcome = if result.is_ok() { "success" } else { "failure" };
-            self.state.metrics.registrations.with_label_values(&[&self.group.id, outcome]).inc();
+            self.state.metrics.registrations.with_label_values(&["ndjson", outcome]).inc();
             out[i] = Some(match result {
                 Ok(r) => {
                     let mut v = registration_json(&r);
@@ -677,6 +827,7 @@ fn prepare_line(
     group: &Group,
     authority: &crate::authority::Authority,
     base_url: &str,
+    scope: Option<&crate::auth::Scope>,
     line: &[u8],
     now: i64,
 ) -> PreparedLine {
@@ -685,7 +836,7 @@ fn prepare_line(
             let id = body.registration_id.clone();
             PreparedLine::Request(
                 id,
-                register::prepare(group, authority, base_url, body.into_request(), now),
+                register::prepare(group, authority, base_url, scope, body.into_request(), now),
             )
         }
         Err(e) => {

@@ -3,6 +3,8 @@
 //! authenticated by HTTP Basic (user = registration id, password = a one-time enrollment token)
 //! or a manufacturer client certificate; re-enrollment by the current certificate (mTLS).
 
+use std::sync::Arc;
+
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine as _;
@@ -65,7 +67,7 @@ fn csr_cn(der: &[u8]) -> Result<String, ApiError> {
 
 /// Who is enrolling: a group and the registration id, plus the token to consume.
 struct EstEnroller {
-    group: Group,
+    group: Arc<Group>,
     registration_id: String,
     jti: Option<String>,
 }
@@ -106,9 +108,17 @@ async fn enroller(
 /// HTTP Basic with an enrollment token as the password: the token's group, if it is valid.
 async fn token_enroller(state: &AppState, user: &str, token: &str) -> Option<EstEnroller> {
     let claims = state.jwt.verify(token, ENROLLMENT_AUDIENCE, state.now(), 0).ok()?;
+    // A token minted for one id is no credential for another.
+    if claims.sub.as_deref().is_some_and(|sub| sub != user) {
+        return None;
+    }
     let group =
         groups::get(&state.store, &state.ring(), claims.grp.as_deref()?, false).await.ok()?;
-    Some(EstEnroller { group, registration_id: user.to_owned(), jti: Some(claims.jti) })
+    Some(EstEnroller {
+        group: Arc::new(group),
+        registration_id: user.to_owned(),
+        jti: Some(claims.jti),
+    })
 }
 
 /// `POST /.well-known/est/simpleenroll`
@@ -123,6 +133,7 @@ pub async fn simpleenroll(
     let r = run_registration(
         &state,
         &req,
+        "est",
         who.group,
         who.jti,
         RegistrationRequest {
@@ -147,7 +158,7 @@ pub async fn simplereenroll(
 ) -> Result<HttpResponse, ApiError> {
     let current = match state.own_client(&req) {
         Ok(c) => c,
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(super::devices::refused_certificate(&state, &req, None, e).await),
     };
     mime_ok(&req, "application/pkcs10")?;
     let csr = csr_body(&body)?;
@@ -206,6 +217,7 @@ pub async fn serverkeygen(
     let r = run_registration(
         &state,
         &req,
+        "est",
         who.group,
         who.jti,
         RegistrationRequest {

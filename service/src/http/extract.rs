@@ -6,6 +6,7 @@ use actix_web::{dev::Payload, FromRequest, HttpMessage as _, HttpRequest};
 
 use super::problem::ApiError;
 use crate::audit::Entry;
+use crate::auth::ratelimit::Verdict;
 use crate::auth::sas::{authenticate_policy, PolicyAuth, SasAuthError};
 use crate::auth::{AuthError, Principal};
 use crate::seal::SealError;
@@ -100,17 +101,33 @@ pub async fn refuse(state: &AppState, req: &HttpRequest, err: AuthError) -> ApiE
         AuthError::UnsupportedScheme => (None, "unsupported authorization scheme", "other"),
         AuthError::Invalid { claimed } => (claimed.clone(), "invalid or expired credential", "sas"),
     };
+    refused_credential(state, claimed.as_deref(), req.path(), &addr, scheme, detail).await
+}
+
+/// THE "credential refused" step: counts the failure (metric, limiter) and audits it as one
+/// `auth.failure` row with bounded principal and path, unless its key is rate-limited: then the
+/// failure only counts toward that key's summary row (API.md A25, A30). Requests without
+/// credentials (`claimed` None) count only toward the per-address limit (API.md A23).
+/// Returns 401 with `detail`, or 429.
+pub async fn refused_credential(
+    state: &AppState,
+    claimed: Option<&str>,
+    path: &str,
+    addr: &str,
+    scheme: &str,
+    detail: &'static str,
+) -> ApiError {
     state.metrics.auth_failures.with_label_values(&[scheme]).inc();
     let now = state.now();
-    // Requests without credentials count only toward the per-address limit (API.md A23).
-    let limited = state.limiter.fail(claimed.as_deref(), &addr, now);
-    let actor = claimed.as_deref().unwrap_or("anonymous");
-    let entry = Entry::failure(actor, "auth.failure", req.path(), Some(&addr));
-    if let Err(e) = crate::audit::record(&state.store, &state.audit_key, &entry, now).await {
-        tracing::warn!(error = %super::problem::error_chain(&e), "audit append failed");
-    }
-    match limited {
-        Some(retry_after) => ApiError::TooManyRequests { retry_after },
-        None => ApiError::Unauthorized { detail },
+    match state.limiter.record(claimed, addr, now) {
+        Verdict::Limited { retry_after } => ApiError::TooManyRequests { retry_after },
+        Verdict::Counted => {
+            let entry = Entry::auth_failure(claimed, path, Some(addr));
+            if let Err(e) = crate::audit::record(&state.store, &state.audit_key, &entry, now).await
+            {
+                tracing::warn!(error = %super::problem::error_chain(&e), "audit append failed");
+            }
+            ApiError::Unauthorized { detail }
+        }
     }
 }

@@ -5,11 +5,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::extract::{client_ip, Authenticated};
+use super::extract::{client_ip, refused_credential, Authenticated};
 use super::problem::ApiError;
 use super::respond::{path_id, secret_json, ts, RequestCtx};
 use crate::audit::Entry;
-use crate::auth::password::Password;
+use crate::auth::password::{self, Password};
 use crate::auth::PermissionSet;
 use crate::state::AppState;
 use crate::usecase::operators::{self, OperatorError};
@@ -75,6 +75,35 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
+fn operator_json(r: &crate::store::operators::OperatorRow) -> serde_json::Value {
+    let names: Vec<String> = serde_json::from_str(&r.permissions).unwrap_or_default();
+    json!({
+        "name": r.name, "permissions": names,
+        "created_at": ts(r.created_at), "updated_at": ts(r.updated_at),
+    })
+}
+
+/// `GET /v1/operators`: names and permissions, never password hashes.
+pub async fn list(
+    state: web::Data<AppState>,
+    q: web::Query<super::respond::PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (after, limit) = q.bounds()?;
+    let (rows, more) = operators::list(&state.store, &after, limit).await?;
+    let next = if more { rows.last().map(|r| r.name.clone()) } else { None };
+    let items = rows.iter().map(operator_json).collect();
+    Ok(HttpResponse::Ok().json(super::respond::page_json(items, next.as_deref())))
+}
+
+/// `GET /v1/operators/{name}`
+pub async fn get(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let name = path_id(&req, "name", "operator name")?;
+    let row = operators::get(&state.store, &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("operator not found".into()))?;
+    Ok(HttpResponse::Ok().json(operator_json(&row)))
+}
+
 /// Login body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,7 +112,9 @@ pub struct LoginBody {
     password: String,
 }
 
-/// `POST /v1/auth/login`
+/// `POST /v1/auth/login`. A caller whose key is already rate-limited is refused before any
+/// hashing; the others queue for a hashing permit (at most 64 per core waiting, else 503 with
+/// `Retry-After: 1`), see `auth::password`.
 pub async fn login(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -92,6 +123,11 @@ pub async fn login(
     let body = body.into_inner();
     let now = state.now();
     let addr = client_ip(&req).unwrap_or_else(|| "unknown".into());
+    if let Some(retry_after) = state.limiter.refuse_if_limited(Some(&body.username), &addr, now) {
+        state.metrics.auth_failures.with_label_values(&["password"]).inc();
+        return Err(ApiError::TooManyRequests { retry_after });
+    }
+    let Some(_queued) = password::admit() else { return Err(ApiError::Overloaded) };
     match operators::login(
         &state.store,
         &state.jwt,
@@ -109,22 +145,15 @@ pub async fn login(
                 &json!({"access_token": token, "token_type": "Bearer", "expires_at": ts(exp)}),
             ))
         }
-        Err(OperatorError::BadCredentials) => {
-            let claimed =
-                if body.username.len() <= 128 { Some(body.username.as_str()) } else { None };
-            let entry = Entry::failure(
-                claimed.unwrap_or("anonymous"),
-                "auth.failure",
-                "/v1/auth/login",
-                Some(&addr),
-            );
-            crate::audit::record(&state.store, &state.audit_key, &entry, now).await?;
-            state.metrics.auth_failures.with_label_values(&["password"]).inc();
-            match state.limiter.fail(claimed, &addr, now) {
-                Some(retry_after) => Err(ApiError::TooManyRequests { retry_after }),
-                None => Err(ApiError::Unauthorized { detail: "invalid user name or password" }),
-            }
-        }
+        Err(OperatorError::BadCredentials) => Err(refused_credential(
+            &state,
+            Some(&body.username),
+            req.path(),
+            &addr,
+            "password",
+            "invalid user name or password",
+        )
+        .await),
         Err(e) => Err(e.into()),
     }
 }

@@ -24,8 +24,7 @@ pub struct PolicyBody {
     primary_key: Option<String>,
     secondary_key: Option<String>,
     // Read-only members of a GET body, accepted and ignored so it can be PUT back.
-    #[serde(default, rename = "name")]
-    _name: Option<Value>,
+    name: Option<String>,
     #[serde(default, rename = "created_at")]
     _created_at: Option<Value>,
     #[serde(default, rename = "updated_at")]
@@ -53,9 +52,18 @@ pub async fn put(
 ) -> Result<HttpResponse, ApiError> {
     let name = path_id(&req, "name", KIND)?;
     let body = body.into_inner();
+    if body.name.as_deref().is_some_and(|n| n != name) {
+        return Err(ApiError::BadRequest("name in the body must equal the path".into()));
+    }
     let permissions = PermissionSet::parse(body.permissions.iter().map(String::as_str))
         .map_err(|bad| ApiError::BadRequest(format!("unknown permission `{bad}`")))?;
     if let Some(scope) = &body.scope {
+        scope.validate().map_err(|e| ApiError::BadRequest(e.into()))?;
+        if permissions.allows(crate::auth::Permission::PolicyAdmin) {
+            return Err(ApiError::BadRequest(
+                "a scoped policy cannot hold PolicyAdmin (it could widen its own scope)".into(),
+            ));
+        }
         if let Some(ids) = &scope.enrollment_group_ids {
             for id in ids {
                 crate::ids::validate("enrollment group id", id)
@@ -112,4 +120,25 @@ pub async fn rotate(
     let rc = RequestCtx::new(&state, &req, &who);
     let p = policies::rotate_keys(&state.store, &rc.cx(&state), &name, which).await?;
     Ok(secret_json(StatusCode::OK, &policy_json(&p)))
+}
+
+/// `GET /v1/policies`: names, permissions and scopes, never keys.
+pub async fn list(
+    state: web::Data<AppState>,
+    q: web::Query<super::respond::PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (after, limit) = q.bounds()?;
+    let (rows, more) = policies::list(&state.store, &after, limit).await?;
+    let next = if more { rows.last().map(|r| r.name.clone()) } else { None };
+    let items = rows
+        .iter()
+        .map(|r| {
+            let (permissions, scope) = crate::auth::sas::policy_grants(r).unwrap_or_default();
+            json!({
+                "name": r.name, "permissions": permissions.names(), "scope": scope,
+                "created_at": ts(r.created_at), "updated_at": ts(r.updated_at),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(super::respond::page_json(items, next.as_deref())))
 }

@@ -39,9 +39,15 @@ pub enum ApiError {
     /// 501.
     #[error("{0}")]
     NotImplemented(String),
+    /// 503: too much work queued (password hashing); retry after a second.
+    #[error("the server is busy; retry after 1 s")]
+    Overloaded,
     /// 413.
     #[error("request body too large (JSON bodies are limited to 1 MiB)")]
     PayloadTooLarge,
+    /// 408: the body stopped arriving.
+    #[error("request timeout: no part of the body arrived for {0} s")]
+    RequestTimeout(u64),
     /// 412.
     #[error("precondition failed: the resource changed (etag mismatch)")]
     PreconditionFailed,
@@ -81,8 +87,10 @@ impl ApiError {
             ApiError::MethodNotAllowed => ("method-not-allowed", "Method Not Allowed"),
             ApiError::NotFound(_) => ("not-found", "Not Found"),
             ApiError::NotImplemented(_) => ("not-implemented", "Not Implemented"),
+            ApiError::Overloaded => ("overloaded", "Service Unavailable"),
             ApiError::PayloadTooLarge => ("payload-too-large", "Payload Too Large"),
             ApiError::PreconditionFailed => ("precondition-failed", "Precondition Failed"),
+            ApiError::RequestTimeout(_) => ("request-timeout", "Request Timeout"),
             ApiError::TooManyRequests { .. } => ("rate-limited", "Too Many Requests"),
             ApiError::Unauthorized { .. } => ("unauthorized", "Unauthorized"),
             ApiError::Unavailable => ("unavailable", "Service Unavailable"),
@@ -117,8 +125,10 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -147,6 +157,12 @@ impl ResponseError for ApiError {
             ApiError::Unavailable => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
+            ApiError::Overloaded => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RequestTimeout(_) => {
+                resp.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+            }
             _ => {}
         }
         resp
@@ -159,6 +175,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::NotFound("not found".into()),
             StoreError::Conflict { .. } => ApiError::Conflict("the object already exists".into()),
             StoreError::Unavailable(_) => ApiError::Unavailable,
+            StoreError::Contention(_) => ApiError::Conflict(
+                "a concurrent change to the same object won; send the request again".into(),
+            ),
             StoreError::Unstorable(_) => ApiError::BadRequest(
                 "a text value contains a character that cannot be stored (NUL)".into(),
             ),
@@ -183,6 +202,7 @@ impl From<crate::usecase::devices::DeviceError> for ApiError {
     fn from(e: crate::usecase::devices::DeviceError) -> Self {
         use crate::usecase::devices::DeviceError as E;
         match e {
+            E::Disabled => ApiError::Conflict(e.to_string()),
             E::Invalid(m) => ApiError::BadRequest(m),
             E::NotFound => ApiError::NotFound("device not found".into()),
             E::PreconditionFailed => ApiError::PreconditionFailed,
@@ -197,6 +217,7 @@ impl From<crate::usecase::certificates::CertificateError> for ApiError {
         use crate::usecase::certificates::CertificateError as E;
         match e {
             E::Csr(c) => ApiError::BadRequest(format!("CSR rejected: {c}")),
+            E::DeviceDisabled | E::KeyCompromised => ApiError::Conflict(e.to_string()),
             E::DeviceNotFound => ApiError::NotFound("device not found".into()),
             E::Store(s) => s.into(),
             E::Issue(i) => ApiError::internal(i),
@@ -237,6 +258,7 @@ impl From<crate::usecase::groups::GroupError> for ApiError {
         use crate::usecase::groups::GroupError as E;
         match e {
             E::Invalid(m) => ApiError::BadRequest(m),
+            E::Conflict(m) => ApiError::Conflict(m),
             E::NotFound => ApiError::NotFound("enrollment not found".into()),
             E::Store(s) => s.into(),
             other => ApiError::internal(other),
@@ -253,6 +275,9 @@ impl From<crate::usecase::register::RegisterError> for ApiError {
             E::Disabled => {
                 ApiError::Forbidden("provisioning is disabled for this enrollment".into())
             }
+            E::DeviceDisabled => ApiError::Forbidden(e.to_string()),
+            E::KeyCompromised => ApiError::Conflict(e.to_string()),
+            E::NotFound => ApiError::NotFound("registration id not found".into()),
             E::Invalid(m) => ApiError::BadRequest(m),
             E::TokenUsed => {
                 ApiError::Unauthorized { detail: "enrollment token already used or expired" }
@@ -278,7 +303,9 @@ impl From<crate::usecase::intermediate::CaAdminError> for ApiError {
     fn from(e: crate::usecase::intermediate::CaAdminError) -> Self {
         use crate::usecase::intermediate::CaAdminError as E;
         match e {
-            E::RootKeyMissing(_) | E::RootKeyMismatch => ApiError::Conflict(e.to_string()),
+            E::RootKeyMissing(_) | E::RootKeyMismatch | E::KeyCompromised => {
+                ApiError::Conflict(e.to_string())
+            }
             E::Csr(c) => ApiError::BadRequest(format!("CSR rejected: {c}")),
             E::Invalid(m) => ApiError::BadRequest(m),
             E::Store(s) => s.into(),
@@ -295,6 +322,7 @@ impl From<crate::usecase::renew::RenewError> for ApiError {
             E::OtherDevice => {
                 ApiError::Forbidden("the client certificate belongs to another device".into())
             }
+            E::KeyCompromised => ApiError::Conflict(e.to_string()),
             E::Csr(c) => ApiError::BadRequest(format!("CSR rejected: {c}")),
             E::Store(s) => s.into(),
             E::Issue(i) => ApiError::internal(i),

@@ -6,6 +6,8 @@
 //! the registration's own transaction. DPS routes answer DPS's error body instead of
 //! problem+json.
 
+use std::sync::Arc;
+
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine as _;
@@ -16,6 +18,7 @@ use super::enrollment::registration_json;
 use super::extract::client_ip;
 use super::problem::ApiError;
 use super::respond::{path_id, secret_json, ts};
+use crate::auth::enrollments::GroupCacheError;
 use crate::auth::jwt::ENROLLMENT_AUDIENCE;
 use crate::auth::AuthError;
 use crate::state::AppState;
@@ -25,17 +28,19 @@ use crate::usecase::Actor;
 
 /// How a device proved itself.
 struct Attested {
-    group: Group,
+    group: Arc<Group>,
     jti: Option<String>,
 }
 
-/// Finds the enrollment whose key signed `token` for `registration_id`.
+/// Finds the enrollment whose key signed `token` for `registration_id`: the individual
+/// enrollment of that id, else each enabled `symmetric_key` group from the decoded-group cache
+/// (no per-attempt decoding, whatever the number of groups).
 async fn attest_sas(
     state: &AppState,
     token: &str,
     resource: &str,
     registration_id: &str,
-) -> Result<Option<Group>, ApiError> {
+) -> Result<Option<Arc<Group>>, ApiError> {
     let Ok(t) = ca::sas::SasToken::parse(token) else { return Ok(None) };
     let validity = ca::sas::Validity {
         now: state.now(),
@@ -53,23 +58,31 @@ async fn attest_sas(
         Ok(g) if g.attestation == Attestation::SymmetricKey => {
             let ok =
                 t.check_signature(&g.primary).is_ok() | t.check_signature(&g.secondary).is_ok();
-            return Ok(ok.then_some(g));
+            if ok {
+                return Ok(Some(Arc::new(g)));
+            }
+            // Not the individual key: a group's derived key is still a valid credential (the
+            // registration rule then decides whether that group may touch this id).
         }
         Ok(_) | Err(groups::GroupError::NotFound) => {}
         Err(e) => return Err(e.into()),
     }
-    let rows = {
-        let mut conn = state.store.conn().await?;
-        crate::store::enrollment::groups_by_attestation(&mut conn, "symmetric_key").await?
-    };
-    for row in rows {
-        let g = groups::decode(&ring, row, false)?;
+    let snapshot =
+        state.enrollment_groups.snapshot(&state.store, &ring).await.map_err(cache_error)?;
+    for g in &snapshot.symmetric {
         let (p, s) = g.device_keys(registration_id);
         if t.check_signature(&p).is_ok() | t.check_signature(&s).is_ok() {
-            return Ok(Some(g));
+            return Ok(Some(Arc::clone(g)));
         }
     }
     Ok(None)
+}
+
+fn cache_error(e: GroupCacheError) -> ApiError {
+    match e {
+        GroupCacheError::Store(s) => s.into(),
+        GroupCacheError::Group(g) => g.into(),
+    }
 }
 
 async fn attest(
@@ -96,45 +109,49 @@ async fn attest(
                 .jwt
                 .verify(h["Bearer ".len()..].trim(), ENROLLMENT_AUDIENCE, state.now(), 0)
                 .map_err(|_| AuthError::Invalid { claimed: Some(registration_id.to_owned()) })?;
+            // A token minted for one id is no credential for another.
+            if claims.sub.as_deref().is_some_and(|sub| sub != registration_id) {
+                return Err(AuthError::Invalid { claimed: Some(registration_id.to_owned()) });
+            }
             let group_id = claims.grp.ok_or(AuthError::Invalid { claimed: None })?;
             let group = groups::get(&state.store, &state.ring(), &group_id, false)
                 .await
                 .map_err(|_| AuthError::Invalid { claimed: Some(registration_id.to_owned()) })?;
-            Ok(Attested { group, jti: Some(claims.jti) })
+            Ok(Attested { group: Arc::new(group), jti: Some(claims.jti) })
         }
         Some(_) => Err(AuthError::UnsupportedScheme),
     }
 }
 
 /// Manufacturer-certificate attestation: the presented chain must lead to the CA of an enabled
-/// `x509_ca` enrollment (individual first, then groups) and its CN must equal the registration
-/// id. `None` when no certificate was presented.
+/// `x509_ca` enrollment (individual first, then groups from the decoded-group cache) and its CN
+/// must equal the registration id. `None` when no certificate was presented.
 pub async fn attest_x509(
     state: &AppState,
     req: &HttpRequest,
     registration_id: &str,
-) -> Option<Result<Group, AuthError>> {
+) -> Option<Result<Arc<Group>, AuthError>> {
     let chain = crate::mtls::presented(req)?;
     let refused = || Err(AuthError::Invalid { claimed: Some(registration_id.to_owned()) });
     let ring = state.ring();
-    let mut candidates = Vec::new();
+    let mut candidates: Vec<(Arc<Group>, Vec<Vec<u8>>)> = Vec::new();
     if let Ok(g) = groups::get(&state.store, &ring, registration_id, true).await {
-        candidates.push(g);
+        if let Attestation::X509Ca(pems) = &g.attestation {
+            let anchors = pems
+                .iter()
+                .filter_map(|p| ca::authority::certs_from_pem(p).ok())
+                .flatten()
+                .collect();
+            candidates.push((Arc::new(g), anchors));
+        }
     }
-    let rows = match state.store.conn().await {
-        Ok(mut conn) => crate::store::enrollment::groups_by_attestation(&mut conn, "x509_ca")
-            .await
-            .unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
-    candidates.extend(rows.into_iter().filter_map(|r| groups::decode(&ring, r, false).ok()));
-    for g in candidates {
-        let Attestation::X509Ca(pems) = &g.attestation else { continue };
+    if let Ok(snapshot) = state.enrollment_groups.snapshot(&state.store, &ring).await {
+        candidates.extend(snapshot.x509.iter().map(|x| (Arc::clone(&x.group), x.anchors.clone())));
+    }
+    for (g, anchors) in candidates {
         if !g.enabled {
             continue;
         }
-        let anchors: Vec<Vec<u8>> =
-            pems.iter().filter_map(|p| ca::authority::certs_from_pem(p).ok()).flatten().collect();
         if let Ok(identity) = crate::mtls::validate(&chain.0, &anchors, &[], state.now()) {
             if identity.common_name.as_deref() != Some(registration_id) {
                 return Some(refused());
@@ -145,16 +162,18 @@ pub async fn attest_x509(
     Some(refused())
 }
 
-/// Runs a registration for an attested device and counts it.
+/// Runs a registration for an attested device through `door` (the metric label) and counts it.
 pub(crate) async fn run_registration(
     state: &AppState,
     req: &HttpRequest,
-    group: Group,
+    door: &'static str,
+    group: Arc<Group>,
     jti: Option<String>,
     r: RegistrationRequest,
 ) -> Result<Registered, ApiError> {
     let actor = Actor { name: format!("device:{}", r.registration_id), addr: client_ip(req) };
-    Ok(state.register(actor, std::sync::Arc::new(group), jti, r).await?)
+    let door = crate::state::Door::device(door);
+    Ok(state.register(door, actor, group, jti, r).await?)
 }
 
 /// `POST /v1/registrations/{registration_id}` body.
@@ -184,6 +203,7 @@ pub async fn self_register(
     let r = run_registration(
         &state,
         &req,
+        "self",
         attested.group,
         attested.jti,
         RegistrationRequest {
@@ -200,7 +220,8 @@ pub async fn self_register(
 
 // ---- Azure DPS-compatible device API ----
 
-fn dps_error(status: StatusCode, code: u32, message: &str) -> HttpResponse {
+/// A DPS error answer: `{"errorCode", "trackingId", "message", "timestampUtc"}`.
+pub(crate) fn dps_error(status: StatusCode, code: u32, message: &str) -> HttpResponse {
     let mut resp = HttpResponse::build(status).json(json!({
         "errorCode": code,
         "trackingId": uuid::Uuid::new_v4().to_string(),
@@ -231,12 +252,18 @@ fn dps_from_api(e: ApiError) -> HttpResponse {
 }
 
 fn registration_state(state: &AppState, r: &Registered) -> Value {
+    registration_state_as(state, r, "assigned")
+}
+
+/// A `registrationState` with `status` (`assigned`, or `disabled` for a disabled device, which
+/// never shows a certificate chain).
+fn registration_state_as(state: &AppState, r: &Registered, status: &str) -> Value {
     let mut s = json!({
         "registrationId": r.device_id,
         "createdDateTimeUtc": ts(r.created_at),
         "assignedHub": state.config.host_name,
         "deviceId": r.device_id,
-        "status": "assigned",
+        "status": status,
         "substatus": "initialAssignment",
         "lastUpdatedDateTimeUtc": ts(r.updated_at),
         "etag": r.etag,
@@ -244,7 +271,7 @@ fn registration_state(state: &AppState, r: &Registered) -> Value {
     if let Some(p) = &r.payload {
         s["payload"] = p.clone();
     }
-    if !r.chain.is_empty() {
+    if !r.chain.is_empty() && status == "assigned" {
         let b64 = &base64::engine::general_purpose::STANDARD;
         s["issuedCertificateChain"] =
             json!(r.chain.iter().map(|d| b64.encode(d)).collect::<Vec<_>>());
@@ -331,7 +358,7 @@ pub async fn dps_register(
         tags: None,
         payload: body.payload,
     };
-    match run_registration(&state, &req, attested.group, attested.jti, request).await {
+    match run_registration(&state, &req, "dps_http", attested.group, attested.jti, request).await {
         Ok(r) => {
             HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
                 "operationId": r.operation_id,
@@ -343,16 +370,27 @@ pub async fn dps_register(
     }
 }
 
+/// The stored registration of `id` as its attested enrollment may read it, and the status to
+/// show (`assigned` or `disabled`). A one-time token reads only the id it registered.
 async fn stored(
     state: &AppState,
     attested: &Attested,
     id: &str,
-) -> Result<Option<Registered>, ApiError> {
+) -> Result<Option<(Registered, &'static str)>, ApiError> {
     let mut conn = state.store.conn().await?;
+    if let Some(jti) = &attested.jti {
+        let used_for = crate::store::enrollment::token_used_for(&mut conn, jti).await?;
+        if used_for.as_deref() != Some(id) {
+            return Err(ApiError::Unauthorized {
+                detail: "this enrollment token did not register this id",
+            });
+        }
+    }
     let Some(reg) = crate::store::enrollment::registration(&mut conn, id).await? else {
         return Ok(None);
     };
     let Some(device) = crate::store::devices::get(&mut conn, id).await? else { return Ok(None) };
+    let status = if device.status == "enabled" { "assigned" } else { "disabled" };
     let authority = state.authority();
     let chain = match &reg.serial {
         Some(serial) => register::stored_chain(&mut conn, &authority, serial).await?,
@@ -366,12 +404,13 @@ async fn stored(
         operation_id: reg.operation_id,
         created_at: reg.created_at,
         updated_at: reg.updated_at,
-        etag: device.etag,
+        etag: device.etag.clone(),
         payload: reg.payload.as_deref().and_then(|p| serde_json::from_str(p).ok()),
     })
-    .filter(|_| {
-        attested.group.individual || Some(attested.group.id.as_str()) == reg.group_id.as_deref()
-    }))
+    // Only while the attested enrollment owns the device (not after a delete and an admin
+    // re-create, say).
+    .filter(|_| register::owned_by(&device, &attested.group))
+    .map(|r| (r, status)))
 }
 
 /// `GET /{id_scope}/registrations/{registration_id}/operations/{operation_id}`
@@ -382,10 +421,10 @@ pub async fn dps_operation(state: web::Data<AppState>, req: HttpRequest) -> Http
     };
     let op = req.match_info().get("operation_id").unwrap_or_default().to_owned();
     match stored(&state, &attested, &path.registration_id).await {
-        Ok(Some(r)) if r.operation_id == op => HttpResponse::Ok().json(json!({
+        Ok(Some((r, status))) if r.operation_id == op => HttpResponse::Ok().json(json!({
             "operationId": r.operation_id,
-            "status": "assigned",
-            "registrationState": registration_state(&state, &r),
+            "status": status,
+            "registrationState": registration_state_as(&state, &r, status),
         })),
         Ok(_) => dps_error(StatusCode::NOT_FOUND, 404_002, "unknown operation"),
         Err(e) => dps_from_api(e),
@@ -399,7 +438,7 @@ pub async fn dps_status(state: web::Data<AppState>, req: HttpRequest) -> HttpRes
         Err(resp) => return resp,
     };
     match stored(&state, &attested, &path.registration_id).await {
-        Ok(Some(r)) => HttpResponse::Ok().json(registration_state(&state, &r)),
+        Ok(Some((r, status))) => HttpResponse::Ok().json(registration_state_as(&state, &r, status)),
         Ok(None) => dps_error(StatusCode::NOT_FOUND, 404_002, "device is not registered"),
         Err(e) => dps_from_api(e),
     }

@@ -124,3 +124,25 @@ pub fn sas_key(text: Option<String>, member: &str) -> Result<Option<ca::SasKey>,
     })
     .transpose()
 }
+
+/// `?cursor=&limit=` of the lists (A12 paging); unknown parameters are refused by the guard.
+#[derive(Debug, serde::Deserialize)]
+pub struct PageQuery {
+    /// opaque cursor from the previous page
+    pub cursor: Option<String>,
+    /// 1–1000, default 100
+    pub limit: Option<i64>,
+}
+
+impl PageQuery {
+    /// The decoded cursor and the limit (400 when malformed or out of range).
+    pub fn bounds(&self) -> Result<(String, i64), ApiError> {
+        Ok((decode_cursor(self.cursor.as_deref())?, limit(self.limit)?))
+    }
+}
+
+/// A list page `{"items", "next_cursor"}`: the cursor is the key of the last item when more
+/// follow, `null` on the last page.
+pub fn page_json(items: Vec<serde_json::Value>, next_key: Option<&str>) -> serde_json::Value {
+    serde_json::json!({"items": items, "next_cursor": next_key.map(encode_cursor)})
+}

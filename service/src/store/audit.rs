@@ -23,6 +23,8 @@ pub struct AuditRow {
     pub outcome: String,
     /// client IP
     pub client_addr: Option<String>,
+    /// failures a summary row stands for (NULL on every other row)
+    pub failure_count: Option<i64>,
     /// hash of the previous row (64 zeros for the first)
     pub prev_hash: String,
     /// HMAC of this row
@@ -70,7 +72,7 @@ pub fn append_if_head(w: &mut super::Writes, rows: &[AuditRow], expected: &(i64,
 fn insert_rows(w: &mut super::Writes, rows: &[AuditRow]) {
     w.insert(
         "audit_log",
-        "seq, at, actor, action, target, outcome, client_addr, prev_hash, hash",
+        "seq, at, actor, action, target, outcome, client_addr, failure_count, prev_hash, hash",
         rows.len(),
     );
     for row in rows {
@@ -81,6 +83,7 @@ fn insert_rows(w: &mut super::Writes, rows: &[AuditRow]) {
             .bind(&row.target)
             .bind(&row.outcome)
             .bind(row.client_addr.as_deref())
+            .bind(row.failure_count)
             .bind(&row.prev_hash)
             .bind(&row.hash);
     }
@@ -91,18 +94,46 @@ pub async fn page(
     conn: &mut AnyConnection,
     after: i64,
     limit: i64,
+    filter: &AuditFilter<'_>,
 ) -> Result<Vec<AuditRow>, StoreError> {
     Ok(sqlx::query_as::<_, AuditRow>(
-        "SELECT seq, at, actor, action, target, outcome, client_addr, prev_hash, hash \
-         FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
+        "SELECT seq, at, actor, action, target, outcome, client_addr, failure_count, prev_hash, \
+         hash FROM audit_log WHERE seq > $1 AND ($3 IS NULL OR action = $3) \
+         AND ($4 IS NULL OR substr(target, 1, length($4)) = $4) \
+         AND ($5 IS NULL OR outcome = $5) ORDER BY seq LIMIT $2",
     )
     .bind(after)
     .bind(limit)
+    .bind(filter.action)
+    .bind(filter.target_prefix)
+    .bind(filter.outcome)
     .fetch_all(conn)
     .await?)
 }
 
-/// The chain head without locking.
+/// What an audit page is limited to (None: anything).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AuditFilter<'a> {
+    /// exactly this action
+    pub action: Option<&'a str>,
+    /// targets starting with this
+    pub target_prefix: Option<&'a str>,
+    /// `success` or `failure`
+    pub outcome: Option<&'a str>,
+}
+
+/// The `(seq, hash)` of the highest audit row present (`(0, 64 zeros)` for an empty chain):
+/// what a checkpoint may sign. Unlike [`head`], never a row cut from the end.
+pub async fn last_row(conn: &mut AnyConnection) -> Result<(i64, String), StoreError> {
+    Ok(sqlx::query_as::<_, (i64, String)>(
+        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+    )
+    .fetch_optional(conn)
+    .await?
+    .unwrap_or_else(|| (0, "0".repeat(64))))
+}
+
+/// The chain head writers lock (read here without locking).
 pub async fn head(conn: &mut AnyConnection) -> Result<(i64, String), StoreError> {
     Ok(sqlx::query_as::<_, (i64, String)>("SELECT seq, hash FROM audit_head WHERE id = 1")
         .fetch_one(conn)

@@ -72,20 +72,52 @@ pub async fn revoked_by_issuer(
     .await?)
 }
 
-/// A page of certificates in serial order after `after`, optionally of one device.
+/// A certificate with its device's owner as stored now (none when it has no device row).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OwnedCertificateRow {
+    /// the certificate
+    #[sqlx(flatten)]
+    pub cert: CertificateRow,
+    /// the device's owner kind
+    pub owner_kind: Option<String>,
+    /// the device's enrollment group
+    pub owner_group: Option<String>,
+}
+
+impl OwnedCertificateRow {
+    /// The group that owns the certificate's device, if a group does.
+    pub fn owner_group(&self) -> Option<&str> {
+        self.owner_group
+            .as_deref()
+            .filter(|_| self.owner_kind.as_deref() == Some("enrollment_group"))
+    }
+}
+
+/// A page of certificates in serial order after `after`, optionally of one device and of
+/// device ids with a prefix, each with its device's owner.
 pub async fn page(
     conn: &mut AnyConnection,
     device_id: Option<&str>,
+    prefix: Option<&str>,
+    profile: Option<&str>,
     after: &str,
     limit: i64,
-) -> Result<Vec<CertificateRow>, StoreError> {
-    Ok(sqlx::query_as::<_, CertificateRow>(
-        "SELECT serial, device_id, issuer_id, profile, der, not_before, not_after, revoked_at, revocation_reason, created_at \
-         FROM certificates WHERE ($1 IS NULL OR device_id = $1) AND serial > $2 ORDER BY serial LIMIT $3",
+) -> Result<Vec<OwnedCertificateRow>, StoreError> {
+    Ok(sqlx::query_as::<_, OwnedCertificateRow>(
+        "SELECT c.serial, c.device_id, c.issuer_id, c.profile, c.der, c.not_before, c.not_after, \
+         c.revoked_at, c.revocation_reason, c.created_at, \
+         d.owner_kind AS owner_kind, d.enrollment_group_id AS owner_group \
+         FROM certificates c LEFT JOIN devices d ON d.device_id = c.device_id \
+         WHERE ($1 IS NULL OR c.device_id = $1) AND c.serial > $2 \
+         AND ($4 IS NULL OR substr(c.device_id, 1, length($4)) = $4) \
+         AND ($5 IS NULL OR c.profile = $5) \
+         ORDER BY c.serial LIMIT $3",
     )
     .bind(device_id)
     .bind(after)
     .bind(limit)
+    .bind(prefix)
+    .bind(profile)
     .fetch_all(conn)
     .await?)
 }
@@ -125,4 +157,58 @@ pub async fn revoke(
         .execute(conn)
         .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Records that a public key is compromised (its certificate `serial` was revoked for key or
+/// CA compromise): no certificate is issued for it again. Idempotent.
+pub async fn mark_compromised(
+    conn: &mut AnyConnection,
+    key_fingerprint: &str,
+    serial: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO compromised_keys (spki_sha256, serial, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (spki_sha256) DO NOTHING",
+    )
+    .bind(key_fingerprint)
+    .bind(serial)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether a public key (by fingerprint) is compromised.
+pub async fn is_compromised(
+    conn: &mut AnyConnection,
+    key_fingerprint: &str,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM compromised_keys WHERE spki_sha256 = $1")
+        .bind(key_fingerprint)
+        .fetch_one(conn)
+        .await?
+        > 0)
+}
+
+/// Which of `fingerprints` are compromised (one round trip).
+pub async fn compromised_among(
+    conn: &mut AnyConnection,
+    fingerprints: &[&str],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    super::present(conn, "compromised_keys", "spki_sha256", fingerprints).await
+}
+
+/// Certificates revoked for key or CA compromise whose key is not marked compromised yet
+/// (`(serial, der)`): the ones revoked before `compromised_keys` existed.
+pub async fn compromised_unmarked(
+    conn: &mut AnyConnection,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    Ok(sqlx::query_as::<_, (String, Vec<u8>)>(
+        "SELECT serial, der FROM certificates \
+         WHERE revocation_reason IN ('key_compromise', 'ca_compromise') \
+         AND serial NOT IN (SELECT serial FROM compromised_keys)",
+    )
+    .fetch_all(conn)
+    .await?)
 }

@@ -40,6 +40,9 @@ pub struct DeviceRow {
     pub created_at: i64,
     /// updated
     pub updated_at: i64,
+    /// admin | enrollment_group | enrollment: who may re-provision it (the owner's id is
+    /// `enrollment_group_id` for a group, the device id for an individual enrollment)
+    pub owner_kind: String,
 }
 
 impl DeviceRow {
@@ -62,7 +65,13 @@ impl DeviceRow {
             enrollment_group_id: r.get(13)?,
             created_at: r.get(14)?,
             updated_at: r.get(15)?,
+            owner_kind: r.get(16)?,
         })
+    }
+
+    /// The enrollment group that owns the device, if a group does (scopes by group admit it).
+    pub fn owner_group(&self) -> Option<&str> {
+        self.enrollment_group_id.as_deref().filter(|_| self.owner_kind == "enrollment_group")
     }
 
     /// A new, enabled device without credentials or tags (the caller sets them).
@@ -84,6 +93,7 @@ impl DeviceRow {
             enrollment_group_id: None,
             created_at: now,
             updated_at: now,
+            owner_kind: "admin".into(),
         }
     }
 }
@@ -94,7 +104,7 @@ macro_rules! columns {
     () => {
         "device_id, status, status_reason, auth_type, key_version, primary_key, secondary_key, \
          primary_thumbprint, secondary_thumbprint, etag, generation_id, tags, parent_id, \
-         enrollment_group_id, created_at, updated_at"
+         enrollment_group_id, created_at, updated_at, owner_kind"
     };
 }
 
@@ -131,18 +141,49 @@ pub async fn existing(
     conn: &mut AnyConnection,
     ids: &[&str],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
-    if ids.is_empty() {
-        return Ok(Default::default());
+    super::present(conn, "devices", "device_id", ids).await
+}
+
+/// `(enabled, disabled)` devices whose id has `prefix` and, with `groups`, that one of those
+/// groups owns.
+pub async fn counts(
+    conn: &mut AnyConnection,
+    prefix: Option<&str>,
+    groups: Option<&[String]>,
+) -> Result<(i64, i64), StoreError> {
+    if groups.is_some_and(<[String]>::is_empty) {
+        return Ok((0, 0));
+    }
+    // Placeholders numbered in bind order (plain `?` on SQLite): the prefix twice, then groups.
+    let dialect = super::dialect_of(conn);
+    let mut clauses = vec!["1 = 1".to_owned()];
+    let mut binds: Vec<&str> = Vec::new();
+    if let Some(p) = prefix {
+        clauses.push(format!(
+            "substr(device_id, 1, length({})) = {}",
+            super::placeholders(dialect, 1, 1),
+            super::placeholders(dialect, 2, 1)
+        ));
+        binds.extend([p, p]);
+    }
+    if let Some(g) = groups {
+        clauses.push(format!(
+            "owner_kind = 'enrollment_group' AND enrollment_group_id IN ({})",
+            super::placeholders(dialect, binds.len() + 1, g.len())
+        ));
+        binds.extend(g.iter().map(String::as_str));
     }
     let sql = format!(
-        "SELECT device_id FROM devices WHERE device_id IN ({})",
-        super::placeholders(super::dialect_of(conn), 1, ids.len())
+        "SELECT status, COUNT(*) FROM devices WHERE {} GROUP BY status",
+        clauses.join(" AND ")
     );
-    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-    for id in ids {
-        q = q.bind(*id);
+    let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql));
+    for b in binds {
+        q = q.bind(b);
     }
-    Ok(q.fetch_all(conn).await?.into_iter().collect())
+    let rows = q.fetch_all(conn).await?;
+    let count = |s: &str| rows.iter().find(|(st, _)| st == s).map_or(0, |(_, n)| *n);
+    Ok((count("enabled"), count("disabled")))
 }
 
 /// Inserts a device (Conflict when the id exists).
@@ -171,7 +212,8 @@ pub fn insert_many(w: &mut super::Writes, rows: &[DeviceRow]) {
             .bind(d.parent_id.as_deref())
             .bind(d.enrollment_group_id.as_deref())
             .bind(d.created_at)
-            .bind(d.updated_at);
+            .bind(d.updated_at)
+            .bind(&d.owner_kind);
     }
 }
 

@@ -93,6 +93,23 @@ impl GroupRow {
     }
 }
 
+/// One page of enrollment groups in id order (byte order) after `after`.
+pub async fn groups_page(
+    conn: &mut AnyConnection,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<GroupRow>, StoreError> {
+    Ok(sqlx::query_as::<_, GroupRow>(concat!(
+        "SELECT ",
+        group_columns!(),
+        " FROM enrollment_groups WHERE id > $1 ORDER BY id LIMIT $2"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Enabled groups with the given attestation type.
 pub async fn groups_by_attestation(
     conn: &mut AnyConnection,
@@ -175,6 +192,26 @@ pub async fn enrollment(
     .await?)
 }
 
+/// One page of individual enrollments in registration id order (byte order) after `after`.
+pub async fn enrollments_page(
+    conn: &mut AnyConnection,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<GroupRow>, StoreError> {
+    Ok(sqlx::query_as::<_, GroupRow>(
+        "SELECT registration_id AS id, attestation_type, ca_certificates, credential, \
+         provisioning_status, CAST(365 AS BIGINT) AS certificate_validity_days, \
+         '[]' AS allowed_key_types, CAST(NULL AS TEXT) AS registration_id_pattern, \
+         '{}' AS initial_tags, 'reissue' AS reprovisioning, key_version, primary_key, \
+         secondary_key, etag, created_at, updated_at FROM enrollments \
+         WHERE registration_id > $1 ORDER BY registration_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Inserts or replaces an individual enrollment (one statement, as [`upsert_group`]).
 pub async fn upsert_enrollment(conn: &mut AnyConnection, g: &GroupRow) -> Result<(), StoreError> {
     sqlx::query(
@@ -219,35 +256,72 @@ pub async fn insert_token(
     conn: &mut AnyConnection,
     jti: &str,
     group_id: &str,
+    registration_id: Option<&str>,
     expires_at: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO enrollment_tokens (jti, group_id, expires_at) VALUES ($1, $2, $3)")
-        .bind(jti)
-        .bind(group_id)
-        .bind(expires_at)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO enrollment_tokens (jti, group_id, registration_id, expires_at) \
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(jti)
+    .bind(group_id)
+    .bind(registration_id)
+    .bind(expires_at)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
-/// Consumes a one-time token: one conditional UPDATE, so exactly one caller wins, on any
-/// instance. True when this call consumed it.
+/// What consuming a one-time token found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consumed {
+    /// this call consumed it; `bound` says whether it was minted for this registration id
+    Now {
+        /// minted for this id (it may re-provision it); else it registers only new ids
+        bound: bool,
+    },
+    /// spent, expired, unknown, of another group, or bound to another id
+    Refused,
+}
+
+/// Consumes a one-time token for `registration_id`: one conditional UPDATE, so exactly one
+/// caller wins, on any instance; a token bound to another id never matches.
 pub async fn consume_token(
     conn: &mut AnyConnection,
     jti: &str,
     group_id: &str,
+    registration_id: &str,
     now: i64,
-) -> Result<bool, StoreError> {
-    Ok(sqlx::query(
-        "UPDATE enrollment_tokens SET used_at = $3 WHERE jti = $1 AND group_id = $2 AND used_at IS NULL AND expires_at > $3",
+) -> Result<Consumed, StoreError> {
+    let row = sqlx::query_scalar::<_, Option<String>>(
+        "UPDATE enrollment_tokens SET used_at = $3, used_for = $4 \
+         WHERE jti = $1 AND group_id = $2 AND used_at IS NULL AND expires_at > $3 \
+         AND (registration_id IS NULL OR registration_id = $4) RETURNING registration_id",
     )
     .bind(jti)
     .bind(group_id)
     .bind(now)
-    .execute(conn)
+    .bind(registration_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(match row {
+        Some(bound) => Consumed::Now { bound: bound.is_some() },
+        None => Consumed::Refused,
+    })
+}
+
+/// The registration id a consumed token registered (None: unknown or not used yet).
+pub async fn token_used_for(
+    conn: &mut AnyConnection,
+    jti: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar::<_, Option<String>>(
+        "SELECT used_for FROM enrollment_tokens WHERE jti = $1 AND used_at IS NOT NULL",
+    )
+    .bind(jti)
+    .fetch_optional(conn)
     .await?
-    .rows_affected()
-        == 1)
+    .flatten())
 }
 
 /// A completed registration (idempotency record).

@@ -53,3 +53,12 @@ pub async fn list(conn: &mut AnyConnection) -> Result<Vec<IssuerRow>, StoreError
     .fetch_all(conn)
     .await?)
 }
+
+/// Each issuer's current CRL: `(issuer_id, number, next_update)`.
+pub async fn crl_states(conn: &mut AnyConnection) -> Result<Vec<(String, i64, i64)>, StoreError> {
+    Ok(sqlx::query_as::<_, (String, i64, i64)>(
+        "SELECT issuer_id, number, next_update FROM crls ORDER BY issuer_id",
+    )
+    .fetch_all(conn)
+    .await?)
+}

@@ -86,6 +86,10 @@ pub enum StoreError {
     /// The row does not exist.
     #[error("not found")]
     NotFound,
+    /// A concurrent transaction won (deadlock victim, serialization failure): the same work
+    /// may succeed when tried again.
+    #[error("conflicting concurrent transaction")]
+    Contention(#[source] sqlx::Error),
     /// The database cannot be reached (pool timeout, I/O, closed pool).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
@@ -115,6 +119,12 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.code().is_some_and(|c| connection_lost(&c)) => {
                 StoreError::Unavailable(e)
             }
+            // deadlock_detected, serialization_failure
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| c == "40P01" || c == "40001") =>
+            {
+                StoreError::Contention(e)
+            }
             // character_not_in_repertoire (NUL in text), untranslatable_character
             sqlx::Error::Database(db)
                 if db.code().is_some_and(|c| c == "22021" || c == "22P05") =>
@@ -140,6 +150,7 @@ pub struct Store {
     dialect: Dialect,
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     policy_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    group_generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     direct: Option<std::sync::Arc<direct::DirectReads>>,
 }
 
@@ -190,6 +201,7 @@ impl Store {
             dialect,
             writer: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             policy_generation: Default::default(),
+            group_generation: Default::default(),
             direct: match dialect {
                 Dialect::Sqlite => url.sqlite_file().map(|f| direct::DirectReads::new(f).into()),
                 Dialect::Postgres => None,
@@ -220,6 +232,17 @@ impl Store {
     /// Call after committing any change to the `policies` table.
     pub fn policies_changed(&self) {
         self.policy_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Counts committed enrollment-group changes made through this handle; caches of decoded
+    /// groups (`auth::enrollments`) are valid only while it is unchanged.
+    pub fn group_generation(&self) -> u64 {
+        self.group_generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Call after committing any change to the `enrollment_groups` table.
+    pub fn groups_changed(&self) {
+        self.group_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Whether every write comes through this process: SQLite serves one instance (the server
@@ -285,6 +308,21 @@ impl Store {
         Ok(())
     }
 
+    /// SQLite: writes a consistent snapshot of the database to a new file (`VACUUM INTO`, which
+    /// runs beside writers). Not for PostgreSQL (back it up with `pg_dump`).
+    pub async fn snapshot_to(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        if self.dialect != Dialect::Sqlite {
+            return Err(StoreError::Unavailable(sqlx::Error::Configuration(
+                "a PostgreSQL database is backed up with pg_dump".into(),
+            )));
+        }
+        sqlx::query("VACUUM INTO $1")
+            .bind(path.to_string_lossy().into_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -325,6 +363,28 @@ fn placeholder(dialect: Dialect, n: usize) -> String {
 /// A list of `n` placeholders numbered from `first`, bound in order.
 pub(crate) fn placeholders(dialect: Dialect, first: usize, n: usize) -> String {
     (first..first + n).map(|i| placeholder(dialect, i)).collect::<Vec<_>>().join(", ")
+}
+
+/// Which of `values` appear in `table.column` (one round trip; nothing asked for none).
+/// `table` and `column` are this module's constants, never input.
+pub(crate) async fn present(
+    conn: &mut sqlx::AnyConnection,
+    table: &'static str,
+    column: &'static str,
+    values: &[&str],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    if values.is_empty() {
+        return Ok(Default::default());
+    }
+    let sql = format!(
+        "SELECT {column} FROM {table} WHERE {column} IN ({})",
+        placeholders(dialect_of(conn), 1, values.len())
+    );
+    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+    for v in values {
+        q = q.bind(*v);
+    }
+    Ok(q.fetch_all(conn).await?.into_iter().collect())
 }
 
 /// Converts a stored 0/1 integer to bool.

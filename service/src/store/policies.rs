@@ -82,3 +82,19 @@ pub async fn delete(conn: &mut AnyConnection, name: &str) -> Result<bool, StoreE
         .rows_affected()
         == 1)
 }
+
+/// One page of policies in name order (byte order) after `after`.
+pub async fn page(
+    conn: &mut AnyConnection,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<PolicyRow>, StoreError> {
+    Ok(sqlx::query_as::<_, PolicyRow>(
+        "SELECT name, permissions, scope, key_version, primary_key, secondary_key, created_at, \
+         updated_at FROM policies WHERE name > $1 ORDER BY name LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}

@@ -7,8 +7,6 @@
 //! conditional UPDATE); the payload is erased on redeem, cancel and expiry. SAS keys are read
 //! from the registry at redemption time, never copied into the bundle.
 
-use aes_gcm::aead::{Aead, Payload};
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
 use base64::Engine as _;
 use ca::issue::{issue_device_for_key, DeviceProfile, RevocationUrls};
 use rand::RngCore as _;
@@ -80,9 +78,12 @@ pub enum BundleError {
     /// invalid input
     #[error("{0}")]
     Invalid(String),
-    /// unknown device
+    /// unknown device (or outside the caller's scope)
     #[error("device not found")]
     DeviceNotFound,
+    /// the device is disabled: no bundle is made or redeemed for it
+    #[error("the device is disabled: enable it first (a pending bundle stays redeemable)")]
+    DeviceDisabled,
     /// unknown bundle
     #[error("bundle not found")]
     NotFound,
@@ -170,22 +171,31 @@ pub struct NewBundle {
     pub ttl_secs: i64,
 }
 
-/// Creates a bundle; returns `(id, token, expires_at)` — the token exists only in this answer.
+/// Creates a bundle for an enabled device inside the caller's `scope`, bound to the device's
+/// generation; returns `(id, token, expires_at)` — the token exists only in this answer.
 pub async fn create(
     store: &Store,
     cx: &Ctx<'_>,
     authority: &Authority,
     base_url: &str,
+    scope: Option<&crate::auth::Scope>,
     req: NewBundle,
 ) -> Result<(String, BundleToken, i64), BundleError> {
-    let device = devices::get(store, cx.ring, &req.device_id).await?;
-    if req.credential.sas() && !matches!(device.auth, Authentication::Sas { .. }) {
-        return Err(BundleError::Invalid("the device does not authenticate with SAS keys".into()));
-    }
     let id = random_hex(16);
     let token = BundleToken::generate();
     let expires_at = cx.now + req.ttl_secs;
     let mut tx = store.begin().await?;
+    let device = crate::store::devices::get(&mut tx, &req.device_id)
+        .await?
+        .filter(|d| scope.is_none_or(|s| s.covers_device(&d.device_id, d.owner_group())))
+        .ok_or(BundleError::DeviceNotFound)?;
+    if device.status != "enabled" {
+        return Err(BundleError::DeviceDisabled);
+    }
+    if req.credential.sas() && device.auth_type != "sas" {
+        return Err(BundleError::Invalid("the device does not authenticate with SAS keys".into()));
+    }
+    let device_generation = Some(device.generation_id.clone());
     let mut payload = json!({});
     if req.credential.x509() {
         let (key, public) = ca::issue::generate_key(ca::KeyType::P256)
@@ -232,6 +242,7 @@ pub async fn create(
             redeemed_at: None,
             redeemed_from: None,
             cancelled_at: None,
+            device_generation,
         },
     )
     .await?;
@@ -241,29 +252,22 @@ pub async fn create(
 }
 
 fn seal(token: &BundleToken, id: &str, plaintext: &[u8]) -> Result<Vec<u8>, BundleError> {
-    let key = token.payload_key(id);
-    let cipher = Aes256Gcm::new((&*key).into());
-    let mut nonce = [0u8; 12];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
     let aad = format!("bundles:payload:{id}");
-    let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: aad.as_bytes() })
-        .map_err(|_| BundleError::Internal("payload sealing failed".into()))?;
-    Ok([nonce.as_slice(), &ct].concat())
+    Ok(crate::seal::aead_seal(&token.payload_key(id), aad.as_bytes(), plaintext))
 }
 
 /// Opens a sealed payload with the token (the only way to open it).
 pub fn open_payload(token: &BundleToken, id: &str, blob: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    if blob.len() < 12 + 16 {
-        return None;
-    }
-    let key = token.payload_key(id);
-    let cipher = Aes256Gcm::new((&*key).into());
     let aad = format!("bundles:payload:{id}");
-    cipher
-        .decrypt(Nonce::from_slice(&blob[..12]), Payload { msg: &blob[12..], aad: aad.as_bytes() })
-        .ok()
-        .map(Zeroizing::new)
+    crate::seal::aead_open(&token.payload_key(id), aad.as_bytes(), blob)
+}
+
+/// The serial of the certificate inside an opened payload (x509 bundles).
+fn payload_serial(payload: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    let der = pem::parse(v.get("certificate")?.as_str()?).ok()?.into_contents();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(ca::issue::serial_hex(cert.raw_serial()))
 }
 
 /// What a redemption hands out.
@@ -309,10 +313,15 @@ pub async fn redeem(
     }
     let credential = Credential::parse(&current.credential).unwrap_or(Credential::X509);
     let format = Format::parse(&current.format).unwrap_or(Format::Json);
+    // The device it was made for: not deleted since (even if the id exists again), enabled.
+    let device_row = crate::store::devices::get(&mut tx, &current.device_id)
+        .await?
+        .filter(|d| current.device_generation.as_deref() == Some(d.generation_id.as_str()))
+        .ok_or(BundleError::Gone("made for a device that no longer exists"))?;
+    if device_row.status != "enabled" {
+        return Err(BundleError::DeviceDisabled);
+    }
     let sas_keys = if credential.sas() {
-        let device_row = crate::store::devices::get(&mut tx, &current.device_id)
-            .await?
-            .ok_or(BundleError::Gone("device no longer exists"))?;
         match devices::open(cx.ring, device_row)?.auth {
             Authentication::Sas { primary, secondary } => {
                 Some((primary.to_base64(), secondary.to_base64()))
@@ -324,6 +333,19 @@ pub async fn redeem(
     };
     let blob = current.payload.clone().ok_or(BundleError::Gone("expired"))?;
     let payload = open_payload(&token, id, &blob).ok_or(BundleError::Unauthorized)?;
+    // Its certificate may have been revoked since (the device was disabled, then enabled
+    // again): a dead credential is never handed out; the bundle is cancelled instead.
+    if let Some(serial) = payload_serial(&payload) {
+        let revoked =
+            certificates::get(&mut tx, &serial).await?.is_none_or(|c| c.revoked_at.is_some());
+        if revoked {
+            rows::cancel(&mut tx, id, cx.now).await?;
+            tx.commit().await.map_err(StoreError::from)?;
+            return Err(BundleError::Gone(
+                "cancelled: its certificate was revoked; create a new bundle",
+            ));
+        }
+    }
     let from = cx.actor.addr.clone().unwrap_or_else(|| "unknown".into());
     if !rows::mark_redeemed(&mut tx, id, cx.now, &from).await? {
         return Err(BundleError::Gone("already redeemed"));
@@ -335,14 +357,72 @@ pub async fn redeem(
     Ok(Redeemed { device_id: current.device_id, credential, format, payload, sas_keys, password })
 }
 
+/// A bundle as `scope` may see it: one whose device id the scope admits and whose device (if
+/// it still exists) it covers.
+async fn visible(
+    conn: &mut sqlx::AnyConnection,
+    scope: Option<&crate::auth::Scope>,
+    id: &str,
+) -> Result<BundleRow, BundleError> {
+    let row = rows::get(&mut *conn, id).await?.ok_or(BundleError::NotFound)?;
+    if let Some(scope) = scope {
+        let device = crate::store::devices::get(&mut *conn, &row.device_id).await?;
+        let owner = device.as_ref().and_then(|d| d.owner_group());
+        if !scope.covers_device(&row.device_id, owner) {
+            return Err(BundleError::NotFound);
+        }
+    }
+    Ok(row)
+}
+
+/// Reads a bundle's record (status only: never the token or payload).
+pub async fn get(
+    store: &Store,
+    scope: Option<&crate::auth::Scope>,
+    id: &str,
+) -> Result<BundleRow, BundleError> {
+    let mut conn = store.conn().await?;
+    visible(&mut conn, scope, id).await
+}
+
 /// Cancels a pending bundle (payload erased).
-pub async fn cancel(store: &Store, cx: &Ctx<'_>, id: &str) -> Result<(), BundleError> {
+pub async fn cancel(
+    store: &Store,
+    cx: &Ctx<'_>,
+    scope: Option<&crate::auth::Scope>,
+    id: &str,
+) -> Result<(), BundleError> {
     let mut tx = store.begin().await?;
-    let row = rows::get(&mut tx, id).await?.ok_or(BundleError::NotFound)?;
+    let row = visible(&mut tx, scope, id).await?;
     if !rows::cancel(&mut tx, id, cx.now).await? {
         return Err(BundleError::NotPending(status(&row, cx.now)));
     }
     cx.audit(&mut tx, store.dialect(), "bundle.cancel", &format!("{}/{id}", row.device_id)).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(())
+}
+
+/// One page of bundles (records only) in id order after `after`: of one device and one status
+/// if given, inside `scope`. Returns them and whether more follow.
+pub async fn list(
+    store: &Store,
+    scope: Option<&crate::auth::Scope>,
+    device_id: Option<&str>,
+    state: Option<&str>,
+    after: &str,
+    limit: i64,
+    now: i64,
+) -> Result<(Vec<BundleRow>, bool), BundleError> {
+    let (rows, more) = super::page_where(
+        after,
+        limit,
+        |r: &rows::OwnedBundleRow| r.bundle.id.as_str(),
+        |r| {
+            scope.is_none_or(|s| s.covers_device(&r.bundle.device_id, r.owner_group()))
+                && state.is_none_or(|want| status(&r.bundle, now) == want)
+        },
+        |after, n| async move { rows::page(&mut *store.conn().await?, device_id, &after, n).await },
+    )
+    .await?;
+    Ok((rows.into_iter().map(|r| r.bundle).collect(), more))
 }

@@ -19,9 +19,15 @@ pub enum CertificateError {
     /// the CSR broke a rule of the profile
     #[error(transparent)]
     Csr(#[from] CsrError),
-    /// unknown device
+    /// the device is disabled: nothing is issued for it
+    #[error("the device is disabled: enable it before issuing certificates for it")]
+    DeviceDisabled,
+    /// unknown device (or outside the caller's scope)
     #[error("device not found")]
     DeviceNotFound,
+    /// the key's certificate was revoked for compromise
+    #[error("the certificate of this key was revoked for compromise: send a CSR for a new key")]
+    KeyCompromised,
     /// signing failed
     #[error(transparent)]
     Issue(#[from] ca::IssueError),
@@ -46,13 +52,21 @@ pub async fn issue_for_device(
     cx: &Ctx<'_>,
     authority: &Authority,
     base_url: &str,
+    scope: Option<&crate::auth::Scope>,
     device_id: &str,
     csr: &[u8],
 ) -> Result<Issued, CertificateError> {
-    let verified = VerifiedCsr::parse(csr, &CsrPolicy::device(device_id))?;
     let mut tx = store.begin().await?;
-    if !crate::store::devices::exists(&mut tx, device_id).await? {
-        return Err(CertificateError::DeviceNotFound);
+    let device = crate::store::devices::get(&mut tx, device_id)
+        .await?
+        .filter(|d| scope.is_none_or(|s| s.covers_device(device_id, d.owner_group())))
+        .ok_or(CertificateError::DeviceNotFound)?;
+    if device.status != "enabled" {
+        return Err(CertificateError::DeviceDisabled);
+    }
+    let verified = VerifiedCsr::parse(csr, &CsrPolicy::device(device_id))?;
+    if rows::is_compromised(&mut tx, &verified.subject_key().fingerprint()).await? {
+        return Err(CertificateError::KeyCompromised);
     }
     let issuer = authority.active();
     let urls = RevocationUrls { base_url: Some(base_url.to_owned()) };
@@ -91,4 +105,54 @@ pub fn record(
         revocation_reason: None,
         created_at: now,
     }
+}
+
+/// One page of certificates in serial order after `after`: of one device if given, and only
+/// those inside `scope` (device certificates of devices it covers). Returns the items and
+/// whether more follow.
+pub async fn list(
+    store: &Store,
+    scope: Option<&crate::auth::Scope>,
+    device_id: Option<&str>,
+    kind: Option<&str>,
+    after: &str,
+    limit: i64,
+) -> Result<(Vec<CertificateRow>, bool), StoreError> {
+    let prefix = scope.and_then(|s| s.device_id_prefix.as_deref());
+    let (rows, more) = super::page_where(
+        after,
+        limit,
+        |r: &rows::OwnedCertificateRow| r.cert.serial.as_str(),
+        |r| {
+            scope.is_none_or(|s| {
+                r.cert.profile == "device"
+                    && r.cert
+                        .device_id
+                        .as_deref()
+                        .is_some_and(|d| s.covers_device(d, r.owner_group()))
+            })
+        },
+        |after, n| async move {
+            rows::page(&mut *store.conn().await?, device_id, prefix, kind, &after, n).await
+        },
+    )
+    .await?;
+    Ok((rows.into_iter().map(|r| r.cert).collect(), more))
+}
+
+/// One certificate as `scope` may see it (None when unknown or outside the scope: server and
+/// instance certificates are outside every scope).
+pub async fn get(
+    store: &Store,
+    scope: Option<&crate::auth::Scope>,
+    serial: &str,
+) -> Result<Option<CertificateRow>, StoreError> {
+    let mut conn = store.conn().await?;
+    let Some(cert) = rows::get(&mut conn, serial).await? else { return Ok(None) };
+    if let Some(scope) = scope {
+        if !super::revoke::certificate_in_scope(&mut conn, scope, &cert).await? {
+            return Ok(None);
+        }
+    }
+    Ok(Some(cert))
 }

@@ -13,6 +13,16 @@ use crate::store::{Store, StoreError};
 /// Largest accepted tags object, serialized.
 pub const MAX_TAGS_BYTES: usize = 8 * 1024;
 
+/// The one tags limit of every path that stores tags (API.md A30): the compact UTF-8 JSON of
+/// `tags` is at most [`MAX_TAGS_BYTES`]. `what` names the member in the message.
+pub fn check_tags(what: &str, tags: &Map<String, Value>) -> Result<(), String> {
+    let len = serde_json::to_vec(tags).map_or(usize::MAX, |v| v.len());
+    if len > MAX_TAGS_BYTES {
+        return Err(format!("{what} must be at most {MAX_TAGS_BYTES} bytes of JSON ({len} given)"));
+    }
+    Ok(())
+}
+
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -20,6 +30,9 @@ pub enum DeviceError {
     /// invalid input; the text says what to fix
     #[error("{0}")]
     Invalid(String),
+    /// the device is disabled: nothing is issued for it
+    #[error("the device is disabled: enable it first")]
+    Disabled,
     /// unknown device
     #[error("device not found")]
     NotFound,
@@ -131,7 +144,7 @@ impl Precondition {
 
     /// Out of scope is NotFound (checked first: a 412 would reveal the device exists).
     fn check(&self, id: &str, current: Option<&DeviceRow>) -> Result<(), DeviceError> {
-        let group = current.and_then(|r| r.enrollment_group_id.as_deref());
+        let group = current.and_then(DeviceRow::owner_group);
         if self.scope.as_ref().is_some_and(|s| !s.covers_device(id, group)) {
             return Err(DeviceError::NotFound);
         }
@@ -193,6 +206,16 @@ fn apply_auth(row: &mut DeviceRow, ring: &KeyRing, auth: &Authentication) {
         }
         Authentication::X509Ca => {}
     }
+}
+
+/// `(enabled, disabled)` devices inside `scope`.
+pub async fn counts(
+    store: &Store,
+    scope: Option<&crate::auth::Scope>,
+) -> Result<(i64, i64), StoreError> {
+    let prefix = scope.and_then(|s| s.device_id_prefix.as_deref());
+    let groups = scope.and_then(|s| s.enrollment_group_ids.as_deref());
+    rows::counts(&mut *store.conn().await?, prefix, groups).await
 }
 
 /// Reads one device.
@@ -368,6 +391,7 @@ pub async fn delete(
         return Err(DeviceError::PreconditionFailed);
     }
     revoke_certificates(&mut tx, id, "cessation_of_operation", cx.now).await?;
+    crate::store::bundles::cancel_for_device(&mut tx, id, cx.now).await?;
     cx.audit(&mut tx, store.dialect(), "device.delete", id).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(())

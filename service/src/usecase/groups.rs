@@ -26,6 +26,9 @@ pub enum GroupError {
     /// unknown group / enrollment
     #[error("not found")]
     NotFound,
+    /// the registration id is a device another owner holds
+    #[error("{0}")]
+    Conflict(String),
     /// storage
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -324,6 +327,43 @@ pub async fn get(
     decode(ring, row.ok_or(GroupError::NotFound)?, individual)
 }
 
+/// One page of enrollment groups (or individual enrollments) in id order after `after`, those
+/// inside `scope` only. Returns them and whether more follow.
+pub async fn list(
+    store: &Store,
+    ring: &KeyRing,
+    scope: Option<&crate::auth::Scope>,
+    individual: bool,
+    after: &str,
+    limit: i64,
+) -> Result<(Vec<Group>, bool), GroupError> {
+    let (rows, more) = super::page_where(
+        after,
+        limit,
+        |r: &GroupRow| r.id.as_str(),
+        |r| {
+            scope.is_none_or(|s| {
+                if individual {
+                    s.covers_enrollment(&r.id)
+                } else {
+                    s.covers_group(&r.id)
+                }
+            })
+        },
+        |after, n| async move {
+            let mut conn = store.conn().await?;
+            if individual {
+                rows::enrollments_page(&mut conn, &after, n).await
+            } else {
+                rows::groups_page(&mut conn, &after, n).await
+            }
+        },
+    )
+    .await?;
+    let groups = rows.into_iter().map(|r| decode(ring, r, individual)).collect::<Result<_, _>>()?;
+    Ok((groups, more))
+}
+
 /// Creates or replaces a group / individual enrollment; true when created. Keys absent from
 /// the input are kept (or generated on create).
 pub async fn put(
@@ -339,6 +379,16 @@ pub async fn put(
         rows::group(&mut tx, &g.id).await?
     };
     let current = current.map(|r| decode(cx.ring, r, g.individual)).transpose()?;
+    if g.individual {
+        let device = crate::store::devices::get(&mut tx, &g.id).await?;
+        if device.is_some_and(|d| d.owner_kind != "enrollment") {
+            return Err(GroupError::Conflict(format!(
+                "`{}` is a device owned by an admin or an enrollment group: an individual \
+                 enrollment cannot take it over",
+                g.id
+            )));
+        }
+    }
     let created = current.is_none();
     let (old_p, old_s, created_at) = match current {
         Some(c) => (Some(c.primary), Some(c.secondary), c.created_at),
@@ -363,6 +413,7 @@ pub async fn put(
     };
     cx.audit(&mut tx, store.dialect(), action, &g.id).await?;
     tx.commit().await.map_err(StoreError::from)?;
+    store.groups_changed();
     Ok((g, created))
 }
 
@@ -385,34 +436,44 @@ pub async fn delete(
     let action = if individual { "enrollment.delete" } else { "enrollment_group.delete" };
     cx.audit(&mut tx, store.dialect(), action, id).await?;
     tx.commit().await.map_err(StoreError::from)?;
+    store.groups_changed();
     Ok(())
 }
 
-/// Mints `count` one-time enrollment JWTs for a group, recording each `jti`.
+/// Mints one-time enrollment JWTs for a group, recording each `jti`: `count` unbound tokens
+/// (each registers one id that is not registered yet), or one token per id of `bound` (token i
+/// registers or re-provisions `bound[i]` only; it is the JWT's `sub`).
 pub async fn mint_tokens(
     store: &Store,
     cx: &Ctx<'_>,
     jwt: &JwtKeys,
     group_id: &str,
     count: usize,
+    bound: Option<&[String]>,
     ttl_secs: i64,
 ) -> Result<(Vec<String>, i64), GroupError> {
     let exp = cx.now + ttl_secs;
     let mut tx = store.begin().await?;
-    if rows::group(&mut tx, group_id).await?.is_none() {
-        return Err(GroupError::NotFound);
+    let row = rows::group(&mut tx, group_id).await?.ok_or(GroupError::NotFound)?;
+    if let Some(ids) = bound {
+        let group = decode(cx.ring, row, false)?;
+        for id in ids {
+            group.admits(id)?;
+        }
     }
     let mut tokens = Vec::with_capacity(count);
-    for _ in 0..count {
+    for i in 0..count {
+        let sub = bound.and_then(|ids| ids.get(i)).cloned();
         let claims = Claims {
             aud: ENROLLMENT_AUDIENCE.into(),
-            sub: None,
+            sub,
             grp: Some(group_id.to_owned()),
+            gen: None,
             jti: random_hex(16),
             iat: cx.now,
             exp,
         };
-        rows::insert_token(&mut tx, &claims.jti, group_id, exp).await?;
+        rows::insert_token(&mut tx, &claims.jti, group_id, claims.sub.as_deref(), exp).await?;
         tokens.push(jwt.sign(&claims).map_err(|_| GroupError::Sign)?);
     }
     cx.audit(&mut tx, store.dialect(), "enrollment_group.tokens.create", group_id).await?;

@@ -34,6 +34,9 @@ pub enum CaAdminError {
     /// input
     #[error("{0}")]
     Invalid(String),
+    /// the key's certificate was revoked for compromise
+    #[error("the certificate of this key was revoked for compromise: send a CSR for a new key")]
+    KeyCompromised,
     /// signing
     #[error(transparent)]
     Authority(#[from] ca::AuthorityError),
@@ -127,11 +130,63 @@ pub async fn issue_server_certificate(
         ip_addresses: &req.ip_addresses,
         validity_secs: req.validity_days * 86_400,
     };
-    let cert = issue_server(issuer, csr.subject_key(), &profile, cx.now)?;
     let mut tx = store.begin().await?;
+    if certificates::is_compromised(&mut tx, &csr.subject_key().fingerprint()).await? {
+        return Err(CaAdminError::KeyCompromised);
+    }
+    let cert = issue_server(issuer, csr.subject_key(), &profile, cx.now)?;
     certificates::insert(&mut tx, &record(&cert, None, &issuer.id(), "server", cx.now)).await?;
     cx.audit(&mut tx, store.dialect(), "certificate.server.issue", &cert.serial).await?;
     tx.commit().await.map_err(StoreError::from)?;
     let chain = format!("{}{}", cert.pem(), issuer.cert_pem());
     Ok((cert, chain))
+}
+
+/// One CA of the hierarchy as the console shows it.
+#[derive(Debug, Clone)]
+pub struct IssuerInfo {
+    /// lowercase hex SKI
+    pub issuer_id: String,
+    /// subject DN
+    pub subject: String,
+    /// notBefore
+    pub not_before: i64,
+    /// notAfter
+    pub not_after: i64,
+    /// the intermediate that issues now
+    pub current: bool,
+    /// the root
+    pub root: bool,
+    /// number of its current CRL (none before the first)
+    pub crl_number: Option<i64>,
+    /// nextUpdate of its current CRL
+    pub crl_next_update: Option<i64>,
+}
+
+/// Every CA of the hierarchy with its CRL state, root last.
+pub async fn issuers(store: &Store, authority: &Authority) -> Result<Vec<IssuerInfo>, StoreError> {
+    let crls = crate::store::issuers::crl_states(&mut *store.conn().await?).await?;
+    let active = authority.active_entry().id.clone();
+    let mut out: Vec<IssuerInfo> = authority
+        .entries()
+        .iter()
+        .map(|e| {
+            let parsed = x509_parser::parse_x509_certificate(&e.cert_der)
+                .ok()
+                .map(|(_, c)| (c.subject().to_string(), c.validity().not_before.timestamp()));
+            let crl = crls.iter().find(|(id, _, _)| *id == e.id);
+            IssuerInfo {
+                issuer_id: e.id.clone(),
+                subject: parsed.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+                not_before: parsed.map_or(0, |p| p.1),
+                not_after: e.not_after,
+                current: e.id == active,
+                root: e.is_root,
+                crl_number: crl.map(|c| c.1),
+                crl_next_update: crl.map(|c| c.2),
+            }
+        })
+        .collect();
+    out.sort_by_key(|i| (i.root, !i.current, i.issuer_id.clone()));
+    Ok(out)
 }

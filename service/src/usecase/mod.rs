@@ -1,6 +1,7 @@
 //! Use cases: plain async functions over `&Store` (and the time), each owning its transaction.
 //! They know nothing of HTTP; handlers map their typed errors in `http::problem`.
 
+pub mod backup;
 pub mod bundles;
 pub mod certificates;
 pub mod crl;
@@ -67,6 +68,44 @@ impl Ctx<'_> {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// One page of a list in key order: reads `fetch(after, n)` pages (rows in key order) and keeps
+/// the rows `keep` admits (a scope, a filter) until `limit` are kept. Returns them and whether
+/// more follow; the next cursor is the key of the last row returned, so a cursor never names a
+/// row the caller may not see.
+pub async fn page_where<T, Fut>(
+    after: &str,
+    limit: i64,
+    key: impl Fn(&T) -> &str,
+    keep: impl Fn(&T) -> bool,
+    mut fetch: impl FnMut(String, i64) -> Fut,
+) -> Result<(Vec<T>, bool), StoreError>
+where
+    Fut: std::future::Future<Output = Result<Vec<T>, StoreError>>,
+{
+    let want = limit.saturating_add(1);
+    let mut cursor = after.to_owned();
+    let mut kept = Vec::new();
+    loop {
+        let rows = fetch(cursor.clone(), want).await?;
+        let exhausted = (rows.len() as i64) < want;
+        for row in rows {
+            cursor = key(&row).to_owned();
+            if keep(&row) {
+                kept.push(row);
+                if kept.len() as i64 == want {
+                    kept.pop();
+                    return Ok((kept, true));
+                }
+            }
+        }
+        if exhausted {
+            return Ok((kept, false));
+        }
+        // a filtered list may read many pages: let other requests run in between
+        tokio::task::yield_now().await;
     }
 }
 

@@ -45,6 +45,7 @@ pub async fn put(
         permissions: serde_json::Value::from(permissions.names()).to_string(),
         created_at: cx.now,
         updated_at: cx.now,
+        generation: random_hex(16),
     };
     let mut tx = store.begin().await?;
     let created = rows::upsert(&mut tx, &row).await?;
@@ -59,7 +60,8 @@ pub async fn put(
     Ok(created)
 }
 
-/// Deletes an operator; its sessions stop working at once (every request re-reads it).
+/// Deletes an operator; its sessions stop working at once (every request re-reads it, and a
+/// re-created operator has another generation).
 pub async fn delete(store: &Store, cx: &Ctx<'_>, name: &str) -> Result<(), OperatorError> {
     let mut tx = store.begin().await?;
     if !rows::delete(&mut tx, name).await? {
@@ -90,6 +92,7 @@ pub async fn login(
         aud: OPERATOR_AUDIENCE.into(),
         sub: Some(name.to_owned()),
         grp: None,
+        gen: row.as_ref().map(|r| r.generation.clone()),
         jti: random_hex(16),
         iat: now,
         exp,
@@ -99,7 +102,8 @@ pub async fn login(
 }
 
 /// Authenticates a session token: valid signature, audience, expiry, and the operator still
-/// exists (its current permissions apply).
+/// exists under the credential generation the session was issued for (a password or
+/// permission change, or a delete and re-create, ends every older session).
 pub async fn authenticate(
     store: &Store,
     jwt: &JwtKeys,
@@ -108,11 +112,39 @@ pub async fn authenticate(
 ) -> Result<Option<Principal>, StoreError> {
     let Ok(claims) = jwt.verify(token, OPERATOR_AUDIENCE, now, 0) else { return Ok(None) };
     let Some(name) = claims.sub else { return Ok(None) };
-    let mut conn = store.conn().await?;
-    let Some(row) = rows::get(&mut conn, &name).await? else { return Ok(None) };
+    let Some(row) = rows::lookup(store, &name).await? else { return Ok(None) };
+    let current = claims.gen.as_deref().is_some_and(|g| {
+        !row.generation.is_empty()
+            && bool::from(subtle::ConstantTimeEq::ct_eq(g.as_bytes(), row.generation.as_bytes()))
+    });
+    if !current {
+        return Ok(None);
+    }
     let names: Vec<String> = serde_json::from_str(&row.permissions).unwrap_or_default();
     let Ok(permissions) = PermissionSet::parse(names.iter().map(String::as_str)) else {
         return Ok(None);
     };
     Ok(Some(Principal { name: row.name, permissions, scope: None }))
+}
+
+/// One page of operators in name order after `after` (rows: the caller renders them without
+/// password hashes). Returns them and whether more follow.
+pub async fn list(
+    store: &Store,
+    after: &str,
+    limit: i64,
+) -> Result<(Vec<OperatorRow>, bool), StoreError> {
+    super::page_where(
+        after,
+        limit,
+        |r: &OperatorRow| r.name.as_str(),
+        |_| true,
+        |after, n| async move { rows::page(&mut *store.conn().await?, &after, n).await },
+    )
+    .await
+}
+
+/// Reads one operator (None when unknown).
+pub async fn get(store: &Store, name: &str) -> Result<Option<OperatorRow>, StoreError> {
+    rows::lookup(store, name).await
 }

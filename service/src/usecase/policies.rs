@@ -185,3 +185,22 @@ pub async fn rotate_keys(
     store.policies_changed();
     Ok(p)
 }
+
+/// One page of policies in name order after `after` (rows: the caller renders them without
+/// keys). Returns them and whether more follow.
+pub async fn list(
+    store: &Store,
+    after: &str,
+    limit: i64,
+) -> Result<(Vec<crate::store::policies::PolicyRow>, bool), StoreError> {
+    super::page_where(
+        after,
+        limit,
+        |r: &crate::store::policies::PolicyRow| r.name.as_str(),
+        |_| true,
+        |after, n| async move {
+            crate::store::policies::page(&mut *store.conn().await?, &after, n).await
+        },
+    )
+    .await
+}

@@ -14,6 +14,7 @@ use super::certificates::record;
 use super::groups::{Group, GroupError, Reprovisioning};
 use super::{random_hex, Actor, Ctx};
 use crate::audit::AuditKey;
+use crate::auth::Scope;
 use crate::authority::Authority;
 use crate::seal::KeyRing;
 use crate::seal::SealContext;
@@ -22,11 +23,16 @@ use crate::store::enrollment::{self as rows, RegistrationRow};
 use crate::store::{certificates, Dialect, Store, StoreError, Writes};
 use std::sync::Arc;
 
-/// Why a registration failed (nothing was stored).
+/// Why a registration failed (nothing was stored). Every door checks in one order (API.md
+/// A30): credential → enrollment unknown or out of scope ([`RegisterError::NotFound`]) →
+/// enrollment disabled → body, id, pattern ([`RegisterError::Invalid`]) → ownership, unbound
+/// token, compromised key ([`RegisterError::Conflict`], [`RegisterError::KeyCompromised`]) →
+/// device disabled → CSR.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegisterError {
-    /// the id exists as a device outside this enrollment, or reprovisioning is denied
+    /// the id is a device another owner holds, an unbound token met a registered id, or
+    /// reprovisioning is denied
     #[error("{0}")]
     Conflict(String),
     /// the CSR broke a rule
@@ -35,6 +41,17 @@ pub enum RegisterError {
     /// provisioning is disabled for the enrollment
     #[error("provisioning is disabled for this enrollment")]
     Disabled,
+    /// the device is disabled: nothing is issued for it
+    #[error(
+        "the device is disabled: an administrator must enable it before it is provisioned again"
+    )]
+    DeviceDisabled,
+    /// the public key's certificate was revoked for key or CA compromise
+    #[error("the certificate of this key was revoked for compromise: generate a new key and send a new CSR")]
+    KeyCompromised,
+    /// the registration id is outside the caller's scope
+    #[error("registration id not found")]
+    NotFound,
     /// invalid input
     #[error("{0}")]
     Invalid(String),
@@ -116,6 +133,10 @@ struct Issued {
 pub struct Prepared {
     req: RegistrationRequest,
     csr_hash: Option<String>,
+    /// the CSR's rejection, answered only after the ownership and device checks (A30 order)
+    csr_error: Option<CsrError>,
+    /// fingerprint of the certified public key
+    key_fingerprint: Option<String>,
     issued: Option<Issued>,
     keys: Option<(SasKey, SasKey)>,
 }
@@ -127,34 +148,49 @@ impl Prepared {
     }
 }
 
-/// Validates `req` against `group`, verifies its CSR and signs the certificate.
+/// Validates `req` against `group` (and the caller's `scope`, for factory lines), verifies its
+/// CSR and signs the certificate.
 pub fn prepare(
     group: &Group,
     authority: &Authority,
     base_url: &str,
+    scope: Option<&Scope>,
     req: RegistrationRequest,
     now: i64,
 ) -> Result<Prepared, RegisterError> {
     let id = req.registration_id.as_str();
-    crate::ids::validate("registration id", id)
-        .map_err(|e| RegisterError::Invalid(e.to_string()))?;
-    group.admits(id)?;
+    if scope.is_some_and(|s| !s.admits_id(id)) {
+        return Err(RegisterError::NotFound);
+    }
     if !group.enabled {
         return Err(RegisterError::Disabled);
     }
-    let csr = match &req.csr {
-        Some(bytes) => Some(VerifiedCsr::parse(
+    crate::ids::validate("registration id", id)
+        .map_err(|e| RegisterError::Invalid(e.to_string()))?;
+    group.admits(id)?;
+    if let Some(extra) = &req.tags {
+        let mut tags = group.initial_tags.clone();
+        tags.extend(extra.clone());
+        crate::usecase::devices::check_tags("tags (merged with the group's initial_tags)", &tags)
+            .map_err(RegisterError::Invalid)?;
+    }
+    let (csr, csr_error) = match &req.csr {
+        Some(bytes) => match VerifiedCsr::parse(
             bytes,
             &CsrPolicy::device(id).with_allowed_keys(group.allowed_keys.iter().copied()),
-        )?),
+        ) {
+            Ok(csr) => (Some(csr), None),
+            Err(e) => (None, Some(e)),
+        },
         None if group.credential.x509() => {
             return Err(RegisterError::Invalid(
                 "this enrollment issues certificates: a csr is required".into(),
             ))
         }
-        None => None,
+        None => (None, None),
     };
     let csr_hash = csr.as_ref().map(|c| hex::encode(Sha256::digest(c.der())));
+    let key_fingerprint = csr.as_ref().map(|c| c.subject_key().fingerprint());
     let issued = match &csr {
         Some(csr) => {
             let issuer = authority.active();
@@ -173,7 +209,7 @@ pub fn prepare(
         None => None,
     };
     let keys = group.credential.sas().then(|| group.device_keys(id));
-    Ok(Prepared { req, csr_hash, issued, keys })
+    Ok(Prepared { req, csr_hash, csr_error, key_fingerprint, issued, keys })
 }
 
 /// One registration of a group-committed batch.
@@ -232,7 +268,7 @@ pub async fn register_batch<'a>(
     items: Vec<BatchItem<'a>>,
     last_head: &mut Option<(i64, String)>,
 ) -> Vec<Result<Registered, RegisterError>> {
-    let (mut results, fresh, slow) = lines_of(items);
+    let (mut results, fresh, slow) = split_lines(store, items).await;
     commit_lines(store, bx, authority, &mut results, fresh, slow, last_head).await;
     finish(results)
 }
@@ -321,7 +357,7 @@ pub async fn register_batch_in_turn<'a>(
     items: Vec<BatchItem<'a>>,
     mut turn: Turn,
 ) -> Vec<Result<Registered, RegisterError>> {
-    let (mut results, fresh, slow) = lines_of(items);
+    let (mut results, fresh, slow) = split_lines(store, items).await;
     if store.dialect() == Dialect::Postgres && slow.is_empty() && !fresh.is_empty() {
         turn.after_written().await;
         match insert_fresh_in_turn(store, bx, &fresh, &mut turn).await {
@@ -384,6 +420,41 @@ async fn insert_fresh_in_turn(
     }
     tx.commit().await?;
     Ok(Some(rows.out))
+}
+
+/// [`lines_of`], with the lines whose public key was revoked for compromise moved to the
+/// lines that go one by one (where [`register_in`] refuses them): a first registration is
+/// stored without looking anything up, so this one read guards it. A read, not a lock: a key
+/// revoked while a batch commits is refused from the next batch on.
+async fn split_lines<'a>(
+    store: &Store,
+    items: Vec<BatchItem<'a>>,
+) -> (Results, Vec<Line<'a>>, Vec<Line<'a>>) {
+    let (results, fresh, mut slow) = lines_of(items);
+    let keys: Vec<&str> = fresh.iter().filter_map(|l| l.p.key_fingerprint.as_deref()).collect();
+    if keys.is_empty() {
+        return (results, fresh, slow);
+    }
+    let compromised = match store.conn().await {
+        Ok(mut conn) => certificates::compromised_among(&mut conn, &keys).await,
+        Err(e) => Err(e),
+    };
+    let compromised = match compromised {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "compromised-key lookup failed; registering line by line");
+            slow.extend(fresh);
+            return (results, Vec::new(), slow);
+        }
+    };
+    if compromised.is_empty() {
+        return (results, fresh, slow);
+    }
+    let (bad, fresh): (Vec<_>, Vec<_>) = fresh
+        .into_iter()
+        .partition(|l| l.p.key_fingerprint.as_deref().is_some_and(|k| compromised.contains(k)));
+    slow.extend(bad);
+    (results, fresh, slow)
 }
 
 /// The lines of a batch, split as [`split_unique`] does, and its results so far (the lines
@@ -471,29 +542,40 @@ async fn commit_lines<'a>(
     }
     slow.sort_by_key(|line| line.i);
     for line in slow {
-        let mut sp = match sqlx::Connection::begin(&mut *tx).await {
-            Ok(sp) => sp,
-            Err(e) => {
-                results[line.i] = Some(Err(RegisterError::Store(e.into())));
-                continue;
-            }
-        };
         let cx = bx.cx(line.actor);
-        let r = match register_in(
-            &mut sp,
-            store.dialect(),
-            &cx,
-            authority,
-            line.group,
-            line.p,
-            line.jti,
-        )
-        .await
-        {
-            Ok(r) => sp.commit().await.map(|()| r).map_err(|e| RegisterError::Store(e.into())),
-            Err(e) => {
-                let _ = sp.rollback().await;
-                Err(e)
+        let mut attempts = 0;
+        // A deadlock victim (PostgreSQL breaks a lock cycle between two instances registering
+        // the same ids) is rolled back to its savepoint, which releases what it locked, and
+        // tried again; the outcome is never a 5xx (Contention maps to 409).
+        let r = loop {
+            let mut sp = match sqlx::Connection::begin(&mut *tx).await {
+                Ok(sp) => sp,
+                Err(e) => break Err(RegisterError::Store(e.into())),
+            };
+            let outcome = register_in(
+                &mut sp,
+                store.dialect(),
+                &cx,
+                authority,
+                line.group,
+                &line.p,
+                line.jti,
+            )
+            .await;
+            match outcome {
+                Ok(r) => {
+                    break sp.commit().await.map(|()| r).map_err(|e| RegisterError::Store(e.into()))
+                }
+                Err(RegisterError::Store(StoreError::Contention(e))) if attempts < 3 => {
+                    tracing::debug!(error = %e, attempts, "registration retried after contention");
+                    let _ = sp.rollback().await;
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(5 << attempts)).await;
+                }
+                Err(e) => {
+                    let _ = sp.rollback().await;
+                    break Err(e);
+                }
             }
         };
         results[line.i] = Some(r);
@@ -539,7 +621,9 @@ fn split_unique(pending: Vec<Line<'_>>) -> (Vec<Line<'_>>, Vec<Line<'_>>) {
     }
     let once: std::collections::HashSet<String> =
         seen.into_iter().filter(|(_, n)| *n == 1).map(|(id, _)| id.to_owned()).collect();
-    pending.into_iter().partition(|l| l.jti.is_none() && once.contains(l.p.registration_id()))
+    pending.into_iter().partition(|l| {
+        l.jti.is_none() && l.p.csr_error.is_none() && once.contains(l.p.registration_id())
+    })
 }
 
 /// Splits `pending` into first registrations (ids the database has never seen, once in the
@@ -598,7 +682,7 @@ impl FreshRows {
             let (p, group) = (&line.p, line.group);
             let id = p.registration_id();
             let group_ref = (!group.individual).then(|| group.id.clone());
-            let mut device = blank_device(id, group_ref.clone(), now);
+            let mut device = blank_device(id, group, now);
             shape_device(&mut device, &bx.cx(line.actor), group, p, true);
             if let Some(issued) = &p.issued {
                 rows.certs.push(record(&issued.cert, Some(id), &issued.issuer_id, "device", now));
@@ -778,9 +862,18 @@ fn new_operation_id() -> String {
     format!("4.{}", random_hex(12))
 }
 
-/// A device row for a first registration, before [`shape_device`].
-fn blank_device(id: &str, group_ref: Option<String>, now: i64) -> DeviceRow {
-    DeviceRow { enrollment_group_id: group_ref, ..DeviceRow::new(id, random_hex(8), now) }
+/// A device row for a first registration, owned by its enrollment, before [`shape_device`].
+fn blank_device(id: &str, group: &Group, now: i64) -> DeviceRow {
+    let (owner_kind, enrollment_group_id) = if group.individual {
+        ("enrollment", None)
+    } else {
+        ("enrollment_group", Some(group.id.clone()))
+    };
+    DeviceRow {
+        enrollment_group_id,
+        owner_kind: owner_kind.into(),
+        ..DeviceRow::new(id, random_hex(8), now)
+    }
 }
 
 /// Applies a registration to a device row: tags (when `reset`), credential, new etag.
@@ -816,6 +909,25 @@ fn shape_device(device: &mut DeviceRow, cx: &Ctx<'_>, group: &Group, p: &Prepare
 }
 
 impl Prepared {
+    /// [`Prepared::into_registered`] for a registration that may be tried again (a copy).
+    fn to_registered(&self, now: i64, etag: String, operation_id: String) -> Registered {
+        Registered {
+            device_id: self.req.registration_id.clone(),
+            chain: self
+                .issued
+                .as_ref()
+                .map(|i| vec![i.cert.der.clone(), i.issuer_der.clone()])
+                .unwrap_or_default(),
+            device_keys: self.keys.as_ref().map(|(p, s)| (p.clone_secret(), s.clone_secret())),
+            created: true,
+            operation_id,
+            created_at: now,
+            updated_at: now,
+            etag,
+            payload: self.req.payload.clone(),
+        }
+    }
+
     fn into_registered(self, now: i64, etag: String, operation_id: String) -> Registered {
         let chain = self.issued.map(|i| vec![i.cert.der, i.issuer_der]).unwrap_or_default();
         Registered {
@@ -832,56 +944,95 @@ impl Prepared {
     }
 }
 
+/// THE rule for one registration, in the transaction that stores it (every door, every batch
+/// line that is not a plain first registration): checks in the order of [`RegisterError`] on
+/// the rows this transaction read, then stores the device, certificate, registration record
+/// and audit row.
 async fn register_in(
     tx: &mut sqlx::AnyConnection,
     dialect: crate::store::Dialect,
     cx: &Ctx<'_>,
     authority: &Authority,
     group: &Group,
-    prepared: Prepared,
+    prepared: &Prepared,
     consume_jti: Option<&str>,
 ) -> Result<Registered, RegisterError> {
     let id = prepared.registration_id().to_owned();
     let id = id.as_str();
     let group_ref = (!group.individual).then(|| group.id.clone());
-    if let Some(jti) = consume_jti {
-        if !rows::consume_token(&mut *tx, jti, &group.id, cx.now).await? {
-            return Err(RegisterError::TokenUsed);
-        }
-    }
+    let token_bound = match consume_jti {
+        Some(jti) => match rows::consume_token(&mut *tx, jti, &group.id, id, cx.now).await? {
+            rows::Consumed::Now { bound } => bound,
+            rows::Consumed::Refused => return Err(RegisterError::TokenUsed),
+        },
+        None => false,
+    };
     let existing_device = device_rows::get(&mut *tx, id).await?;
     if let Some(d) = &existing_device {
-        let same_enrollment = d.enrollment_group_id == group_ref
-            || (group.individual && d.enrollment_group_id.is_none());
-        if !same_enrollment {
+        if !owned_by(d, group) {
             return Err(RegisterError::Conflict(format!(
-                "`{id}` already exists as a device outside this enrollment"
+                "`{id}` is a device owned outside this enrollment: nothing was changed"
+            )));
+        }
+        if consume_jti.is_some() && !token_bound {
+            return Err(RegisterError::Conflict(format!(
+                "`{id}` is already registered: a one-time token registers only new devices \
+                 (or the id it was minted for)"
             )));
         }
     }
+    if let Some(fp) = &prepared.key_fingerprint {
+        if certificates::is_compromised(&mut *tx, fp).await? {
+            return Err(RegisterError::KeyCompromised);
+        }
+    }
+    if existing_device.as_ref().is_some_and(|d| d.status != "enabled") {
+        return Err(RegisterError::DeviceDisabled);
+    }
     let previous = rows::registration(&mut *tx, id).await?;
     if let (Some(prev), Some(device)) = (&previous, &existing_device) {
-        if prev.csr_sha256 == prepared.csr_hash
+        if prepared.csr_error.is_none()
+            && prev.csr_sha256 == prepared.csr_hash
             && prev.group_id == group_ref
             && consume_jti.is_none()
         {
-            // A retry: answer with what was issued, store nothing.
-            let chain = match &prev.serial {
-                Some(serial) => stored_chain(&mut *tx, authority, serial).await?,
-                None => Vec::new(),
+            // A retry: answer with what was issued while it is still valid, store nothing.
+            let stored = match &prev.serial {
+                Some(serial) => certificates::get(&mut *tx, serial).await?,
+                None => None,
             };
-            return Ok(Registered {
-                device_id: id.to_owned(),
-                chain,
-                device_keys: prepared.keys,
-                created: false,
-                operation_id: prev.operation_id.clone(),
-                created_at: prev.created_at,
-                updated_at: prev.updated_at,
-                etag: device.etag.clone(),
-                payload: prev.payload.as_deref().and_then(|p| serde_json::from_str(p).ok()),
-            });
+            let valid =
+                stored.as_ref().is_some_and(|c| c.revoked_at.is_none() && c.not_after > cx.now);
+            if prev.serial.is_none() || valid {
+                let chain = match (stored, prev.serial.is_some()) {
+                    (Some(c), true) => authority
+                        .find(&c.issuer_id)
+                        .map(|i| vec![c.der, i.cert_der.clone()])
+                        .unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                return Ok(Registered {
+                    device_id: id.to_owned(),
+                    chain,
+                    device_keys: prepared
+                        .keys
+                        .as_ref()
+                        .map(|(p, s)| (p.clone_secret(), s.clone_secret())),
+                    created: false,
+                    operation_id: prev.operation_id.clone(),
+                    created_at: prev.created_at,
+                    updated_at: prev.updated_at,
+                    etag: device.etag.clone(),
+                    payload: prev.payload.as_deref().and_then(|p| serde_json::from_str(p).ok()),
+                });
+            }
+            // Revoked (not for compromise) or expired: a new certificate, as a reprovisioning.
         }
+    }
+    if let Some(e) = &prepared.csr_error {
+        return Err(RegisterError::Csr(e.clone()));
+    }
+    if let (Some(_), Some(_)) = (&previous, &existing_device) {
         if group.reprovisioning == Reprovisioning::Deny {
             return Err(RegisterError::Conflict(format!(
                 "`{id}` is already registered and this enrollment denies reprovisioning"
@@ -889,12 +1040,11 @@ async fn register_in(
         }
     }
 
-    // Device row: created, or updated per the reprovisioning policy.
+    // Device row: created, or updated per the reprovisioning policy (never re-enabled).
     let reset = existing_device.is_none() || group.reprovisioning == Reprovisioning::Reissue;
-    let mut device =
-        existing_device.clone().unwrap_or_else(|| blank_device(id, group_ref.clone(), cx.now));
+    let mut device = existing_device.clone().unwrap_or_else(|| blank_device(id, group, cx.now));
     let old_etag = device.etag.clone();
-    shape_device(&mut device, cx, group, &prepared, reset);
+    shape_device(&mut device, cx, group, prepared, reset);
     match &existing_device {
         None => device_rows::insert(&mut *tx, &device).await?,
         Some(_) => {
@@ -939,9 +1089,20 @@ async fn register_in(
     .await?;
     cx.audit(&mut *tx, dialect, "registration.create", id).await?;
     let etag = device.etag;
-    let mut done = prepared.into_registered(cx.now, etag, operation_id);
+    let mut done = prepared.to_registered(cx.now, etag, operation_id);
     done.created_at = created_at;
     Ok(done)
+}
+
+/// Whether `group` (an enrollment group or individual enrollment) owns `device`.
+pub fn owned_by(device: &DeviceRow, group: &Group) -> bool {
+    match device.owner_kind.as_str() {
+        "enrollment_group" => {
+            !group.individual && device.enrollment_group_id.as_deref() == Some(group.id.as_str())
+        }
+        "enrollment" => group.individual && device.device_id == group.id,
+        _ => false,
+    }
 }
 
 /// The chain (leaf, issuer) of a stored certificate, empty when it or its issuer is gone.

@@ -21,6 +21,9 @@ pub enum RenewError {
     /// the certificate belongs to another device
     #[error("the client certificate belongs to another device")]
     OtherDevice,
+    /// the new key's certificate was revoked for compromise
+    #[error("the certificate of this key was revoked for compromise: send a CSR for a new key")]
+    KeyCompromised,
     /// CSR rule
     #[error(transparent)]
     Csr(#[from] CsrError),
@@ -70,6 +73,9 @@ pub async fn renew(
         return Err(RenewError::Unauthorized("the device is disabled"));
     }
     let verified = VerifiedCsr::parse(csr, &CsrPolicy::device(device_id))?;
+    if certificates::is_compromised(&mut tx, &verified.subject_key().fingerprint()).await? {
+        return Err(RenewError::KeyCompromised);
+    }
     let issuer = authority.active();
     let urls = RevocationUrls { base_url: Some(base_url.to_owned()) };
     let profile = DeviceProfile { device_id, validity_secs: DEFAULT_VALIDITY_SECS, urls: &urls };

@@ -5,6 +5,7 @@ use ca::revocation::{
 };
 
 use super::Ctx;
+use crate::auth::Scope;
 use crate::authority::Authority;
 use crate::store::certificates::{self as rows, CertificateRow};
 use crate::store::{Store, StoreError};
@@ -25,23 +26,72 @@ pub enum RevokeError {
 }
 
 /// Revokes a certificate (idempotent: an already revoked certificate keeps its first
-/// revocation) and returns its row.
+/// revocation) and returns its row. A scoped caller reaches only device certificates of
+/// devices in its scope (checked on the rows this transaction read); server and instance
+/// certificates are not found for it. A revocation for key or CA compromise also marks the
+/// public key compromised: it is never certified again.
 pub async fn revoke(
     store: &Store,
     cx: &Ctx<'_>,
+    scope: Option<&Scope>,
     serial: &str,
     reason: RevocationReason,
 ) -> Result<CertificateRow, RevokeError> {
     let mut tx = store.begin().await?;
-    if rows::get(&mut tx, serial).await?.is_none() {
+    let Some(cert) = rows::get(&mut tx, serial).await? else {
         return Err(RevokeError::NotFound);
+    };
+    if let Some(scope) = scope {
+        if !certificate_in_scope(&mut tx, scope, &cert).await? {
+            return Err(RevokeError::NotFound);
+        }
     }
     if rows::revoke(&mut tx, serial, reason.as_str(), cx.now).await? {
         cx.audit(&mut tx, store.dialect(), "certificate.revoke", serial).await?;
     }
+    if matches!(reason, RevocationReason::KeyCompromise | RevocationReason::CaCompromise) {
+        if let Some(fp) = ca::csr::certificate_key_fingerprint(&cert.der) {
+            rows::mark_compromised(&mut tx, &fp, serial, cx.now).await?;
+        }
+    }
     let row = rows::get(&mut tx, serial).await?.ok_or(RevokeError::NotFound)?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(row)
+}
+
+/// Marks the key of every certificate revoked for key or CA compromise that is not marked yet
+/// (those revoked before the registry kept compromised keys); returns how many. Idempotent;
+/// run at start-up, in one transaction.
+pub async fn mark_compromised_keys(store: &Store, now: i64) -> Result<usize, StoreError> {
+    let mut tx = store.begin().await?;
+    let rows = rows::compromised_unmarked(&mut tx).await?;
+    let mut marked = 0;
+    for (serial, der) in &rows {
+        if let Some(fp) = ca::csr::certificate_key_fingerprint(der) {
+            rows::mark_compromised(&mut tx, &fp, serial, now).await?;
+            marked += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(marked)
+}
+
+/// Whether a certificate is inside a scope: a device certificate whose device (as stored now;
+/// a deleted device has no owner) the scope covers. Server and instance certificates never are.
+pub async fn certificate_in_scope(
+    conn: &mut sqlx::AnyConnection,
+    scope: &Scope,
+    cert: &CertificateRow,
+) -> Result<bool, StoreError> {
+    let Some(device_id) = cert.device_id.as_deref().filter(|_| cert.profile == "device") else {
+        return Ok(false);
+    };
+    let device = crate::store::devices::get(conn, device_id).await?;
+    let owner_group = device
+        .as_ref()
+        .filter(|d| d.owner_kind == "enrollment_group")
+        .and_then(|d| d.enrollment_group_id.as_deref());
+    Ok(scope.covers_device(device_id, owner_group))
 }
 
 /// Answers a DER OCSP request: signed by the CA that issued the queried certificates.

@@ -43,16 +43,19 @@ pub async fn mint(
         return Err(DeviceError::Invalid("the device does not authenticate with SAS keys".into()));
     };
     if device.row.status != "enabled" {
-        return Err(DeviceError::Invalid("the device is disabled".into()));
+        return Err(DeviceError::Disabled);
     }
     let expiry = now + ttl_secs;
     Ok((SasToken::build(&device_resource(host_name, device_id), primary, expiry, None), expiry))
 }
 
-/// Verifies a device token (either key, enabled device, bounded expiry).
+/// Verifies a device token (either key, enabled device, bounded expiry). A device outside the
+/// caller's `scope` is answered exactly as an unknown one.
+#[allow(clippy::too_many_arguments)]
 pub async fn verify(
     store: &Store,
     ring: &KeyRing,
+    scope: Option<&crate::auth::Scope>,
     host_name: &str,
     token: &str,
     now: i64,
@@ -88,6 +91,9 @@ pub async fn verify(
         Err(DeviceError::NotFound) => return Ok(Verdict::Invalid("unknown device")),
         Err(e) => return Err(e),
     };
+    if scope.is_some_and(|s| !s.covers_device(device_id, device.row.owner_group())) {
+        return Ok(Verdict::Invalid("unknown device"));
+    }
     if device.row.status != "enabled" {
         return Ok(Verdict::Invalid("device is disabled"));
     }

@@ -70,7 +70,7 @@ pub async fn issue_for_instance(
             serial: cert.serial.clone(),
             device_id: None,
             issuer_id: issuer.id(),
-            profile: "server".into(),
+            profile: "instance".into(),
             der: cert.der.clone(),
             not_before: cert.not_before,
             not_after: cert.not_after,

@@ -79,7 +79,9 @@ fn lock_single_instance(config: &Config) -> Result<Option<std::fs::File>, StartE
     let mut path = db.into_os_string();
     path.push(".serve-lock");
     let path = std::path::PathBuf::from(path);
+    use std::os::unix::fs::OpenOptionsExt as _;
     let file = std::fs::OpenOptions::new()
+        .mode(crate::fsutil::FILE_MODE)
         .create(true)
         .truncate(false)
         .write(true)

@@ -116,9 +116,9 @@ enum Command {
         #[command(subcommand)]
         command: OperatorCommand,
     },
-    /// Export devices as NDJSON (keys only with --with-keys; the file is then mode 0600).
+    /// Export devices as NDJSON (keys only with --with-keys) to a new file, mode 0600.
     Export {
-        /// Output file.
+        /// Output file: created new; an existing path or a symlink is refused.
         #[arg(long, value_name = "F")]
         out: PathBuf,
         /// Include SAS keys.
@@ -240,6 +240,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     };
     let overrides = Overrides { data_dir: cli.data_dir.clone(), listen, public_url, tls_names };
     let config = Config::load(&overrides).map_err(|e| e.to_string())?;
+    if !matches!(cli.command, Command::Init { .. }) {
+        tighten_data_dir(&config)?;
+    }
     match cli.command {
         Command::Init {
             credentials_out, intermediate_cert, intermediate_key, root_cert, ..
@@ -280,6 +283,24 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Export { out, with_keys } => export(config, out, with_keys).await,
         Command::Import { file, owner } => import(config, file, owner.is_some()).await,
     }
+}
+
+/// Every local command starts by making the data dir 0700 and its files 0600 (API.md A25), so a
+/// dir that existed before with looser modes, or files another tool wrote, do not stay readable;
+/// each change is logged. `init` needs no pass: it accepts only an absent or empty dir.
+fn tighten_data_dir(config: &Config) -> Result<(), String> {
+    let changed = crate::fsutil::tighten_data_dir(&config.data_dir).map_err(|e| {
+        format!("cannot make the data dir private (0700 dir, 0600 files): {e}")
+    })?;
+    for c in changed {
+        tracing::warn!(
+            path = %c.path.display(),
+            was = %format!("{:o}", c.was),
+            now = %format!("{:o}", c.now),
+            "data dir entry was readable by others; mode tightened"
+        );
+    }
+    Ok(())
 }
 
 /// `provisiond init`
@@ -579,17 +600,40 @@ fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// `provisiond export`
+/// `provisiond export`: the output file is created new, 0600, never through a symlink (API.md
+/// A25); an existing path is refused and left as it was. If the export fails halfway, the
+/// partial file is removed.
 async fn export(config: Config, out: PathBuf, with_keys: bool) -> Result<ExitCode, String> {
-    use std::io::Write as _;
     let state = open_state(config, Arc::new(SystemClock)).await.map_err(|e| error_chain(&e))?;
-    let mut file = {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mode = if with_keys { 0o600 } else { 0o644 };
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&out)
+    let file = crate::fsutil::create_new_private(&out).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => format!(
+            "refusing to write {}: it already exists (export creates a new file and never \
+             overwrites one or follows a symlink); remove it or choose another path",
+            out.display()
+        ),
+        _ if e.raw_os_error() == Some(libc::ELOOP) => {
+            format!("refusing to write {}: it is a symlink", out.display())
+        }
+        _ => format!("cannot create {}: {e}", out.display()),
+    })?;
+    match write_export(&state, std::io::BufWriter::new(file), with_keys).await {
+        Ok(n) => {
+            eprintln!("exported {n} devices to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&out);
+            Err(e)
+        }
     }
-    .map(std::io::BufWriter::new)
-    .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+}
+
+async fn write_export(
+    state: &crate::state::AppState,
+    mut file: std::io::BufWriter<std::fs::File>,
+    with_keys: bool,
+) -> Result<u64, String> {
+    use std::io::Write as _;
     let ring = state.ring();
     let mut conn = state.store.conn().await.map_err(|e| error_chain(&e))?;
     let bar = progress(0, "exporting");
@@ -610,9 +654,9 @@ async fn export(config: Config, out: PathBuf, with_keys: bool) -> Result<ExitCod
         cursor = last;
     }
     file.flush().map_err(|e| e.to_string())?;
+    file.get_ref().sync_all().map_err(|e| e.to_string())?;
     bar.finish_and_clear();
-    eprintln!("exported {n} devices to {}", out.display());
-    Ok(ExitCode::SUCCESS)
+    Ok(n)
 }
 
 /// `provisiond import`

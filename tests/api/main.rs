@@ -13,6 +13,7 @@ mod cli;
 mod cluster;
 mod devices;
 mod enrollment;
+mod files;
 mod faults;
 mod helpers;
 mod lists;

@@ -160,6 +160,9 @@ impl Store {
         sqlx::any::install_default_drivers();
         let dialect = if url.is_postgres() { Dialect::Postgres } else { Dialect::Sqlite };
         let options: AnyConnectOptions = url.expose().parse().map_err(StoreError::Db)?;
+        if let Some(file) = url.sqlite_file() {
+            create_private_database_file(&file);
+        }
         let mut pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(5))
@@ -323,6 +326,18 @@ impl Store {
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Creates an absent SQLite database file empty with mode 0600 (SQLite takes an empty file for a
+/// new database), before SQLite would create it 0644: its `-wal` and `-shm` files are created
+/// with the database file's mode, so they are private too (API.md A25). Anything else (it
+/// exists, the directory is missing) is left for SQLite to report.
+fn create_private_database_file(file: &std::path::Path) {
+    match crate::fsutil::create_new_private(file) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => tracing::debug!(error = %e, file = %file.display(), "database file not pre-created"),
     }
 }
 

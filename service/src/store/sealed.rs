@@ -114,3 +114,81 @@ pub async fn count_below(conn: &mut AnyConnection, target: i64) -> Result<i64, S
     }
     Ok(total)
 }
+
+/// Makes SQLite overwrite deleted content with zeros on this connection (`secure_delete`), so the
+/// pages a re-sealing transaction writes (into the WAL, then the file) carry no freed copy of the
+/// old ciphertext. A connection setting, cheap to repeat; nothing to do on PostgreSQL.
+pub async fn secure_delete(conn: &mut AnyConnection) -> Result<(), StoreError> {
+    if super::dialect_of(conn) == super::Dialect::Sqlite {
+        sqlx::query("PRAGMA secure_delete = ON").execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// What [`scrub`] did.
+#[derive(Debug, Default)]
+pub struct Scrubbed {
+    /// Tables the engine could not rewrite (it has no `VACUUM FULL`), with its message.
+    pub unsupported: Vec<(&'static str, String)>,
+}
+
+/// Attempts at a truncating checkpoint while another connection keeps reading an old snapshot.
+const CHECKPOINT_ATTEMPTS: u32 = 50;
+
+/// After every sealed row was rewritten: leaves no copy of a replaced ciphertext in the
+/// database's own storage (API.md A25).
+///
+/// SQLite: the WAL is checkpointed and truncated to zero bytes, `VACUUM` rebuilds the file (every
+/// page is written anew from live rows, so no free page, free cell or dropped overflow page keeps
+/// old bytes, and the file is cut to its new size), then the WAL that `VACUUM` wrote is
+/// checkpointed and truncated again. PostgreSQL: `VACUUM FULL` of every table in [`SEALED`]
+/// (table, TOAST and indexes written to new files, the old ones removed); an engine without it
+/// (CockroachDB, YugabyteDB) is reported in [`Scrubbed::unsupported`], not as an error. What
+/// PostgreSQL's WAL, replicas, archives and backups keep is said in docs/operations.md.
+pub async fn scrub(conn: &mut AnyConnection) -> Result<Scrubbed, StoreError> {
+    let mut done = Scrubbed::default();
+    match super::dialect_of(conn) {
+        super::Dialect::Sqlite => {
+            secure_delete(conn).await?;
+            truncate_wal(conn).await?;
+            sqlx::query("VACUUM").execute(&mut *conn).await?;
+            truncate_wal(conn).await?;
+        }
+        super::Dialect::Postgres => {
+            for t in SEALED {
+                let sql = format!("VACUUM FULL {}", t.table);
+                // VACUUM refuses to run in a transaction block: the simple query protocol.
+                match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await {
+                    Ok(_) => {}
+                    // feature_not_supported, syntax_error: an engine without VACUUM FULL.
+                    Err(sqlx::Error::Database(db))
+                        if db.code().is_some_and(|c| c == "0A000" || c == "42601") =>
+                    {
+                        done.unsupported.push((t.table, db.message().to_owned()));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// `PRAGMA wal_checkpoint(TRUNCATE)` until it reports success: it fails (busy = 1) while another
+/// connection reads an older snapshot, e.g. a running server's request.
+async fn truncate_wal(conn: &mut AnyConnection) -> Result<(), StoreError> {
+    use sqlx::Row as _;
+    for attempt in 1..=CHECKPOINT_ATTEMPTS {
+        let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&mut *conn).await?;
+        let busy: i64 = row.try_get(0)?;
+        if busy == 0 {
+            return Ok(());
+        }
+        if attempt < CHECKPOINT_ATTEMPTS {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    Err(StoreError::Db(sqlx::Error::Protocol(
+        "the WAL could not be truncated: another connection kept reading an old snapshot".into(),
+    )))
+}

@@ -30,6 +30,12 @@ pub enum InitError {
     /// The data dir or the database is already initialized.
     #[error("{0} is already initialized; nothing was changed")]
     AlreadyInitialized(String),
+    /// The data dir exists and holds files: init needs an absent or empty directory.
+    #[error(
+        "{0} is not empty: `provisiond init` needs an absent or empty directory; nothing was \
+         changed"
+    )]
+    NotEmpty(String),
     /// Storage failed.
     #[error("database: {0}")]
     Store(#[from] StoreError),
@@ -86,9 +92,10 @@ pub fn new_id_scope() -> String {
     format!("0ne{}", hex::encode_upper(b))
 }
 
-/// Initializes `config.data_dir` and the database.
+/// Initializes `config.data_dir` and the database. The data dir must be absent or empty
+/// (API.md A30); on failure everything this call wrote is removed, so a retry starts clean.
 pub async fn initialize(
-    mut config: Config,
+    config: Config,
     clock: &dyn Clock,
     external: Option<ExternalCa>,
 ) -> Result<Initialized, InitError> {
@@ -97,13 +104,53 @@ pub async fn initialize(
     if config.file_path().exists() || config.master_key_path().exists() {
         return Err(InitError::AlreadyInitialized(shown));
     }
+    let created_dir = match std::fs::read_dir(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(source) => return Err(InitError::Io { path: dir, source }),
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(InitError::NotEmpty(shown));
+            }
+            false
+        }
+    };
     create_dir(&dir)?;
-    let store = Store::connect(&config.database(), 2).await?;
+    let mut written = Vec::new();
+    let result = match Store::connect(&config.database(), 2).await {
+        Ok(store) => {
+            let r = populate(&store, config, clock, external, &mut written).await;
+            store.close().await;
+            r
+        }
+        Err(e) => Err(e.into()),
+    };
+    if result.is_err() {
+        // The dir was absent or empty: whatever is in it now, this call wrote.
+        if created_dir {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        for f in written {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+    result
+}
+
+async fn populate(
+    store: &Store,
+    mut config: Config,
+    clock: &dyn Clock,
+    external: Option<ExternalCa>,
+    written: &mut Vec<PathBuf>,
+) -> Result<Initialized, InitError> {
     store.migrate().await?;
     {
         let mut conn = store.conn().await?;
         if meta::get(&mut conn, "initialized").await?.is_some() {
-            store.close().await;
             return Err(InitError::AlreadyInitialized("the database".into()));
         }
     }
@@ -176,22 +223,10 @@ pub async fn initialize(
     )
     .await?;
 
-    // Files last-but-one: if any write fails the transaction rolls back and what was written is
-    // removed, so a retry starts clean.
-    let written = write_files(&config, &ring, root.as_ref(), &root_der, &inter);
-    if let Err(e) = written {
-        for f in [
-            config.master_key_path(),
-            config.root_key_path(),
-            dir.join("ca-chain.pem"),
-            config.file_path(),
-        ] {
-            let _ = std::fs::remove_file(f);
-        }
-        return Err(e);
-    }
+    // Files last-but-one: if any write fails the transaction rolls back and the caller removes
+    // what was written, so a retry starts clean.
+    write_files(&config, &ring, root.as_ref(), &root_der, &inter, written)?;
     tx.commit().await.map_err(StoreError::from)?;
-    store.close().await;
     let owner = owner_key.to_base64();
     let owner_connection_string = Zeroizing::new(format!(
         "HostName={};SharedAccessKeyName=owner;SharedAccessKey={}",
@@ -206,6 +241,11 @@ fn create_dir(dir: &std::path::Path) -> Result<(), InitError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt as _;
+            // An existing empty dir keeps its mode otherwise.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(fsutil::DIR_MODE))
+        })
         .map_err(|source| InitError::Io { path: dir.to_path_buf(), source })
 }
 
@@ -215,20 +255,23 @@ fn write_files(
     root: Option<&Issuer>,
     root_der: &[u8],
     inter: &Issuer,
+    written: &mut Vec<PathBuf>,
 ) -> Result<(), InitError> {
-    let io = |path: PathBuf| move |source| InitError::Io { path, source };
-    let key_path = config.master_key_path();
-    fsutil::create_private(&key_path, ring.to_file_text().as_bytes())
-        .map_err(io(key_path.clone()))?;
+    // Every file new and 0600 (API.md A25), the public chain included.
+    let mut create = |path: PathBuf, bytes: &[u8]| {
+        fsutil::create_private(&path, bytes)
+            .map(|()| written.push(path.clone()))
+            .map_err(|source| InitError::Io { path, source })
+    };
+    create(config.master_key_path(), ring.to_file_text().as_bytes())?;
     if let Some(root) = root {
-        let root_path = config.root_key_path();
-        fsutil::create_private(&root_path, root.private_key().to_pkcs8_pem().as_bytes())
-            .map_err(io(root_path.clone()))?;
+        create(config.root_key_path(), root.private_key().to_pkcs8_pem().as_bytes())?;
     }
-    let chain = config.data_dir.join("ca-chain.pem");
-    std::fs::write(&chain, ca::authority::chain_pem([inter.cert_der(), root_der]))
-        .map_err(io(chain.clone()))?;
-    config.write_file().map_err(io(config.file_path()))
+    create(
+        config.data_dir.join("ca-chain.pem"),
+        ca::authority::chain_pem([inter.cert_der(), root_der]).as_bytes(),
+    )?;
+    config.write_file().map_err(|source| InitError::Io { path: config.file_path(), source })
 }
 
 async fn store_issuers(

@@ -5,7 +5,10 @@
 //!    values with the new version from then on; rotation waits that long before re-sealing.
 //! 2. Re-seal every row of every sealed column below the new version, in batches of one
 //!    transaction each, each row updated only if still at its old version.
-//! 3. When no row is left below the new version, retire the old versions from the key file.
+//! 3. When no row is left below the new version, erase the replaced ciphertexts from the
+//!    database's storage ([`sealed::scrub`]: SQLite `VACUUM` and a truncated WAL, the rewriting
+//!    connections having `secure_delete` on; PostgreSQL `VACUUM FULL` of the sealed tables),
+//!    then retire the old versions from the key file.
 //!
 //! Interrupted at any point, running it again resumes: the key file still holds both versions,
 //! the highest is the target, and step 2 picks up the rows not yet re-sealed.
@@ -31,6 +34,14 @@ pub enum RotateError {
     /// key file could not be written
     #[error("cannot write the master key file: {0}")]
     Io(#[from] std::io::Error),
+    /// every row was re-sealed, but the old ciphertexts could not be erased from the database
+    /// files; the old key version is kept, and a re-run erases again, then retires it
+    #[error(
+        "every secret was re-sealed, but the old ciphertexts could not be erased from the \
+         database ({0}); the old master key version is kept: run rotate-master-key again to \
+         finish"
+    )]
+    Scrub(#[source] StoreError),
     /// stopped on request after N batches (testing aid); run again to resume
     #[error("stopped after {0} batches as requested; run rotate-master-key again to resume")]
     Stopped(u64),
@@ -89,6 +100,7 @@ pub async fn rotate(
                     return Err(RotateError::Stopped(batches));
                 }
                 let mut tx = store.begin().await?;
+                sealed::secure_delete(&mut tx).await?;
                 let rows = sealed::below(&mut tx, t, target_i, opts.batch_size).await?;
                 if rows.is_empty() {
                     break;
@@ -120,6 +132,20 @@ pub async fn rotate(
         sealed::count_below(&mut conn, target_i).await?
     };
     if left == 0 {
+        // Before the old versions leave the key file: if erasing fails, the rotation stays
+        // unfinished (both versions kept) and a re-run scrubs again, then retires.
+        let scrubbed = {
+            let mut conn = store.conn().await?;
+            sealed::scrub(&mut conn).await.map_err(RotateError::Scrub)?
+        };
+        for (table, why) in &scrubbed.unsupported {
+            tracing::warn!(
+                table,
+                reason = %why,
+                "this database engine has no VACUUM FULL: dead rows of this table may keep \
+                 ciphertexts under the retired master key until the engine compacts them"
+            );
+        }
         ring.retire_below(target);
         fsutil::write_private(key_file, ring.to_file_text().as_bytes())?;
         tracing::info!(version = target, "old master key versions retired");

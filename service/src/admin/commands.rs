@@ -77,9 +77,8 @@ pub enum DeviceCommand {
     RotateKey {
         /// Device id.
         id: String,
-        /// Which key.
-        #[arg(long, value_parser = ["primary", "secondary", "swap"], default_value = "primary")]
-        key: String,
+        #[command(flatten)]
+        key: WhichKey,
     },
     /// Show one device (keys only for RegistryReadWrite callers).
     #[command(after_help = "Example:\n  provisiond device show sensor-1 --output json")]
@@ -100,6 +99,14 @@ pub enum DeviceCommand {
         #[arg(long = "remove-tag", value_name = "K")]
         remove_tags: Vec<String>,
     },
+}
+
+/// Which key a rotation replaces.
+#[derive(Debug, Clone, Args)]
+pub struct WhichKey {
+    /// primary, secondary, or swap (exchange the two).
+    #[arg(long, value_parser = ["primary", "secondary", "swap"], default_value = "primary")]
+    key: String,
 }
 
 /// Device members settable from the command line.
@@ -158,7 +165,14 @@ pub(super) async fn device(
             let reply = api
                 .send(Method::PUT, &device_path(&id), &[], Some(&body), &[("If-None-Match", "*")])
                 .await
-                .map_err(|e| exists(e, "device", &id, "provisiond device update"))?;
+                .map_err(|e| match e {
+                    AdminError::Api { status: 412, .. } => AdminError::Exists {
+                        kind: "device",
+                        id: id.clone(),
+                        instead: "provisiond device update",
+                    },
+                    other => other,
+                })?;
             show(out, &reply)
         }
         DeviceCommand::Delete { id } => {
@@ -172,7 +186,7 @@ pub(super) async fn device(
         DeviceCommand::RotateKey { id, key } => {
             let path = format!("{}/keys/rotate", device_path(&id));
             let reply =
-                api.send(Method::POST, &path, &[], Some(&json!({ "key": key })), &[]).await?;
+                api.send(Method::POST, &path, &[], Some(&json!({ "key": key.key })), &[]).await?;
             show(out, &reply)
         }
         DeviceCommand::Show { id } => show(out, &api.get(&device_path(&id), &[]).await?),
@@ -879,9 +893,8 @@ pub enum PolicyCommand {
     RotateKey {
         /// Policy name.
         name: String,
-        /// Which key.
-        #[arg(long, value_parser = ["primary", "secondary", "swap"], default_value = "primary")]
-        key: String,
+        #[command(flatten)]
+        key: WhichKey,
     },
     /// Show one policy, with its keys.
     #[command(after_help = "Example:\n  provisiond policy show registryRead")]
@@ -934,7 +947,10 @@ pub(super) async fn policy(
         }
         PolicyCommand::RotateKey { name, key } => {
             let p = format!("{}/keys/rotate", path(&name));
-            show(out, &api.send(Method::POST, &p, &[], Some(&json!({ "key": key })), &[]).await?)
+            show(
+                out,
+                &api.send(Method::POST, &p, &[], Some(&json!({ "key": key.key })), &[]).await?,
+            )
         }
         PolicyCommand::Show { name } => show(out, &api.get(&path(&name), &[]).await?),
         PolicyCommand::Update { name, set } => {
@@ -1350,28 +1366,14 @@ fn read_password(
 async fn refuse_existing(
     api: &Api,
     path: &str,
-    kind: &str,
+    kind: &'static str,
     id: &str,
-    instead: &str,
+    instead: &'static str,
 ) -> Result<(), AdminError> {
     match api.get(path, &[]).await {
         Err(AdminError::Api { status: 404, .. }) => Ok(()),
         Err(e) => Err(e),
-        Ok(_) => Err(AdminError::Api {
-            status: 409,
-            detail: format!("{kind} {id} already exists (use {instead})"),
-        }),
-    }
-}
-
-/// A 412 on a create with `If-None-Match: *` means "exists": say so.
-fn exists(e: AdminError, kind: &str, id: &str, instead: &str) -> AdminError {
-    match e {
-        AdminError::Api { status: 412, .. } => AdminError::Api {
-            status: 412,
-            detail: format!("{kind} {id} already exists (use {instead})"),
-        },
-        other => other,
+        Ok(_) => Err(AdminError::Exists { kind, id: id.to_owned(), instead }),
     }
 }
 

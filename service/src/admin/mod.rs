@@ -21,7 +21,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use commands::{
     AttestationSet, AuditRemoteCommand, AuditUrlCommand, BundleCommand, CaCommand, CertCommand,
     DeviceCommand, DeviceSet, EnrollmentCommand, EnrollmentSet, GroupCommand, GroupSet, LoginArgs,
-    OperatorRemoteCommand, Paging, PolicyCommand, PolicySet, TailOpts, TokenCommand,
+    OperatorRemoteCommand, Paging, PolicyCommand, PolicySet, TailOpts, TokenCommand, WhichKey,
 };
 
 /// Where the server is, who we are, whom we trust and how to print: shared by every admin
@@ -273,6 +273,17 @@ pub enum AdminError {
     /// A local configuration problem (connection string, files, data dir).
     #[error("{0}")]
     Config(String),
+    /// A create found the object already there (a 412 to `If-None-Match: *`, or a GET that
+    /// answered 200): it is never silently replaced.
+    #[error("{kind} {id} already exists (use {instead})")]
+    Exists {
+        /// What kind of object.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+        /// The command that changes it instead.
+        instead: &'static str,
+    },
     /// The server could not be reached or sent something that is not HTTP/JSON.
     #[error("cannot reach {url}: {reason}")]
     Unreachable {
@@ -289,7 +300,7 @@ impl AdminError {
         match self {
             Self::Api { status: 401 | 403, .. } => EXIT_DENIED,
             Self::Api { status: 404, .. } => EXIT_NOT_FOUND,
-            Self::Api { status: 409 | 410 | 412, .. } => EXIT_CONFLICT,
+            Self::Api { status: 409 | 410 | 412, .. } | Self::Exists { .. } => EXIT_CONFLICT,
             Self::Api { status: 400..=499, .. } => EXIT_CLIENT,
             Self::Api { .. } | Self::Unreachable { .. } => EXIT_UNAVAILABLE,
             Self::Config(_) => EXIT_USAGE,

@@ -2,8 +2,8 @@
 //! `audit tail|checkpoint`, and `audit …` / `operator …` with `--url`.
 //!
 //! Invariants: this module is a pure HTTPS client of the public `/v1` REST API (API.md); it
-//! shares no code with the server handlers (it never names `crate::http`, `crate::store` or a
-//! use case). Every command ends in one exit code of API.md A30: 0 ok, 1 verification failed,
+//! shares no code with the server handlers (it imports none of the server's HTTP, store or
+//! use-case modules; CI greps for that seam). Every command ends in one exit code of API.md A30: 0 ok, 1 verification failed,
 //! 2 usage or config, 3 for 401/403, 4 for 404, 5 for 409/410/412, 6 other 4xx, 7 server error
 //! or unreachable. stdout carries only the result (a table or the server's JSON); errors go to
 //! stderr.

@@ -134,6 +134,8 @@ enum Command {
         #[arg(long, value_name = "KIND", value_parser = ["admin"])]
         owner: Option<String>,
     },
+    #[command(flatten)]
+    Admin(crate::admin::AdminCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,10 +187,15 @@ fn permission_names() -> clap::builder::PossibleValuesParser {
 enum AuditCommand {
     /// Verify the hash chain; exit 1 naming the first bad row.
     Verify,
+    #[command(flatten)]
+    Remote(crate::admin::AuditRemoteCommand),
 }
 
 /// Entry point of the `provisiond` binary.
 pub fn main() -> ExitCode {
+    if let Some(code) = crate::admin::run_remote_local_command() {
+        return code;
+    }
     let cli = Cli::parse();
     // The log format may be set in provisiond.toml: a quiet first read of the configuration
     // picks it (the real load, after this, reports any problem through the logger).
@@ -228,6 +235,13 @@ fn init_tracing(format: crate::config::LogFormat) {
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
+    // Remote commands: no local config load, no data dir pass.
+    if let Command::Admin(command) = cli.command {
+        return Ok(crate::admin::run(command, cli.data_dir).await);
+    }
+    if let Command::Audit { command: AuditCommand::Remote(command) } = cli.command {
+        return Ok(crate::admin::audit(command, cli.data_dir).await);
+    }
     let listen = match &cli.command {
         Command::Serve { listen, .. } => listen.clone(),
         _ => None,
@@ -276,12 +290,16 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
             rotate_master_key(config, opts).await
         }
         Command::Audit { command: AuditCommand::Verify } => audit_verify(config).await,
+        Command::Audit { command: AuditCommand::Remote(command) } => {
+            Ok(crate::admin::audit(command, cli.data_dir).await)
+        }
         Command::SasToken { policy, device, ttl_secs } => {
             sas_token(config, policy, device, ttl_secs).await
         }
         Command::Operator { command } => operator(config, command).await,
         Command::Export { out, with_keys } => export(config, out, with_keys).await,
         Command::Import { file, owner } => import(config, file, owner.is_some()).await,
+        Command::Admin(command) => Ok(crate::admin::run(command, cli.data_dir).await),
     }
 }
 

@@ -1,6 +1,7 @@
 //! # service — provisiond's HTTP API, storage, authentication and audit
 //!
 //! # Layout
+//! - [`admin`]: the admin CLI, a pure HTTPS client of the public `/v1` API;
 //! - [`app`]: `Application::build`, the one composition root (shared by `serve` and tests);
 //! - [`cli`]: one function per subcommand;
 //! - [`config`]: defaults → TOML → `PROVISIOND_*` → flags;
@@ -13,6 +14,7 @@
 //! - [`authority`]: the loaded CA hierarchy; [`tls`]: rustls configuration;
 //! - [`clock`], [`metrics`], [`state`], [`fsutil`], [`spool`]: plumbing.
 
+pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod auth;

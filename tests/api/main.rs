@@ -4,6 +4,7 @@
 #![allow(unreachable_pub)]
 
 mod abuse;
+mod admin_cli;
 mod audit;
 mod auth;
 mod azure_sdk;

@@ -21,6 +21,24 @@ struct Cli {
     /// Data directory (config, master key, SQLite database, CA files).
     #[arg(long, global = true, value_name = "D")]
     data_dir: Option<PathBuf>,
+    /// Where CA keys live: file or pkcs11.
+    #[arg(long, global = true, value_name = "STORE")]
+    ca_key_store: Option<crate::config::CaKeyStore>,
+    /// PKCS#11 module (.so).
+    #[arg(long, global = true, value_name = "F")]
+    pkcs11_module: Option<PathBuf>,
+    /// PKCS#11 token label.
+    #[arg(long, global = true, value_name = "L")]
+    pkcs11_token_label: Option<String>,
+    /// File holding the token's user PIN (PROVISIOND_PKCS11_PIN wins over it).
+    #[arg(long, global = true, value_name = "F")]
+    pkcs11_pin_file: Option<PathBuf>,
+    /// How the master key ring is stored: none or pkcs11.
+    #[arg(long, global = true, value_name = "WRAP")]
+    master_key_wrap: Option<crate::config::MasterKeyWrap>,
+    /// Label of the token AES key wrapping the master key ring.
+    #[arg(long, global = true, value_name = "L")]
+    pkcs11_wrap_key_label: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +60,12 @@ enum Command {
         /// Offline root: the root certificate (PEM); its key never touches provisiond.
         #[arg(long, value_name = "F", requires_all = ["intermediate_cert", "intermediate_key"])]
         root_cert: Option<PathBuf>,
+        /// Adopt this existing token key pair as the root CA key (ca_key_store = pkcs11).
+        #[arg(long, value_name = "L", conflicts_with = "root_cert")]
+        root_key_label: Option<String>,
+        /// Adopt this existing token key pair as the intermediate CA key (ca_key_store = pkcs11).
+        #[arg(long, value_name = "L", conflicts_with = "root_cert")]
+        intermediate_key_label: Option<String>,
     },
     /// Serve the HTTPS API (initializes the data directory on first run).
     Serve {
@@ -162,10 +186,30 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Serve { listen } => listen.clone(),
         _ => None,
     };
-    let overrides = Overrides { data_dir: cli.data_dir.clone(), listen };
+    let overrides = Overrides {
+        data_dir: cli.data_dir.clone(),
+        listen,
+        ca_key_store: cli.ca_key_store,
+        pkcs11_module: cli.pkcs11_module.clone(),
+        pkcs11_token_label: cli.pkcs11_token_label.clone(),
+        pkcs11_pin_file: cli.pkcs11_pin_file.clone(),
+        master_key_wrap: cli.master_key_wrap,
+        pkcs11_wrap_key_label: cli.pkcs11_wrap_key_label.clone(),
+    };
     let config = Config::load(&overrides).map_err(|e| e.to_string())?;
     match cli.command {
-        Command::Init { credentials_out, intermediate_cert, intermediate_key, root_cert } => {
+        Command::Init {
+            credentials_out,
+            intermediate_cert,
+            intermediate_key,
+            root_cert,
+            root_key_label,
+            intermediate_key_label,
+        } => {
+            let adopt = crate::usecase::init::AdoptLabels {
+                root: root_key_label,
+                intermediate: intermediate_key_label,
+            };
             let external = match (intermediate_cert, intermediate_key, root_cert) {
                 (Some(c), Some(k), Some(r)) => {
                     let read = |p: &PathBuf| {
@@ -180,7 +224,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 }
                 _ => None,
             };
-            init(config, credentials_out, external).await
+            init(config, credentials_out, external, adopt).await
         }
         Command::Serve { .. } => serve(config).await,
         Command::Migrate => migrate(config).await,
@@ -208,8 +252,9 @@ async fn init(
     config: Config,
     credentials_out: Option<PathBuf>,
     external: Option<crate::usecase::init::ExternalCa>,
+    adopt: crate::usecase::init::AdoptLabels,
 ) -> Result<ExitCode, String> {
-    let done = crate::usecase::init::initialize(config, &SystemClock, external)
+    let done = crate::usecase::init::initialize(config, &SystemClock, external, adopt)
         .await
         .map_err(|e| error_chain(&e))?;
     let line = format!("{}\n", &*done.owner_connection_string);
@@ -227,7 +272,7 @@ async fn init(
 async fn serve(mut config: Config) -> Result<ExitCode, String> {
     if !config.file_path().exists() {
         let listen = config.listen.clone();
-        let done = crate::usecase::init::initialize(config, &SystemClock, None)
+        let done = crate::usecase::init::initialize(config, &SystemClock, None, Default::default())
             .await
             .map_err(|e| error_chain(&e))?;
         let path = done.config.data_dir.join("owner-credentials.txt");

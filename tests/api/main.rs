@@ -17,6 +17,7 @@ mod helpers;
 mod mosquitto;
 mod mtls;
 mod ops;
+mod pkcs11;
 mod policies;
 mod revocation;
 mod storage;

@@ -1,12 +1,18 @@
 //! `provisiond init`: config, master key, database, CA, default policies, audit and JWT keys.
 //!
 //! Invariants: a second init (same data dir, or an already initialized database) fails and
-//! changes nothing; the root key goes to a 0600 file, never into the database; every other
-//! secret is sealed; the owner key leaves this function exactly once, to the caller.
+//! changes nothing; the root key goes to a 0600 file, never into the database (with
+//! `ca_key_store = "pkcs11"` both CA keys are generated in, or adopted from, the token and no CA
+//! key is written anywhere); every other secret is sealed; the owner key leaves this function
+//! exactly once, to the caller.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use ca::authority::{create_intermediate, create_root, CaKeyAlgorithm, Issuer};
+use ca::authority::{
+    create_intermediate, create_intermediate_with, create_root, create_root_with, CaKeyAlgorithm,
+    Issuer,
+};
 use ca::SasKey;
 use rand::RngCore as _;
 use zeroize::Zeroizing;
@@ -48,6 +54,21 @@ pub enum InitError {
     /// Key generation failed.
     #[error("key generation: {0}")]
     Issue(#[from] ca::IssueError),
+    /// The PKCS#11 token refused (module, token, PIN, key label).
+    #[error("{0}")]
+    Token(#[from] crate::pkcs11::TokenError),
+    /// Creating a CA key in the token failed.
+    #[error("CA key in the token: {0}")]
+    TokenCa(#[from] crate::usecase::intermediate::CaAdminError),
+}
+
+/// Existing token keys to adopt (`init --root-key-label L --intermediate-key-label L`).
+#[derive(Debug, Default, Clone)]
+pub struct AdoptLabels {
+    /// label of the root CA key pair
+    pub root: Option<String>,
+    /// label of the intermediate CA key pair
+    pub intermediate: Option<String>,
 }
 
 /// An externally signed intermediate (offline root): the root key never touches provisiond.
@@ -91,12 +112,24 @@ pub async fn initialize(
     mut config: Config,
     clock: &dyn Clock,
     external: Option<ExternalCa>,
+    adopt: AdoptLabels,
 ) -> Result<Initialized, InitError> {
     let dir = config.data_dir.clone();
     let shown = dir.display().to_string();
     if config.file_path().exists() || config.master_key_path().exists() {
         return Err(InitError::AlreadyInitialized(shown));
     }
+    if config.ca_key_store == crate::config::CaKeyStore::File
+        && (adopt.root.is_some() || adopt.intermediate.is_some())
+    {
+        return Err(InitError::Token(crate::pkcs11::TokenError::Config(
+            "--root-key-label / --intermediate-key-label need ca_key_store = \"pkcs11\"".into(),
+        )));
+    }
+    // The token first: a wrong PIN or label fails before anything is written.
+    let token = crate::pkcs11::open_configured(&config)?;
+    let ca_token =
+        token.clone().filter(|_| config.ca_key_store == crate::config::CaKeyStore::Pkcs11);
     create_dir(&dir)?;
     let store = Store::connect(&config.database(), 2).await?;
     store.migrate().await?;
@@ -114,8 +147,13 @@ pub async fn initialize(
     let ring = KeyRing::generate();
     // Either a fresh hierarchy (root key to a 0600 file) or an imported intermediate whose root
     // stays offline.
-    let (root, root_der, root_info, inter) = match &external {
-        None => {
+    let (root, root_der, root_info, inter) = match (&external, &ca_token) {
+        (None, Some(token)) => {
+            let (root, inter) = token_hierarchy(token, &adopt, &config.id_scope, now)?;
+            let (der, info) = ca::authority::ca_cert_info(&root.cert_pem())?;
+            (Some(root), der, info, inter)
+        }
+        (None, None) => {
             let root = create_root(
                 &format!("provisiond Root CA {}", config.id_scope),
                 CaKeyAlgorithm::P256,
@@ -132,7 +170,7 @@ pub async fn initialize(
             let (der, info) = ca::authority::ca_cert_info(&root.cert_pem())?;
             (Some(root), der, info, inter)
         }
-        Some(ext) => {
+        (Some(ext), _) => {
             let (der, info) = ca::authority::ca_cert_info(&ext.root_cert_pem)?;
             if !info.self_signed {
                 return Err(InitError::Authority(ca::AuthorityError::NotSignedByRoot));
@@ -155,7 +193,8 @@ pub async fn initialize(
         other => other?,
     }
     meta::insert(&mut tx, "id_scope", &config.id_scope).await?;
-    store_issuers(&mut tx, &ring, (&root_der, &root_info), &inter, now).await?;
+    let root_label = root.as_ref().and_then(|r| r.signer().key_label().map(str::to_owned));
+    store_issuers(&mut tx, &ring, (&root_der, &root_info, root_label), &inter, now).await?;
     for (name, permissions) in default_policies() {
         let primary = if name == "owner" { owner_key.clone_secret() } else { SasKey::generate() };
         insert_policy(&mut tx, &ring, name, &permissions, &primary, &SasKey::generate(), now)
@@ -200,6 +239,40 @@ pub async fn initialize(
     Ok(Initialized { owner_connection_string, config })
 }
 
+/// Root and intermediate with keys in the token: adopted by label, or generated there
+/// (non-extractable, sensitive) and named `provisiond-{root|intermediate}-{issuer_id}`.
+fn token_hierarchy(
+    token: &Arc<crate::pkcs11::Token>,
+    adopt: &AdoptLabels,
+    id_scope: &str,
+    now: i64,
+) -> Result<(Issuer, Issuer), InitError> {
+    use crate::usecase::intermediate::create_in_token;
+    let root_name = format!("provisiond Root CA {id_scope}");
+    let inter_name = format!("provisiond Intermediate CA {id_scope}");
+    let root = match &adopt.root {
+        Some(label) => {
+            create_root_with(&root_name, Arc::new(token.signer(label)?), now, 20 * YEAR)?
+        }
+        None => create_in_token(token, "root", CaKeyAlgorithm::P256, |s| {
+            create_root_with(&root_name, s, now, 20 * YEAR)
+        })?,
+    };
+    let inter = match &adopt.intermediate {
+        Some(label) => create_intermediate_with(
+            &root,
+            &inter_name,
+            Arc::new(token.signer(label)?),
+            now,
+            5 * YEAR,
+        )?,
+        None => create_in_token(token, "intermediate", CaKeyAlgorithm::P256, |s| {
+            create_intermediate_with(&root, &inter_name, s, now, 5 * YEAR)
+        })?,
+    };
+    Ok((root, inter))
+}
+
 fn create_dir(dir: &std::path::Path) -> Result<(), InitError> {
     use std::os::unix::fs::DirBuilderExt as _;
     std::fs::DirBuilder::new()
@@ -220,9 +293,10 @@ fn write_files(
     let key_path = config.master_key_path();
     fsutil::create_private(&key_path, ring.to_file_text().as_bytes())
         .map_err(io(key_path.clone()))?;
-    if let Some(root) = root {
+    // A root key in a token has no file.
+    if let Some(key) = root.and_then(Issuer::private_key) {
         let root_path = config.root_key_path();
-        fsutil::create_private(&root_path, root.private_key().to_pkcs8_pem().as_bytes())
+        fsutil::create_private(&root_path, key.to_pkcs8_pem().as_bytes())
             .map_err(io(root_path.clone()))?;
     }
     let chain = config.data_dir.join("ca-chain.pem");
@@ -234,7 +308,7 @@ fn write_files(
 async fn store_issuers(
     tx: &mut sqlx::AnyConnection,
     ring: &KeyRing,
-    (root_der, root): (&[u8], &ca::authority::CaCertInfo),
+    (root_der, root, root_label): (&[u8], &ca::authority::CaCertInfo, Option<String>),
     inter: &Issuer,
     now: i64,
 ) -> Result<(), StoreError> {
@@ -247,16 +321,14 @@ async fn store_issuers(
             active: 0,
             key_version: None,
             private_key: None,
+            key_label: root_label,
             not_after: root.not_after,
             created_at: now,
         },
     )
     .await?;
     let id = inter.id();
-    let sealed = ring.seal(
-        SealContext { table: "issuers", column: "private_key", row_id: &id },
-        inter.private_key().expose_secret(),
-    );
+    let (key_version, private_key, key_label) = crate::authority::key_columns(inter, ring);
     crate::store::issuers::insert(
         tx,
         &IssuerRow {
@@ -264,8 +336,9 @@ async fn store_issuers(
             cert_der: inter.cert_der().to_vec(),
             is_root: 0,
             active: 1,
-            key_version: Some(i64::from(ring.current_version())),
-            private_key: Some(sealed),
+            key_version,
+            private_key,
+            key_label,
             not_after: inter.not_after(),
             created_at: now,
         },

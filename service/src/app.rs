@@ -14,7 +14,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{self, problem::ApiError};
 use crate::metrics::Metrics;
-use crate::seal::{KeyRing, SealContext, SealError};
+use crate::seal::{SealContext, SealError};
 use crate::state::AppState;
 use crate::store::{meta, Store, StoreError};
 
@@ -118,7 +118,8 @@ pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
             .await
             .map_err(|e| crate::pkcs11::TokenError::Token(e.to_string()))??
     };
-    let ring = KeyRing::load(&config.master_key_path())?;
+    let ring_file = crate::pkcs11::RingFile::new(&config, token.as_ref())?;
+    let ring = ring_file.load(&config.master_key_path())?;
     let store = Store::connect(&config.database(), config.db_max_connections).await?;
     store.migrate().await?;
     let mut conn = store.conn().await?;
@@ -168,6 +169,7 @@ pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
         registrations: Default::default(),
         policy_cache: Default::default(),
         token,
+        ring_file,
     })
 }
 

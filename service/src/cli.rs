@@ -319,9 +319,13 @@ async fn rotate_master_key(
         bar.set_length(total);
         bar.set_position(done);
     };
+    let token = crate::pkcs11::open_configured(&config).map_err(|e| error_chain(&e))?;
+    let ring_file =
+        crate::pkcs11::RingFile::new(&config, token.as_ref()).map_err(|e| error_chain(&e))?;
     let result = crate::usecase::rotate_master_key::rotate(
         &store,
         &config.master_key_path(),
+        &ring_file,
         &opts,
         &progress,
     )

@@ -533,12 +533,14 @@ impl Token {
         Ok(self.unless_vanished(once)?)
     }
 
-    /// Encrypts with AES-GCM under the secret key `label` (master-key wrap).
-    pub fn aes_gcm_encrypt(
+    /// AES-GCM under the token's secret key `label` (the master-key wrap): encrypts, or
+    /// decrypts when `decrypt` is set. `iv` must never repeat for one key (it is random).
+    pub fn aes_gcm(
         &self,
         label: &str,
         iv: &[u8; 12],
-        plaintext: &[u8],
+        data: &[u8],
+        decrypt: bool,
     ) -> Result<Vec<u8>, TokenError> {
         self.with_session(|conn, s| {
             let key = match conn.find(s, label, ObjectClass::SECRET_KEY) {
@@ -551,29 +553,12 @@ impl Token {
                 b"provisiond master key ring",
                 128u64.into(),
             )?;
-            s.encrypt(&Mechanism::AesGcm(params), key, plaintext).map(Ok)
-        })?
-    }
-
-    /// Decrypts what [`Token::aes_gcm_encrypt`] made.
-    pub fn aes_gcm_decrypt(
-        &self,
-        label: &str,
-        iv: &[u8; 12],
-        ciphertext: &[u8],
-    ) -> Result<Vec<u8>, TokenError> {
-        self.with_session(|conn, s| {
-            let key = match conn.find(s, label, ObjectClass::SECRET_KEY) {
-                Ok(k) => k,
-                Err(e) => return Ok(Err(e)),
-            };
-            let mut iv = *iv;
-            let params = cryptoki::mechanism::aead::GcmParams::new(
-                &mut iv,
-                b"provisiond master key ring",
-                128u64.into(),
-            )?;
-            s.decrypt(&Mechanism::AesGcm(params), key, ciphertext).map(Ok)
+            let mechanism = Mechanism::AesGcm(params);
+            if decrypt {
+                s.decrypt(&mechanism, key, data).map(Ok)
+            } else {
+                s.encrypt(&mechanism, key, data).map(Ok)
+            }
         })?
     }
 
@@ -688,6 +673,106 @@ fn rsa_public_key(n: &[u8], e: &[u8]) -> Result<Vec<u8>, TokenError> {
     der::asn1::UintRef::new(n).map_err(bad)?.encode_to_vec(&mut body).map_err(bad)?;
     der::asn1::UintRef::new(e).map_err(bad)?.encode_to_vec(&mut body).map_err(bad)?;
     der::asn1::AnyRef::new(der::Tag::Sequence, &body).map_err(bad)?.to_der().map_err(bad)
+}
+
+/// How the master key ring file is read and written: in clear, or wrapped by a token AES key
+/// (`master_key_wrap = "pkcs11"`), in which case the file alone opens nothing.
+#[derive(Clone)]
+pub struct RingFile {
+    wrap: Option<(Arc<Token>, String)>,
+}
+
+const WRAPPED_PREFIX: &str = "wrapped-pkcs11-aes-gcm:";
+
+impl RingFile {
+    /// The ring file as configured; `token` must be open when the wrap is `pkcs11`.
+    pub fn new(
+        config: &crate::config::Config,
+        token: Option<&Arc<Token>>,
+    ) -> Result<Self, TokenError> {
+        if config.master_key_wrap != crate::config::MasterKeyWrap::Pkcs11 {
+            return Ok(Self { wrap: None });
+        }
+        let token =
+            token.ok_or_else(|| TokenError::Config("master_key_wrap needs a token".into()))?;
+        Ok(Self { wrap: Some((token.clone(), wrap_label(config))) })
+    }
+
+    /// Creates the wrapping key in the token unless it exists (init).
+    pub fn ensure_wrap_key(&self) -> Result<(), TokenError> {
+        let Some((token, label)) = &self.wrap else { return Ok(()) };
+        if token.with_session(|conn, s| Ok(conn.find(s, label, ObjectClass::SECRET_KEY).is_ok()))? {
+            return Ok(());
+        }
+        token.generate_aes(label)
+    }
+
+    /// Reads the ring.
+    pub fn load(&self, path: &Path) -> Result<crate::seal::KeyRing, crate::seal::SealError> {
+        use crate::seal::{KeyRing, SealError};
+        let Some((token, label)) = &self.wrap else { return KeyRing::load(path) };
+        let shown = path.display().to_string();
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                SealError::MissingKeyFile(shown.clone())
+            } else {
+                SealError::Io { path: shown.clone(), reason: e.to_string() }
+            }
+        })?);
+        let line = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(WRAPPED_PREFIX))
+            .ok_or_else(|| SealError::MalformedKeyFile(format!("{shown} (not wrapped)")))?;
+        let (iv, ct) =
+            line.split_once(':').ok_or_else(|| SealError::MalformedKeyFile(shown.clone()))?;
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let iv: [u8; 12] = b64
+            .decode(iv)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| SealError::MalformedKeyFile(shown.clone()))?;
+        let ct = b64.decode(ct).map_err(|_| SealError::MalformedKeyFile(shown.clone()))?;
+        let plain = zeroize::Zeroizing::new(token.aes_gcm(label, &iv, &ct, true).map_err(|e| {
+            SealError::Io { path: shown.clone(), reason: format!("unwrapping: {e}") }
+        })?);
+        let text =
+            std::str::from_utf8(&plain).map_err(|_| SealError::MalformedKeyFile(shown.clone()))?;
+        KeyRing::parse_text(text).ok_or(SealError::MalformedKeyFile(shown))
+    }
+
+    /// The file text for `ring` (wrapped when configured so).
+    pub fn text(
+        &self,
+        ring: &crate::seal::KeyRing,
+    ) -> Result<zeroize::Zeroizing<String>, TokenError> {
+        let plain = ring.to_file_text();
+        let Some((token, label)) = &self.wrap else { return Ok(plain) };
+        use base64::Engine as _;
+        use rand::RngCore as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut iv = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut iv);
+        let ct = token.aes_gcm(label, &iv, plain.as_bytes(), false)?;
+        Ok(zeroize::Zeroizing::new(format!(
+            "# provisiond master key ring, wrapped (AES-GCM) by the PKCS#11 key `{label}` of token \
+             `{}`: useless without the token. Keep it backed up.\n{WRAPPED_PREFIX}{}:{}\n",
+            token.label(),
+            b64.encode(iv),
+            b64.encode(ct)
+        )))
+    }
+
+    /// Writes `ring` to `path` (mode 0600).
+    pub fn write(&self, path: &Path, ring: &crate::seal::KeyRing) -> std::io::Result<()> {
+        let text = self.text(ring).map_err(std::io::Error::other)?;
+        crate::fsutil::write_private(path, text.as_bytes())
+    }
+}
+
+/// The wrap key's label (`pkcs11_wrap_key_label`, default `provisiond-master-key-wrap`).
+pub fn wrap_label(config: &crate::config::Config) -> String {
+    config.pkcs11_wrap_key_label.clone().unwrap_or_else(|| "provisiond-master-key-wrap".into())
 }
 
 /// Opens the token named by the configuration when CA keys or the master key wrap use one.

@@ -37,6 +37,8 @@ pub struct AppState {
     pub policy_cache: crate::auth::sas::PolicyCache,
     /// the PKCS#11 token, when CA keys or the master key wrap live in one
     pub token: Option<Arc<crate::pkcs11::Token>>,
+    /// how the master key file is read (in clear, or unwrapped by the token)
+    pub ring_file: crate::pkcs11::RingFile,
 }
 
 impl AppState {
@@ -66,7 +68,7 @@ impl AppState {
 
     /// Re-reads the master key file; keeps the old ring when the file cannot be read.
     pub fn reload_ring(&self) {
-        match KeyRing::load(&self.config.master_key_path()) {
+        match self.ring_file.load(&self.config.master_key_path()) {
             Ok(new) if new.versions() != self.ring().versions() => {
                 tracing::info!(versions = ?new.versions(), "master key ring reloaded");
                 match self.ring.write() {

@@ -505,3 +505,56 @@ async fn an_unreachable_token_answers_503_and_recovers_by_itself() {
     enroll(&app, "after-fault").await;
     assert!(!app.logs().contains("panicked"));
 }
+
+#[tokio::test]
+async fn a_master_key_ring_wrapped_by_the_token_is_useless_without_it_and_rotates() {
+    let Some(hsm) = SoftHsm::new() else { return };
+    let data = hsm
+        .init(
+            fresh_database().await,
+            &["--master-key-wrap", "pkcs11", "--pkcs11-wrap-key-label", "ring-wrap"],
+        )
+        .await
+        .unwrap();
+    let key_file = data.path().join("master.key");
+    let text = std::fs::read_to_string(&key_file).unwrap();
+    assert!(text.contains("wrapped-pkcs11-aes-gcm:") && !text.contains("v1:"), "{text}");
+    assert!(service::seal::KeyRing::load(&key_file).is_err(), "the file alone opens nothing");
+    let objects = listed(&hsm);
+    let wrap = objects
+        .split("Secret Key Object")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no AES key: {objects}"));
+    assert!(wrap.contains("ring-wrap") && wrap.contains("never extractable"), "{wrap}");
+
+    let mut app = hsm.serve(data).await;
+    app.put_group("g", json!({})).await;
+    enroll(&app, "wrapped-ring-dev").await;
+
+    // rotate-master-key reads and writes the wrapped file; the server keeps opening secrets.
+    let out = command(&app.data.database_url)
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .args(["rotate-master-key", "--grace-secs", "0", "--data-dir"])
+        .arg(app.data.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rotated = std::fs::read_to_string(&key_file).unwrap();
+    assert!(rotated.contains("wrapped-pkcs11-aes-gcm:") && rotated != text, "{rotated}");
+    let conf = hsm.conf().display().to_string();
+    app.restart_with(&[("SOFTHSM2_CONF", conf.as_str())]).await;
+    assert_eq!(app.get_as("/v1/audit", &app.owner_token()).await.status(), 200);
+    enroll(&app, "after-master-rotation").await;
+
+    // Without the token (an empty SoftHSM2 token directory), serve does not start.
+    app.stop();
+    let empty = tempfile::tempdir().unwrap();
+    let other_conf = empty.path().join("softhsm2.conf");
+    std::fs::write(&other_conf, format!("directories.tokendir = {}\n", empty.path().display()))
+        .unwrap();
+    let mut serve = command(&app.data.database_url);
+    serve.env("SOFTHSM2_CONF", &other_conf).arg("serve").arg("--data-dir").arg(app.data.path());
+    let out = serve.args(["--listen", "127.0.0.1:0"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(TOKEN), "{err}");
+}

@@ -130,6 +130,8 @@ pub async fn initialize(
     let token = crate::pkcs11::open_configured(&config)?;
     let ca_token =
         token.clone().filter(|_| config.ca_key_store == crate::config::CaKeyStore::Pkcs11);
+    let ring_file = crate::pkcs11::RingFile::new(&config, token.as_ref())?;
+    ring_file.ensure_wrap_key()?;
     create_dir(&dir)?;
     let store = Store::connect(&config.database(), 2).await?;
     store.migrate().await?;
@@ -217,7 +219,7 @@ pub async fn initialize(
 
     // Files last-but-one: if any write fails the transaction rolls back and what was written is
     // removed, so a retry starts clean.
-    let written = write_files(&config, &ring, root.as_ref(), &root_der, &inter);
+    let written = write_files(&config, &ring_file, &ring, root.as_ref(), &root_der, &inter);
     if let Err(e) = written {
         for f in [
             config.master_key_path(),
@@ -284,6 +286,7 @@ fn create_dir(dir: &std::path::Path) -> Result<(), InitError> {
 
 fn write_files(
     config: &Config,
+    ring_file: &crate::pkcs11::RingFile,
     ring: &KeyRing,
     root: Option<&Issuer>,
     root_der: &[u8],
@@ -291,8 +294,8 @@ fn write_files(
 ) -> Result<(), InitError> {
     let io = |path: PathBuf| move |source| InitError::Io { path, source };
     let key_path = config.master_key_path();
-    fsutil::create_private(&key_path, ring.to_file_text().as_bytes())
-        .map_err(io(key_path.clone()))?;
+    let text = ring_file.text(ring)?;
+    fsutil::create_private(&key_path, text.as_bytes()).map_err(io(key_path.clone()))?;
     // A root key in a token has no file.
     if let Some(key) = root.and_then(Issuer::private_key) {
         let root_path = config.root_key_path();

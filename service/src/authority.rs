@@ -149,6 +149,11 @@ impl Authority {
         &self.active
     }
 
+    /// The active intermediate's entry, shared (to sign on another thread).
+    pub fn active_shared(&self) -> Arc<CaEntry> {
+        self.active.clone()
+    }
+
     /// The root certificate.
     pub fn root(&self) -> &CaEntry {
         &self.root

@@ -65,3 +65,22 @@ where
     .await
     .unwrap_or_else(|e| Err(E::from(ca::SignError::Failed(format!("signing task: {e}")))))
 }
+
+/// A device certificate (default lifetime) for `key` by the active intermediate (see
+/// [`on_signer`]).
+pub async fn issue_device(
+    authority: &crate::authority::Authority,
+    key: &ca::csr::SubjectKey,
+    (device_id, base_url): (&str, &str),
+    now: i64,
+) -> Result<ca::IssuedCertificate, ca::IssueError> {
+    let validity_secs = crate::usecase::certificates::DEFAULT_VALIDITY_SECS;
+    let (key, device_id, base_url) = (key.clone(), device_id.to_owned(), base_url.to_owned());
+    on_signer(authority.active_shared(), move |issuer| {
+        let urls = ca::issue::RevocationUrls { base_url: Some(base_url) };
+        let profile =
+            ca::issue::DeviceProfile { device_id: &device_id, validity_secs, urls: &urls };
+        ca::issue::issue_device_for_key(issuer, &key, &profile, now)
+    })
+    .await
+}

@@ -528,7 +528,7 @@ impl SoftHsm {
                 "--pin",
                 HSM_PIN,
                 "--so-pin",
-                "1",
+                "13579",
             ])
             .output()
             .is_ok_and(|o| o.status.success());
@@ -562,7 +562,7 @@ async fn pkcs11_vs_file(
 ) {
     let Some(hsm) = SoftHsm::new() else {
         println!(
-            "| NDJSON enrollment, CA keys in SoftHSM2 | skipped: SoftHSM2 not installed | — | — |"
+            "| NDJSON enrollment, CA keys in SoftHSM2 | skipped: SoftHSM2 missing or its token cannot be made | — | — |"
         );
         return;
     };

@@ -79,6 +79,11 @@ async fn database_url() -> Option<String> {
 }
 
 async fn start() -> Server {
+    start_with(None).await
+}
+
+/// A server whose CA keys are in `hsm` (`ca_key_store = "pkcs11"`), or file keys.
+async fn start_with(hsm: Option<&SoftHsm>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("d");
     let db = database_url().await;
@@ -86,6 +91,9 @@ async fn start() -> Server {
     init.args(["init", "--data-dir"]).arg(&d).arg("--credentials-out").arg(dir.path().join("o"));
     if let Some(u) = &db {
         init.env("DATABASE_URL", u);
+    }
+    if let Some(hsm) = hsm {
+        init.env("SOFTHSM2_CONF", hsm.conf()).args(hsm.flags());
     }
     assert!(init.output().unwrap().status.success());
     let line = std::fs::read_to_string(dir.path().join("o")).unwrap();
@@ -104,6 +112,9 @@ async fn start() -> Server {
         .env("RUST_LOG", "warn");
     if let Some(u) = &db {
         serve.env("DATABASE_URL", u);
+    }
+    if let Some(hsm) = hsm {
+        serve.env("SOFTHSM2_CONF", hsm.conf());
     }
     let mut child = serve.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut line = String::new();
@@ -478,7 +489,149 @@ async fn main() {
             median(&mut ratios)
         );
     }
+    if selected("pkcs11") {
+        pkcs11_vs_file(&c, &base, &owner, batch, rounds, secs).await;
+    }
     drop_database(s).await;
+}
+
+/// A SoftHSM2 token in a directory of its own.
+struct SoftHsm {
+    dir: tempfile::TempDir,
+    module: String,
+}
+
+const HSM_TOKEN: &str = "bench";
+const HSM_PIN: &str = "246810";
+
+impl SoftHsm {
+    fn new() -> Option<Self> {
+        let module = ["/usr/lib/softhsm/libsofthsm2.so", "/usr/local/lib/softhsm/libsofthsm2.so"]
+            .into_iter()
+            .find(|m| std::path::Path::new(m).exists())?;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tokens")).unwrap();
+        let conf = format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            dir.path().join("tokens").display()
+        );
+        std::fs::write(dir.path().join("softhsm2.conf"), conf).unwrap();
+        std::fs::write(dir.path().join("pin"), HSM_PIN).unwrap();
+        let hsm = Self { dir, module: module.to_owned() };
+        let ok = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", hsm.conf())
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                HSM_TOKEN,
+                "--pin",
+                HSM_PIN,
+                "--so-pin",
+                "13579",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        ok.then_some(hsm)
+    }
+
+    fn conf(&self) -> std::path::PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+
+    fn flags(&self) -> Vec<String> {
+        let pin = self.dir.path().join("pin").display().to_string();
+        ["--ca-key-store", "pkcs11", "--pkcs11-module", &self.module, "--pkcs11-token-label"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain([HSM_TOKEN.to_owned(), "--pkcs11-pin-file".to_owned(), pin])
+            .collect()
+    }
+}
+
+/// NDJSON enrollment with CA keys in SoftHSM2 vs file keys (the server `c`/`base` serves), in
+/// alternating rounds, and SoftHSM2's own P-256 signing rate through a direct PKCS#11 loop
+/// (2 threads, one session each: the ceiling for certificates signed in that token).
+async fn pkcs11_vs_file(
+    c: &reqwest::Client,
+    base: &str,
+    owner: &str,
+    batch: usize,
+    rounds: usize,
+    secs: u64,
+) {
+    let Some(hsm) = SoftHsm::new() else {
+        println!(
+            "| NDJSON enrollment, CA keys in SoftHSM2 | skipped: SoftHSM2 missing or its token cannot be made | — | — |"
+        );
+        return;
+    };
+    let t = start_with(Some(&hsm)).await;
+    let tc = client(&t);
+    for _ in 0..100 {
+        if tc.get(format!("{}/readyz", t.base)).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tc.put(format!("{}/v1/enrollment-groups/bench", t.base))
+        .header("Authorization", &t.owner)
+        .json(&json!({"allowed_key_types": ["p256"]}))
+        .send()
+        .await
+        .unwrap();
+    let (mut files, mut tokens, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let file = ndjson_batch(c, base, owner, batch, 100 + round).await;
+        let token = ndjson_batch(&tc, &t.base, &t.owner, batch, 100 + round).await;
+        ratios.push(token / file);
+        files.push(file);
+        tokens.push(token);
+    }
+    let ceiling = direct_token_rate(&hsm, secs);
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
+    };
+    let each = ratios.iter().map(|r| format!("{:.0} %", 100.0 * r)).collect::<Vec<_>>().join(", ");
+    let (file, token, ratio) = (med(&mut files), med(&mut tokens), med(&mut ratios));
+    println!("| NDJSON batch enrollment, CA keys in SoftHSM2 ({batch} CSRs, rounds alternating with file keys: {each}) | {token:.0} certs/s | file keys, same run: {file:.0} certs/s | {:.0} % |", 100.0 * ratio);
+    println!("| SoftHSM2 P-256 signatures, direct PKCS#11 loop (2 threads, CKM_ECDSA) | {ceiling:.0} sig/s | NDJSON with SoftHSM2: {token:.0} certs/s | {:.0} % |", 100.0 * token / ceiling);
+    drop_database(t).await;
+}
+
+fn direct_token_rate(hsm: &SoftHsm, secs: u64) -> f64 {
+    use ca::Signer as _;
+    std::env::set_var("SOFTHSM2_CONF", hsm.conf());
+    let token = service::pkcs11::Token::open(service::pkcs11::TokenConfig {
+        module: hsm.module.clone().into(),
+        token_label: HSM_TOKEN.into(),
+        pin: HSM_PIN.to_owned().into(),
+    })
+    .unwrap();
+    let signer =
+        Arc::new(token.generate_ec("bench-ceiling", ca::SignatureScheme::EcdsaP256Sha256).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (signer, stop, count) = (signer.clone(), stop.clone(), count.clone());
+            std::thread::spawn(move || {
+                let tbs = [7u8; 400];
+                while !stop.load(Ordering::Relaxed) {
+                    signer.sign(&tbs).unwrap();
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    for th in threads {
+        th.join().unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64()
 }
 
 /// One NDJSON batch of `batch` new registrations (ids of round `round`): certificates per second.

@@ -4,14 +4,19 @@
 //! (checked on construction); a root has pathLen 1, an intermediate pathLen 0; both carry
 //! keyCertSign + cRLSign (critical) and an SKI; an intermediate's validity lies inside its root's.
 
+use std::sync::Arc;
+
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
-    PublicKeyData as _, SignatureAlgorithm,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
+    SignatureAlgorithm,
 };
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::issue::random_serial;
 use crate::secret::PrivateKey;
+use crate::signer::{
+    take_sign_error, RcgenKey, SignError, SignatureScheme, Signer, SoftwareSigner,
+};
 use crate::time::to_datetime;
 
 /// Clock skew allowance: certificates are valid from five minutes before `now`.
@@ -39,9 +44,21 @@ pub enum AuthorityError {
     /// The root expires before the requested intermediate would start.
     #[error("issuer is expired or expires too soon")]
     IssuerExpired,
-    /// rcgen refused to sign (should not happen with valid inputs).
+    /// rcgen refused to build or sign (should not happen with valid inputs).
     #[error("signing failed: {0}")]
-    Signing(#[from] rcgen::Error),
+    Signing(rcgen::Error),
+    /// The CA key's signer failed (e.g. the token is unreachable).
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
+
+impl From<rcgen::Error> for AuthorityError {
+    fn from(e: rcgen::Error) -> Self {
+        match take_sign_error(&e) {
+            Some(sign) => AuthorityError::Sign(sign),
+            None => AuthorityError::Signing(e),
+        }
+    }
 }
 
 /// Algorithm of a CA key.
@@ -56,19 +73,21 @@ pub enum CaKeyAlgorithm {
 }
 
 impl CaKeyAlgorithm {
-    fn rcgen(self) -> &'static SignatureAlgorithm {
+    /// The signature scheme of keys of this algorithm.
+    pub fn scheme(self) -> SignatureScheme {
         match self {
-            CaKeyAlgorithm::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            CaKeyAlgorithm::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            CaKeyAlgorithm::P256 => SignatureScheme::EcdsaP256Sha256,
+            CaKeyAlgorithm::P384 => SignatureScheme::EcdsaP384Sha384,
         }
     }
 }
 
-/// A CA certificate with its private key: the thing that signs certificates, CRLs and OCSP
+/// A CA certificate with its signer: the thing that signs certificates, CRLs and OCSP
 /// responses.
 pub struct Issuer {
     cert_der: Vec<u8>,
-    rcgen: rcgen::Issuer<'static, KeyPair>,
+    signer: Arc<dyn Signer>,
+    rcgen: rcgen::Issuer<'static, RcgenKey>,
     ski: Vec<u8>,
     subject_der: Vec<u8>,
     public_key_bits: Vec<u8>,
@@ -89,8 +108,12 @@ impl std::fmt::Debug for Issuer {
 impl Issuer {
     /// Loads a CA from its certificate (DER) and PKCS#8 key, checking that they match.
     pub fn from_der(cert_der: &[u8], key: &PrivateKey) -> Result<Self, AuthorityError> {
-        let key_pair =
-            KeyPair::try_from(key.expose_secret()).map_err(|_| AuthorityError::InvalidKey)?;
+        let signer = SoftwareSigner::from_pkcs8(key).ok_or(AuthorityError::InvalidKey)?;
+        Self::with_signer(cert_der, Arc::new(signer))
+    }
+
+    /// A CA from its certificate (DER) and a signer holding its key, checking that they match.
+    pub fn with_signer(cert_der: &[u8], signer: Arc<dyn Signer>) -> Result<Self, AuthorityError> {
         let (rest, cert) =
             X509Certificate::from_der(cert_der).map_err(|_| AuthorityError::InvalidCertificate)?;
         if !rest.is_empty() {
@@ -100,7 +123,7 @@ impl Issuer {
             return Err(AuthorityError::NotACa);
         }
         let public_key_bits = cert.public_key().subject_public_key.data.to_vec();
-        if public_key_bits != key_pair.der_bytes() {
+        if public_key_bits != signer.public_key() {
             return Err(AuthorityError::KeyMismatch);
         }
         let ski = ski_of(&cert).ok_or(AuthorityError::InvalidCertificate)?;
@@ -108,9 +131,11 @@ impl Issuer {
         let is_self_signed = cert.subject().as_raw() == cert.issuer().as_raw();
         let not_before = cert.validity().not_before.timestamp();
         let not_after = cert.validity().not_after.timestamp();
-        let rcgen = rcgen::Issuer::from_ca_cert_der(&cert_der.to_vec().into(), key_pair)?;
+        let rcgen =
+            rcgen::Issuer::from_ca_cert_der(&cert_der.to_vec().into(), RcgenKey(signer.clone()))?;
         Ok(Self {
             cert_der: cert_der.to_vec(),
+            signer,
             rcgen,
             ski,
             subject_der,
@@ -173,22 +198,28 @@ impl Issuer {
         self.is_self_signed
     }
 
-    /// The private key, PKCS#8, for sealing into storage.
-    pub fn private_key(&self) -> PrivateKey {
-        PrivateKey::from_pkcs8_der(self.rcgen.key().serialize_der())
+    /// The private key, PKCS#8, for sealing into storage; None when the key lives in secure
+    /// hardware.
+    pub fn private_key(&self) -> Option<PrivateKey> {
+        self.signer.export_pkcs8()
+    }
+
+    /// The signer holding the CA key.
+    pub fn signer(&self) -> &Arc<dyn Signer> {
+        &self.signer
     }
 
     /// Signs `msg` with the CA key (ECDSA signatures are DER-encoded).
-    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        rcgen::SigningKey::sign(self.rcgen.key(), msg)
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, SignError> {
+        self.signer.sign(msg)
     }
 
     /// The signature algorithm of the CA key.
     pub fn signature_algorithm(&self) -> &'static SignatureAlgorithm {
-        self.rcgen.key().algorithm()
+        self.signer.scheme().rcgen()
     }
 
-    pub(crate) fn rcgen(&self) -> &rcgen::Issuer<'static, KeyPair> {
+    pub(crate) fn rcgen(&self) -> &rcgen::Issuer<'static, RcgenKey> {
         &self.rcgen
     }
 }
@@ -201,12 +232,22 @@ pub fn create_root(
     now: i64,
     validity_secs: i64,
 ) -> Result<Issuer, AuthorityError> {
-    let key = KeyPair::generate_for(alg.rcgen())?;
+    let signer = Arc::new(SoftwareSigner::generate(alg.scheme())?);
+    create_root_with(common_name, signer, now, validity_secs)
+}
+
+/// Like [`create_root`], with a key that already exists (e.g. generated in a token).
+pub fn create_root_with(
+    common_name: &str,
+    signer: Arc<dyn Signer>,
+    now: i64,
+    validity_secs: i64,
+) -> Result<Issuer, AuthorityError> {
+    let key = RcgenKey(signer.clone());
     let mut params = ca_params(common_name, 1, now, now.saturating_add(validity_secs));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let cert = params.self_signed(&key)?;
-    let pkcs8 = PrivateKey::from_pkcs8_der(key.serialize_der());
-    Issuer::from_der(cert.der(), &pkcs8)
+    Issuer::with_signer(cert.der(), signer)
 }
 
 /// Creates an intermediate CA (pathLen 0) under `root`; its validity is capped by the root's.
@@ -217,11 +258,23 @@ pub fn create_intermediate(
     now: i64,
     validity_secs: i64,
 ) -> Result<Issuer, AuthorityError> {
+    let signer = Arc::new(SoftwareSigner::generate(alg.scheme())?);
+    create_intermediate_with(root, common_name, signer, now, validity_secs)
+}
+
+/// Like [`create_intermediate`], with a key that already exists (e.g. generated in a token).
+pub fn create_intermediate_with(
+    root: &Issuer,
+    common_name: &str,
+    signer: Arc<dyn Signer>,
+    now: i64,
+    validity_secs: i64,
+) -> Result<Issuer, AuthorityError> {
     let not_after = now.saturating_add(validity_secs).min(root.not_after);
     if not_after <= now {
         return Err(AuthorityError::IssuerExpired);
     }
-    let key = KeyPair::generate_for(alg.rcgen())?;
+    let key = RcgenKey(signer.clone());
     let mut params = ca_params(common_name, 0, now, not_after);
     params.not_before = to_datetime((now - BACKDATE_SECS).max(root.not_before));
     // digitalSignature: the intermediate signs OCSP responses and audit checkpoints directly.
@@ -232,8 +285,7 @@ pub fn create_intermediate(
     ];
     params.use_authority_key_identifier_extension = true;
     let cert = params.signed_by(&key, root.rcgen())?;
-    let pkcs8 = PrivateKey::from_pkcs8_der(key.serialize_der());
-    Issuer::from_der(cert.der(), &pkcs8)
+    Issuer::with_signer(cert.der(), signer)
 }
 
 /// Imports an externally signed intermediate (offline root): checks that the key matches the
@@ -305,6 +357,31 @@ fn ca_params(common_name: &str, path_len: u8, now: i64, not_after: i64) -> Certi
     params.not_after = to_datetime(not_after);
     params.serial_number = Some(random_serial());
     params
+}
+
+/// The signature scheme and subjectPublicKey bits of a certificate's key (what a signer for
+/// that key must match).
+pub fn public_key_of(cert_der: &[u8]) -> Result<(SignatureScheme, Vec<u8>), AuthorityError> {
+    use x509_parser::oid_registry::{
+        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+    };
+    let (_, cert) =
+        X509Certificate::from_der(cert_der).map_err(|_| AuthorityError::InvalidCertificate)?;
+    let spki = cert.public_key();
+    let alg = &spki.algorithm;
+    let scheme = if alg.algorithm == OID_PKCS1_RSAENCRYPTION {
+        SignatureScheme::RsaPkcs1Sha256
+    } else if alg.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = alg.parameters.as_ref().and_then(|p| p.as_oid().ok());
+        match curve {
+            Some(c) if c == OID_EC_P256 => SignatureScheme::EcdsaP256Sha256,
+            Some(c) if c == OID_NIST_EC_P384 => SignatureScheme::EcdsaP384Sha384,
+            _ => return Err(AuthorityError::InvalidKey),
+        }
+    } else {
+        return Err(AuthorityError::InvalidKey);
+    };
+    Ok((scheme, spki.subject_public_key.data.to_vec()))
 }
 
 /// Public facts of a CA certificate.
@@ -379,13 +456,13 @@ mod tests {
         let root = create_root("R", CaKeyAlgorithm::P256, NOW, YEAR).unwrap();
         let other_root = create_root("R2", CaKeyAlgorithm::P256, NOW, YEAR).unwrap();
         let inter = create_intermediate(&root, "I", CaKeyAlgorithm::P256, NOW, YEAR).unwrap();
-        let key_pem = inter.private_key().to_pkcs8_pem();
+        let key_pem = inter.private_key().unwrap().to_pkcs8_pem();
         import_intermediate(&inter.cert_pem(), &key_pem, &root.cert_pem()).unwrap();
         assert!(matches!(
             import_intermediate(&inter.cert_pem(), &key_pem, &other_root.cert_pem()),
             Err(AuthorityError::NotSignedByRoot)
         ));
-        let wrong_key = other_root.private_key().to_pkcs8_pem();
+        let wrong_key = other_root.private_key().unwrap().to_pkcs8_pem();
         assert!(matches!(
             import_intermediate(&inter.cert_pem(), &wrong_key, &root.cert_pem()),
             Err(AuthorityError::KeyMismatch)

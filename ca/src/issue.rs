@@ -33,7 +33,19 @@ pub enum IssueError {
     KeyGenerationUnsupported(KeyType),
     /// rcgen refused to build or sign the certificate.
     #[error("signing failed: {0}")]
-    Signing(#[from] rcgen::Error),
+    Signing(rcgen::Error),
+    /// The CA key's signer failed (e.g. the token is unreachable).
+    #[error(transparent)]
+    Sign(#[from] crate::signer::SignError),
+}
+
+impl From<rcgen::Error> for IssueError {
+    fn from(e: rcgen::Error) -> Self {
+        match crate::signer::take_sign_error(&e) {
+            Some(sign) => IssueError::Sign(sign),
+            None => IssueError::Signing(e),
+        }
+    }
 }
 
 /// An issued certificate.

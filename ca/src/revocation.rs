@@ -43,9 +43,21 @@ pub enum RevocationError {
     /// The CA key type cannot sign OCSP responses here.
     #[error("unsupported CA signature algorithm")]
     UnsupportedSigner,
-    /// The signer refused.
+    /// rcgen refused to build or sign.
     #[error("signing failed: {0}")]
-    Signing(#[from] rcgen::Error),
+    Signing(rcgen::Error),
+    /// The CA key's signer failed (e.g. the token is unreachable).
+    #[error(transparent)]
+    Sign(#[from] crate::signer::SignError),
+}
+
+impl From<rcgen::Error> for RevocationError {
+    fn from(e: rcgen::Error) -> Self {
+        match crate::signer::take_sign_error(&e) {
+            Some(sign) => RevocationError::Sign(sign),
+            None => RevocationError::Signing(e),
+        }
+    }
 }
 
 /// CRL reason codes (RFC 5280 §5.3.1), with the API's snake_case names.

@@ -14,7 +14,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{self, problem::ApiError};
 use crate::metrics::Metrics;
-use crate::seal::{KeyRing, SealContext, SealError};
+use crate::seal::{SealContext, SealError};
 use crate::state::AppState;
 use crate::store::{meta, Store, StoreError};
 
@@ -37,6 +37,9 @@ pub enum StartError {
     /// the database was never initialized
     #[error("the database is not initialized: run `provisiond init`")]
     NotInitialized,
+    /// the PKCS#11 token
+    #[error("{0}")]
+    Token(#[from] crate::pkcs11::TokenError),
     /// TLS
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
@@ -148,7 +151,14 @@ pub struct Application {
 /// Loads the master key ring, the database and the CA; checks that the ring opens the stored
 /// secrets (a wrong key fails here, clearly, never later as garbage).
 pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
-    let ring = KeyRing::load(&config.master_key_path())?;
+    let token = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || crate::pkcs11::open_configured(&config))
+            .await
+            .map_err(|e| crate::pkcs11::TokenError::Token(e.to_string()))??
+    };
+    let ring_file = crate::pkcs11::RingFile::new(&config, token.as_ref())?;
+    let ring = ring_file.load(&config.master_key_path())?;
     let store = Store::connect(&config.database(), config.db_max_connections).await?;
     store.migrate().await?;
     let mut conn = store.conn().await?;
@@ -173,7 +183,18 @@ pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
         .map_err(|e| StartError::WrongMasterKey(e.to_string()))?;
     let issuers = crate::store::issuers::list(&mut conn).await?;
     drop(conn);
-    let authority = Authority::load(issuers, &ring)?;
+    let authority = Authority::load(issuers, &ring, token.as_ref())?;
+    // A missing key fails start-up naming its label, not the first request.
+    if let (Some(token), Some(label)) = (&token, &authority.active_entry().key_label) {
+        let (token, label) = (token.clone(), label.clone());
+        let present =
+            tokio::task::spawn_blocking(move || token.has_key(&label).map(|p| (p, label)))
+                .await
+                .map_err(|e| crate::pkcs11::TokenError::Token(e.to_string()))??;
+        if !present.0 {
+            return Err(crate::pkcs11::TokenError::KeyMissing(present.1).into());
+        }
+    }
     Ok(AppState {
         config,
         store,
@@ -187,6 +208,8 @@ pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
         registrations: Default::default(),
         policy_cache: Default::default(),
         enrollment_groups: Default::default(),
+        token,
+        ring_file,
     })
 }
 

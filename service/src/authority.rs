@@ -1,11 +1,13 @@
 //! The CA as the running service sees it: every issuer loaded from the database (intermediate
-//! keys unsealed), which one issues now, and the public chain.
+//! keys unsealed, or found by label in the PKCS#11 token), which one issues now, and the public
+//! chain.
 
 use std::sync::Arc;
 
 use ca::authority::{chain_pem, Issuer};
 use ca::PrivateKey;
 
+use crate::pkcs11::Token;
 use crate::seal::{KeyRing, SealContext, SealError};
 use crate::store::issuers::IssuerRow;
 use crate::store::{flag, StoreError};
@@ -31,6 +33,32 @@ pub enum AuthorityLoadError {
     /// no root or no active intermediate
     #[error("the database holds no active CA: run `provisiond init`")]
     Missing,
+    /// a CA key lives in a PKCS#11 token but none is configured
+    #[error("the CA key `{0}` is in a PKCS#11 token: set ca_key_store = \"pkcs11\", pkcs11_module and pkcs11_token_label")]
+    NoToken(String),
+    /// the token has no key under the active intermediate's label
+    #[error(transparent)]
+    Token(#[from] crate::pkcs11::TokenError),
+}
+
+/// The columns of an `issuers` row that hold a CA key: the sealed PKCS#8 of a software key, or
+/// the label of a key in the token (never both).
+pub fn key_columns(
+    issuer: &Issuer,
+    ring: &KeyRing,
+) -> (Option<i64>, Option<Vec<u8>>, Option<String>) {
+    let id = issuer.id();
+    match (issuer.private_key(), issuer.signer().key_label()) {
+        (Some(key), _) => {
+            let ctx = SealContext { table: "issuers", column: "private_key", row_id: &id };
+            (
+                Some(i64::from(ring.current_version())),
+                Some(ring.seal(ctx, key.expose_secret())),
+                None,
+            )
+        }
+        (None, label) => (None, None, label.map(str::to_owned)),
+    }
 }
 
 /// One CA certificate; intermediates carry their signing key.
@@ -43,8 +71,10 @@ pub struct CaEntry {
     pub not_after: i64,
     /// the root?
     pub is_root: bool,
-    /// signing capability (intermediates only)
+    /// signing capability (intermediates, and a root whose key is in the token)
     pub issuer: Option<Issuer>,
+    /// PKCS#11 label of the key, when it lives in the token
+    pub key_label: Option<String>,
 }
 
 /// The loaded hierarchy.
@@ -55,13 +85,28 @@ pub struct Authority {
 }
 
 impl Authority {
-    /// Builds from stored rows, unsealing intermediate keys.
-    pub fn load(rows: Vec<IssuerRow>, ring: &KeyRing) -> Result<Self, AuthorityLoadError> {
+    /// Builds from stored rows, unsealing intermediate keys and binding token keys to `token`.
+    pub fn load(
+        rows: Vec<IssuerRow>,
+        ring: &KeyRing,
+        token: Option<&Arc<Token>>,
+    ) -> Result<Self, AuthorityLoadError> {
         let mut entries = Vec::new();
         let (mut active, mut root) = (None, None);
         for row in rows {
-            let issuer = match &row.private_key {
-                Some(sealed) => {
+            let invalid = |e: ca::AuthorityError| AuthorityLoadError::Invalid {
+                id: row.id.clone(),
+                reason: e.to_string(),
+            };
+            let issuer = match (&row.private_key, &row.key_label) {
+                (None, Some(label)) => {
+                    let token = token.ok_or_else(|| AuthorityLoadError::NoToken(label.clone()))?;
+                    let (scheme, public) =
+                        ca::authority::public_key_of(&row.cert_der).map_err(invalid)?;
+                    let signer = token.signer_for(label, scheme, public);
+                    Some(Issuer::with_signer(&row.cert_der, Arc::new(signer)).map_err(invalid)?)
+                }
+                (Some(sealed), _) => {
                     let ctx =
                         SealContext { table: "issuers", column: "private_key", row_id: &row.id };
                     let key = PrivateKey::from_pkcs8_der(ring.open(ctx, sealed)?.to_vec());
@@ -69,7 +114,7 @@ impl Authority {
                         AuthorityLoadError::Invalid { id: row.id.clone(), reason: e.to_string() }
                     })?)
                 }
-                None => None,
+                (None, None) => None,
             };
             let entry = Arc::new(CaEntry {
                 id: row.id.clone(),
@@ -77,6 +122,7 @@ impl Authority {
                 not_after: row.not_after,
                 is_root: flag(row.is_root),
                 issuer,
+                key_label: row.key_label,
             });
             if entry.is_root {
                 root = Some(entry.clone());
@@ -101,6 +147,11 @@ impl Authority {
     /// The active intermediate's entry.
     pub fn active_entry(&self) -> &CaEntry {
         &self.active
+    }
+
+    /// The active intermediate's entry, shared (to sign on another thread).
+    pub fn active_shared(&self) -> Arc<CaEntry> {
+        self.active.clone()
     }
 
     /// The root certificate.

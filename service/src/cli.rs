@@ -21,6 +21,24 @@ struct Cli {
     /// Data directory (config, master key, SQLite database, CA files).
     #[arg(long, global = true, value_name = "D")]
     data_dir: Option<PathBuf>,
+    /// Where CA keys live: file or pkcs11.
+    #[arg(long, global = true, value_name = "STORE")]
+    ca_key_store: Option<crate::config::CaKeyStore>,
+    /// PKCS#11 module (.so).
+    #[arg(long, global = true, value_name = "F")]
+    pkcs11_module: Option<PathBuf>,
+    /// PKCS#11 token label.
+    #[arg(long, global = true, value_name = "L")]
+    pkcs11_token_label: Option<String>,
+    /// File holding the token's user PIN (PROVISIOND_PKCS11_PIN wins over it).
+    #[arg(long, global = true, value_name = "F")]
+    pkcs11_pin_file: Option<PathBuf>,
+    /// How the master key ring is stored: none or pkcs11.
+    #[arg(long, global = true, value_name = "WRAP")]
+    master_key_wrap: Option<crate::config::MasterKeyWrap>,
+    /// Label of the token AES key wrapping the master key ring.
+    #[arg(long, global = true, value_name = "L")]
+    pkcs11_wrap_key_label: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,6 +68,12 @@ enum Command {
         /// Offline root: the root certificate (PEM); its key never touches provisiond.
         #[arg(long, value_name = "F", requires_all = ["intermediate_cert", "intermediate_key"])]
         root_cert: Option<PathBuf>,
+        /// Adopt this existing token key pair as the root CA key (ca_key_store = pkcs11).
+        #[arg(long, value_name = "L", conflicts_with = "root_cert")]
+        root_key_label: Option<String>,
+        /// Adopt this existing token key pair as the intermediate CA key (ca_key_store = pkcs11).
+        #[arg(long, value_name = "L", conflicts_with = "root_cert")]
+        intermediate_key_label: Option<String>,
     },
     /// Serve the HTTPS API. Initializes the data directory only when it is the default
     /// `./provisiond-data` and does not exist yet, or with --init; otherwise a missing or
@@ -252,15 +276,36 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Command::Init { public_url, tls_names, .. } => (public_url.clone(), tls_names.clone()),
         _ => (None, Vec::new()),
     };
-    let overrides = Overrides { data_dir: cli.data_dir.clone(), listen, public_url, tls_names };
+    let overrides = Overrides {
+        data_dir: cli.data_dir.clone(),
+        listen,
+        public_url,
+        tls_names,
+        ca_key_store: cli.ca_key_store,
+        pkcs11_module: cli.pkcs11_module.clone(),
+        pkcs11_token_label: cli.pkcs11_token_label.clone(),
+        pkcs11_pin_file: cli.pkcs11_pin_file.clone(),
+        master_key_wrap: cli.master_key_wrap,
+        pkcs11_wrap_key_label: cli.pkcs11_wrap_key_label.clone(),
+    };
     let config = Config::load(&overrides).map_err(|e| e.to_string())?;
     if !matches!(cli.command, Command::Init { .. }) {
         tighten_data_dir(&config)?;
     }
     match cli.command {
         Command::Init {
-            credentials_out, intermediate_cert, intermediate_key, root_cert, ..
+            credentials_out,
+            intermediate_cert,
+            intermediate_key,
+            root_cert,
+            root_key_label,
+            intermediate_key_label,
+            ..
         } => {
+            let adopt = crate::usecase::init::AdoptLabels {
+                root: root_key_label,
+                intermediate: intermediate_key_label,
+            };
             let external = match (intermediate_cert, intermediate_key, root_cert) {
                 (Some(c), Some(k), Some(r)) => {
                     let read = |p: &PathBuf| {
@@ -275,7 +320,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
                 }
                 _ => None,
             };
-            init(config, credentials_out, external).await
+            init(config, credentials_out, external, adopt).await
         }
         Command::Serve { init, .. } => serve(config, explicit_data_dir, init).await,
         Command::Migrate => migrate(config).await,
@@ -307,9 +352,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
 /// dir that existed before with looser modes, or files another tool wrote, do not stay readable;
 /// each change is logged. `init` needs no pass: it accepts only an absent or empty dir.
 fn tighten_data_dir(config: &Config) -> Result<(), String> {
-    let changed = crate::fsutil::tighten_data_dir(&config.data_dir).map_err(|e| {
-        format!("cannot make the data dir private (0700 dir, 0600 files): {e}")
-    })?;
+    let changed = crate::fsutil::tighten_data_dir(&config.data_dir)
+        .map_err(|e| format!("cannot make the data dir private (0700 dir, 0600 files): {e}"))?;
     for c in changed {
         tracing::warn!(
             path = %c.path.display(),
@@ -327,8 +371,9 @@ async fn init(
     config: Config,
     credentials_out: Option<PathBuf>,
     external: Option<crate::usecase::init::ExternalCa>,
+    adopt: crate::usecase::init::AdoptLabels,
 ) -> Result<ExitCode, String> {
-    let done = crate::usecase::init::initialize(config, &SystemClock, external)
+    let done = crate::usecase::init::initialize(config, &SystemClock, external, adopt)
         .await
         .map_err(|e| error_chain(&e))?;
     let line = format!("{}\n", &*done.owner_connection_string);
@@ -357,7 +402,7 @@ async fn serve(mut config: Config, explicit: bool, init: bool) -> Result<ExitCod
             return Ok(ExitCode::from(2));
         }
         let listen = config.listen.clone();
-        let done = crate::usecase::init::initialize(config, &SystemClock, None)
+        let done = crate::usecase::init::initialize(config, &SystemClock, None, Default::default())
             .await
             .map_err(|e| error_chain(&e))?;
         let path = done.config.data_dir.join("owner-credentials.txt");
@@ -432,9 +477,13 @@ async fn rotate_master_key(
         bar.set_length(total);
         bar.set_position(done);
     };
+    let token = crate::pkcs11::open_configured(&config).map_err(|e| error_chain(&e))?;
+    let ring_file =
+        crate::pkcs11::RingFile::new(&config, token.as_ref()).map_err(|e| error_chain(&e))?;
     let result = crate::usecase::rotate_master_key::rotate(
         &store,
         &config.master_key_path(),
+        &ring_file,
         &opts,
         &progress,
     )

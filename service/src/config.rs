@@ -159,6 +159,63 @@ pub struct Config {
     /// A request body must arrive within this many seconds, and no read of a body (NDJSON
     /// included) waits longer than this for its next byte (API.md A25, A30).
     pub request_body_timeout_secs: u64,
+    /// Where CA private keys live: `file` (root key file, intermediates sealed in the database)
+    /// or `pkcs11` (a token; API.md A27).
+    pub ca_key_store: CaKeyStore,
+    /// PKCS#11 module (`.so`) when `ca_key_store` or `master_key_wrap` is `pkcs11`.
+    pub pkcs11_module: Option<PathBuf>,
+    /// `CKA_LABEL` of the token.
+    pub pkcs11_token_label: Option<String>,
+    /// File holding the user PIN (`PROVISIOND_PKCS11_PIN` wins over it; never a TOML key).
+    pub pkcs11_pin_file: Option<PathBuf>,
+    /// `none` (master key file in clear, 0600) or `pkcs11` (wrapped by a token AES key).
+    pub master_key_wrap: MasterKeyWrap,
+    /// Label of the token AES key that wraps the master key ring.
+    pub pkcs11_wrap_key_label: Option<String>,
+}
+
+/// Where CA private keys live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaKeyStore {
+    /// root key in a 0600 file, intermediate keys sealed in the database
+    #[default]
+    File,
+    /// keys generated in, and never leaving, a PKCS#11 token
+    Pkcs11,
+}
+
+/// How the master key ring is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MasterKeyWrap {
+    /// in clear in the 0600 master key file
+    #[default]
+    None,
+    /// wrapped by an AES key in the PKCS#11 token
+    Pkcs11,
+}
+
+impl std::str::FromStr for CaKeyStore {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "file" => Ok(Self::File),
+            "pkcs11" => Ok(Self::Pkcs11),
+            other => Err(format!("`{other}` is not a CA key store (file, pkcs11)")),
+        }
+    }
+}
+
+impl std::str::FromStr for MasterKeyWrap {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "pkcs11" => Ok(Self::Pkcs11),
+            other => Err(format!("`{other}` is not a master key wrap (none, pkcs11)")),
+        }
+    }
 }
 
 impl Default for Config {
@@ -179,6 +236,12 @@ impl Default for Config {
             db_max_connections: 8,
             request_header_timeout_secs: 10,
             request_body_timeout_secs: 30,
+            ca_key_store: CaKeyStore::File,
+            pkcs11_module: None,
+            pkcs11_token_label: None,
+            pkcs11_pin_file: None,
+            master_key_wrap: MasterKeyWrap::None,
+            pkcs11_wrap_key_label: None,
         }
     }
 }
@@ -194,6 +257,18 @@ pub struct Overrides {
     pub public_url: Option<String>,
     /// `--tls-name` (repeatable)
     pub tls_names: Vec<String>,
+    /// `--ca-key-store`
+    pub ca_key_store: Option<CaKeyStore>,
+    /// `--pkcs11-module`
+    pub pkcs11_module: Option<PathBuf>,
+    /// `--pkcs11-token-label`
+    pub pkcs11_token_label: Option<String>,
+    /// `--pkcs11-pin-file`
+    pub pkcs11_pin_file: Option<PathBuf>,
+    /// `--master-key-wrap`
+    pub master_key_wrap: Option<MasterKeyWrap>,
+    /// `--pkcs11-wrap-key-label`
+    pub pkcs11_wrap_key_label: Option<String>,
 }
 
 impl Config {
@@ -206,8 +281,19 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("provisiond-data"));
         let path = data_dir.join(CONFIG_FILE);
         let mut config = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str::<Config>(&text)
-                .map_err(|e| ConfigError::File { path: path.clone(), reason: e.to_string() })?,
+            Ok(text) => {
+                if toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.contains_key("pkcs11_pin"))
+                {
+                    return Err(ConfigError::File {
+                        path,
+                        reason: "`pkcs11_pin` is not allowed in the config file: give the PIN in \
+                                 PROVISIOND_PKCS11_PIN or in the file named by pkcs11_pin_file"
+                            .into(),
+                    });
+                }
+                toml::from_str::<Config>(&text)
+                    .map_err(|e| ConfigError::File { path: path.clone(), reason: e.to_string() })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
             Err(e) => return Err(ConfigError::File { path, reason: e.to_string() }),
         };
@@ -224,6 +310,24 @@ impl Config {
         }
         if let Some(url) = &config.public_url {
             public_url_host(url)?;
+        }
+        if let Some(v) = overrides.ca_key_store {
+            config.ca_key_store = v;
+        }
+        if let Some(v) = &overrides.pkcs11_module {
+            config.pkcs11_module = Some(v.clone());
+        }
+        if let Some(v) = &overrides.pkcs11_token_label {
+            config.pkcs11_token_label = Some(v.clone());
+        }
+        if let Some(v) = &overrides.pkcs11_pin_file {
+            config.pkcs11_pin_file = Some(v.clone());
+        }
+        if let Some(v) = overrides.master_key_wrap {
+            config.master_key_wrap = v;
+        }
+        if let Some(v) = &overrides.pkcs11_wrap_key_label {
+            config.pkcs11_wrap_key_label = Some(v.clone());
         }
         Ok(config)
     }
@@ -247,6 +351,13 @@ impl Config {
             "PROVISIOND_PKCS11_PIN",
             "PROVISIOND_REQUEST_HEADER_TIMEOUT_SECS",
             "PROVISIOND_REQUEST_BODY_TIMEOUT_SECS",
+            "PROVISIOND_CA_KEY_STORE",
+            "PROVISIOND_PKCS11_MODULE",
+            "PROVISIOND_PKCS11_TOKEN_LABEL",
+            "PROVISIOND_PKCS11_PIN_FILE",
+            "PROVISIOND_PKCS11_PIN",
+            "PROVISIOND_MASTER_KEY_WRAP",
+            "PROVISIOND_PKCS11_WRAP_KEY_LABEL",
             "PROVISIOND_TEST_DB",
             "PROVISIOND_TEST_PG_URL",
             "PROVISIOND_REQUIRE_INTEROP",
@@ -287,6 +398,27 @@ impl Config {
         }
         if let Some(v) = var("PROVISIOND_PUBLIC_URL") {
             self.public_url = Some(v);
+        }
+        let parsed = |n: &str, r: Result<(), String>| {
+            r.map_err(|reason| ConfigError::Env { name: n.to_owned(), reason })
+        };
+        if let Some(v) = var("PROVISIOND_CA_KEY_STORE") {
+            parsed("PROVISIOND_CA_KEY_STORE", v.parse().map(|s| self.ca_key_store = s))?;
+        }
+        if let Some(v) = var("PROVISIOND_MASTER_KEY_WRAP") {
+            parsed("PROVISIOND_MASTER_KEY_WRAP", v.parse().map(|s| self.master_key_wrap = s))?;
+        }
+        if let Some(v) = var("PROVISIOND_PKCS11_MODULE") {
+            self.pkcs11_module = Some(v.into());
+        }
+        if let Some(v) = var("PROVISIOND_PKCS11_TOKEN_LABEL") {
+            self.pkcs11_token_label = Some(v);
+        }
+        if let Some(v) = var("PROVISIOND_PKCS11_PIN_FILE") {
+            self.pkcs11_pin_file = Some(v.into());
+        }
+        if let Some(v) = var("PROVISIOND_PKCS11_WRAP_KEY_LABEL") {
+            self.pkcs11_wrap_key_label = Some(v);
         }
         if let Some(v) = var("PROVISIOND_TLS_NAMES") {
             self.tls_names = v.split(',').map(|s| s.trim().to_owned()).collect();
@@ -352,6 +484,11 @@ impl Config {
             self.listen.rsplit_once(':').map_or_else(|| "8443".to_owned(), |(_, p)| p.to_owned())
         });
         format!("https://{}:{port}", self.host_name)
+    }
+
+    /// Whether anything needs the PKCS#11 token.
+    pub fn uses_pkcs11(&self) -> bool {
+        self.ca_key_store == CaKeyStore::Pkcs11 || self.master_key_wrap == MasterKeyWrap::Pkcs11
     }
 
     /// Writes the persistent part of the config (mode 0600: it may hold a database URL).

@@ -8,10 +8,12 @@
 //! - [`http`]: routes, THE route→permission table, THE error→HTTP mapping, handlers;
 //! - [`usecase`]: operations over the store, each owning its transaction;
 //! - [`store`]: sqlx `AnyPool` over SQLite or PostgreSQL, one SQL text per query;
+//! - [`pkcs11`]: CA keys (and the master key wrap) in a PKCS#11 token;
 //! - [`seal`]: AES-256-GCM sealing of secret columns under the master key ring;
 //! - [`auth`]: principals, permissions, SAS authentication, rate limiting;
 //! - [`audit`]: the HMAC-chained audit trail;
-//! - [`authority`]: the loaded CA hierarchy; [`tls`]: rustls configuration;
+//! - [`authority`]: the loaded CA hierarchy; [`signing`]: CA signatures off the async workers;
+//! - [`tls`]: rustls configuration;
 //! - [`clock`], [`metrics`], [`state`], [`fsutil`], [`spool`]: plumbing.
 
 pub mod admin;
@@ -27,7 +29,9 @@ pub mod http;
 pub mod ids;
 pub mod metrics;
 pub mod mtls;
+pub mod pkcs11;
 pub mod seal;
+pub mod signing;
 pub mod spool;
 pub mod state;
 pub mod store;

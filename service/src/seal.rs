@@ -104,6 +104,11 @@ impl KeyRing {
         Self::parse(&text).ok_or(SealError::MalformedKeyFile(shown))
     }
 
+    /// Parses key file text (as [`KeyRing::to_file_text`] writes it).
+    pub fn parse_text(text: &str) -> Option<Self> {
+        Self::parse(text)
+    }
+
     fn parse(text: &str) -> Option<Self> {
         let mut keys = BTreeMap::new();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {

@@ -37,9 +37,21 @@ pub struct AppState {
     pub policy_cache: crate::auth::sas::PolicyCache,
     /// decoded enabled enrollment groups for device attestation (see `GroupCache`)
     pub enrollment_groups: crate::auth::enrollments::GroupCache,
+    /// the PKCS#11 token, when CA keys or the master key wrap live in one
+    pub token: Option<Arc<crate::pkcs11::Token>>,
+    /// how the master key file is read (in clear, or unwrapped by the token)
+    pub ring_file: crate::pkcs11::RingFile,
 }
 
 impl AppState {
+    /// The token new CA keys go to (`ca_key_store = "pkcs11"`); None for file keys.
+    pub fn ca_token(&self) -> Option<&Arc<crate::pkcs11::Token>> {
+        match self.config.ca_key_store {
+            crate::config::CaKeyStore::Pkcs11 => self.token.as_ref(),
+            crate::config::CaKeyStore::File => None,
+        }
+    }
+
     /// The current CA hierarchy.
     pub fn authority(&self) -> Arc<Authority> {
         match self.authority.read() {
@@ -58,7 +70,7 @@ impl AppState {
 
     /// Re-reads the master key file; keeps the old ring when the file cannot be read.
     pub fn reload_ring(&self) {
-        match KeyRing::load(&self.config.master_key_path()) {
+        match self.ring_file.load(&self.config.master_key_path()) {
             Ok(new) if new.versions() != self.ring().versions() => {
                 tracing::info!(versions = ?new.versions(), "master key ring reloaded");
                 match self.ring.write() {
@@ -80,7 +92,7 @@ impl AppState {
         if rows.len() == self.authority().entries().len() {
             return Ok(());
         }
-        match Authority::load(rows, &self.ring()) {
+        match Authority::load(rows, &self.ring(), self.token.as_ref()) {
             Ok(a) => match self.authority.write() {
                 Ok(mut w) => *w = Arc::new(a),
                 Err(poisoned) => *poisoned.into_inner() = Arc::new(a),
@@ -144,14 +156,31 @@ impl AppState {
         request: crate::usecase::register::RegistrationRequest,
     ) -> Result<crate::usecase::register::Registered, crate::usecase::register::RegisterError> {
         let base_url = self.config.public_base_url();
-        let prepared = crate::usecase::register::prepare(
-            &group,
-            &self.authority(),
-            &base_url,
-            door.scope,
-            request,
-            self.now(),
-        );
+        let authority = self.authority();
+        let now = self.now();
+        let prepared = if authority.active().signer().key_label().is_none() {
+            crate::usecase::register::prepare(
+                &group, &authority, &base_url, door.scope, request, now,
+            )
+        } else {
+            // The key is in a token: sign on the blocking pool, not on this worker.
+            let (group, scope) = (group.clone(), door.scope.cloned());
+            tokio::task::spawn_blocking(move || {
+                crate::usecase::register::prepare(
+                    &group,
+                    &authority,
+                    &base_url,
+                    scope.as_ref(),
+                    request,
+                    now,
+                )
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(ca::IssueError::Sign(ca::SignError::Failed(format!("signing task: {e}")))
+                    .into())
+            })
+        };
         let result = match prepared {
             Ok(p) => self.registrations.register(group, actor, jti, p).await,
             Err(e) => Err(e),

@@ -256,10 +256,8 @@ async fn postgres_table_files(app: &TestApp) -> Vec<u8> {
              WHERE c.relname = '{0}' AND c.reltoastrelid <> 0",
             t.table
         );
-        let files: Vec<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
+        let files: Vec<Option<String>> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn).await.unwrap();
         for f in files.into_iter().flatten() {
             match std::fs::read(Path::new(&dir).join(&f)) {
                 Ok(bytes) => all.extend(bytes),

@@ -191,8 +191,13 @@ impl TestApp {
 
     /// Stops the server and starts it again on the same data dir (new port).
     pub async fn restart(&mut self) {
+        self.restart_with(&[]).await;
+    }
+
+    /// [`TestApp::restart`] with extra environment.
+    pub async fn restart_with(&mut self, env: &[(&str, &str)]) {
         self.stop();
-        let (child, base, port) = start_server(&self.data, &self.stderr_path, &[]).await;
+        let (child, base, port) = start_server(&self.data, &self.stderr_path, env).await;
         self.child = child;
         self.base = base;
         self.port = port;

@@ -18,12 +18,35 @@ impl Files {
     }
 }
 
-fn openssl(args: &[&str]) -> (bool, String) {
+pub fn openssl(args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new("openssl").args(args).output().unwrap();
     (
         out.status.success(),
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
     )
+}
+
+/// Fetches the current CRL into `dir/crl.der` and has `openssl crl -verify` check it against
+/// the served chain; returns openssl's text output.
+pub async fn verified_crl(app: &TestApp, dir: &std::path::Path) -> String {
+    let crl = app.client.get(app.url("/v1/ca/crl")).send().await.unwrap().bytes().await.unwrap();
+    let crl_p = dir.join("crl.der");
+    std::fs::write(&crl_p, &crl).unwrap();
+    let chain = app.chain_path();
+    let (ok, out) = openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        crl_p.to_str().unwrap(),
+        "-CAfile",
+        chain.to_str().unwrap(),
+        "-noout",
+        "-verify",
+        "-text",
+    ]);
+    assert!(ok && out.contains("verify OK"), "{out}");
+    out
 }
 
 async fn enrolled(app: &TestApp, group: &str, id: &str) -> (String, String) {
@@ -82,21 +105,8 @@ async fn revocation_shows_in_ocsp_and_crl_for_openssl_and_python() {
     let out = query("revoked");
     assert!(out.contains("keyCompromise"), "{out}");
 
-    let crl = app.client.get(app.url("/v1/ca/crl")).send().await.unwrap().bytes().await.unwrap();
-    let crl_p = f.put("crl.der", &crl);
-    let (ok, out) = openssl(&[
-        "crl",
-        "-inform",
-        "DER",
-        "-in",
-        crl_p.to_str().unwrap(),
-        "-CAfile",
-        chain.to_str().unwrap(),
-        "-noout",
-        "-verify",
-        "-text",
-    ]);
-    assert!(ok && out.contains("verify OK"), "{out}");
+    let out = verified_crl(&app, f.dir.path()).await;
+    let crl_p = f.dir.path().join("crl.der");
     assert!(out.contains(&serial.to_uppercase()), "{out}");
 
     // Python cryptography parses both artifacts.

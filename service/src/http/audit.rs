@@ -76,8 +76,8 @@ struct CheckpointClaims {
     at: String,
 }
 
-/// `GET /v1/audit/checkpoint`: `{seq, hash, at, signature}`, the signature a compact ES256 JWS
-/// by the current intermediate over `{seq, hash, at}`.
+/// `GET /v1/audit/checkpoint`: `{seq, hash, at, signature}`, the signature a compact JWS by the
+/// current intermediate (ES256 / ES384 / PS256 after its key) over `{seq, hash, at}`.
 pub async fn checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut conn = state.store.conn().await?;
     // The last row present, not the head record: after rows are cut from the end the head
@@ -87,10 +87,7 @@ pub async fn checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiE
     let claims = CheckpointClaims { seq, hash, at: rfc3339(state.now()) };
     let authority = state.authority();
     let issuer = authority.active();
-    let key = jsonwebtoken::EncodingKey::from_ec_der(issuer.private_key().expose_secret());
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some(issuer.id());
-    let signature = jsonwebtoken::encode(&header, &claims, &key).map_err(ApiError::internal)?;
+    let signature = crate::signing::jws(issuer, &claims).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "seq": claims.seq, "hash": claims.hash, "at": claims.at, "signature": signature,
     })))

@@ -34,6 +34,7 @@ impl From<BundleError> for ApiError {
             }
             BundleError::Store(s) => s.into(),
             BundleError::Internal(m) => ApiError::internal(std::io::Error::other(m)),
+            BundleError::Sign(s) => s.into(),
         }
     }
 }

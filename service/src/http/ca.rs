@@ -84,6 +84,7 @@ fn map_crl(e: CrlError) -> ApiError {
     match e {
         CrlError::NoKey => ApiError::NotFound("no CRL is published for this issuer".into()),
         CrlError::Store(s) => s.into(),
+        CrlError::Revocation(ca::revocation::RevocationError::Sign(s)) => s.into(),
         other => ApiError::internal(other),
     }
 }
@@ -142,6 +143,7 @@ pub async fn rotate_intermediate(
         &rc.cx(&state),
         &authority,
         &state.config.root_key_path(),
+        state.ca_token(),
     )
     .await?;
     state.reload_authority().await?;

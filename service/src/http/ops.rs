@@ -15,12 +15,23 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 503 problem when the database does not answer.
+/// `GET /readyz`: 503 problem when the database does not answer, or when the PKCS#11 token
+/// (if one is configured) is unreachable or lost the active CA key.
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    match state.store.ping().await {
-        Ok(()) => Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))),
-        Err(_) => Err(ApiError::Unavailable),
+    if state.store.ping().await.is_err() {
+        return Err(ApiError::Unavailable);
     }
+    if let Some(token) = state.token.clone() {
+        let label = state.authority().active_entry().key_label.clone();
+        let checked = crate::signing::blocking(move || token.check(label.as_deref())).await?;
+        if let Err(e) = checked {
+            tracing::warn!(error = %e, "readiness: PKCS#11 token");
+            return Err(ApiError::KeyStoreUnavailable(
+                "the CA key store (PKCS#11 token) is unreachable".into(),
+            ));
+        }
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok"})))
 }
 
 /// `GET /metrics`

@@ -66,6 +66,9 @@ pub enum ApiError {
     /// 503.
     #[error("service unavailable: the database cannot be reached")]
     Unavailable,
+    /// 503: the CA key store (PKCS#11 token) cannot sign now; the text names it, no secret.
+    #[error("service unavailable: {0}")]
+    KeyStoreUnavailable(String),
     /// 415.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -93,7 +96,9 @@ impl ApiError {
             ApiError::RequestTimeout(_) => ("request-timeout", "Request Timeout"),
             ApiError::TooManyRequests { .. } => ("rate-limited", "Too Many Requests"),
             ApiError::Unauthorized { .. } => ("unauthorized", "Unauthorized"),
-            ApiError::Unavailable => ("unavailable", "Service Unavailable"),
+            ApiError::Unavailable | ApiError::KeyStoreUnavailable(_) => {
+                ("unavailable", "Service Unavailable")
+            }
             ApiError::UnsupportedMediaType(_) => {
                 ("unsupported-media-type", "Unsupported Media Type")
             }
@@ -131,7 +136,9 @@ impl ResponseError for ApiError {
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::KeyStoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
@@ -154,7 +161,7 @@ impl ResponseError for ApiError {
                     resp.headers_mut().insert(header::RETRY_AFTER, v);
                 }
             }
-            ApiError::Unavailable => {
+            ApiError::Unavailable | ApiError::KeyStoreUnavailable(_) => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             ApiError::Overloaded => {
@@ -166,6 +173,29 @@ impl ResponseError for ApiError {
             _ => {}
         }
         resp
+    }
+}
+
+impl From<ca::SignError> for ApiError {
+    fn from(e: ca::SignError) -> Self {
+        match e {
+            ca::SignError::Unavailable(_) => ApiError::KeyStoreUnavailable(
+                "the CA key store (PKCS#11 token) is unreachable".into(),
+            ),
+            ca::SignError::KeyMissing(label) => {
+                ApiError::Conflict(format!("the CA key `{label}` is not in the PKCS#11 token"))
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<ca::IssueError> for ApiError {
+    fn from(e: ca::IssueError) -> Self {
+        match e {
+            ca::IssueError::Sign(s) => s.into(),
+            other => ApiError::internal(other),
+        }
     }
 }
 
@@ -220,7 +250,7 @@ impl From<crate::usecase::certificates::CertificateError> for ApiError {
             E::DeviceDisabled | E::KeyCompromised => ApiError::Conflict(e.to_string()),
             E::DeviceNotFound => ApiError::NotFound("device not found".into()),
             E::Store(s) => s.into(),
-            E::Issue(i) => ApiError::internal(i),
+            E::Issue(i) => i.into(),
         }
     }
 }
@@ -283,7 +313,7 @@ impl From<crate::usecase::register::RegisterError> for ApiError {
                 ApiError::Unauthorized { detail: "enrollment token already used or expired" }
             }
             E::Store(s) => s.into(),
-            E::Issue(i) => ApiError::internal(i),
+            E::Issue(i) => i.into(),
         }
     }
 }
@@ -295,6 +325,7 @@ impl From<crate::usecase::revoke::RevokeError> for ApiError {
                 ApiError::NotFound("certificate not found".into())
             }
             crate::usecase::revoke::RevokeError::Store(s) => s.into(),
+            crate::usecase::revoke::RevokeError::Sign(s) => s.into(),
         }
     }
 }
@@ -309,6 +340,9 @@ impl From<crate::usecase::intermediate::CaAdminError> for ApiError {
             E::Csr(c) => ApiError::BadRequest(format!("CSR rejected: {c}")),
             E::Invalid(m) => ApiError::BadRequest(m),
             E::Store(s) => s.into(),
+            E::Token(t) => ca::SignError::from(t).into(),
+            E::Authority(ca::AuthorityError::Sign(s)) => s.into(),
+            E::Issue(i) => i.into(),
             other => ApiError::internal(other),
         }
     }
@@ -325,7 +359,7 @@ impl From<crate::usecase::renew::RenewError> for ApiError {
             E::KeyCompromised => ApiError::Conflict(e.to_string()),
             E::Csr(c) => ApiError::BadRequest(format!("CSR rejected: {c}")),
             E::Store(s) => s.into(),
-            E::Issue(i) => ApiError::internal(i),
+            E::Issue(i) => i.into(),
         }
     }
 }

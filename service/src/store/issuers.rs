@@ -17,8 +17,10 @@ pub struct IssuerRow {
     pub active: i64,
     /// master key version of `private_key`
     pub key_version: Option<i64>,
-    /// sealed PKCS#8 (absent for the root)
+    /// sealed PKCS#8 (absent for the root and for keys in a PKCS#11 token)
     pub private_key: Option<Vec<u8>>,
+    /// PKCS#11 label of the key when it lives in a token
+    pub key_label: Option<String>,
     /// notAfter
     pub not_after: i64,
     /// creation time
@@ -28,8 +30,8 @@ pub struct IssuerRow {
 /// Inserts an issuer.
 pub async fn insert(conn: &mut AnyConnection, row: &IssuerRow) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO issuers (id, cert_der, is_root, active, key_version, private_key, not_after, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO issuers (id, cert_der, is_root, active, key_version, private_key, key_label, \
+         not_after, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&row.id)
     .bind(&row.cert_der)
@@ -37,6 +39,7 @@ pub async fn insert(conn: &mut AnyConnection, row: &IssuerRow) -> Result<(), Sto
     .bind(row.active)
     .bind(row.key_version)
     .bind(row.private_key.as_deref())
+    .bind(row.key_label.as_deref())
     .bind(row.not_after)
     .bind(row.created_at)
     .execute(conn)
@@ -47,7 +50,8 @@ pub async fn insert(conn: &mut AnyConnection, row: &IssuerRow) -> Result<(), Sto
 /// Every issuer, newest first.
 pub async fn list(conn: &mut AnyConnection) -> Result<Vec<IssuerRow>, StoreError> {
     Ok(sqlx::query_as::<_, IssuerRow>(
-        "SELECT id, cert_der, is_root, active, key_version, private_key, not_after, created_at \
+        "SELECT id, cert_der, is_root, active, key_version, private_key, key_label, not_after, \
+         created_at \
          FROM issuers ORDER BY created_at DESC, id",
     )
     .fetch_all(conn)

@@ -8,14 +8,13 @@
 //! from the registry at redemption time, never copied into the bundle.
 
 use base64::Engine as _;
-use ca::issue::{issue_device_for_key, DeviceProfile, RevocationUrls};
 use rand::RngCore as _;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
-use super::certificates::{record, DEFAULT_VALIDITY_SECS};
+use super::certificates::record;
 use super::devices::{self, Authentication};
 use super::groups::Credential;
 use super::{random_hex, Ctx};
@@ -102,6 +101,9 @@ pub enum BundleError {
     /// issuance / crypto
     #[error("internal: {0}")]
     Internal(String),
+    /// the CA key could not sign (token unreachable, key missing)
+    #[error(transparent)]
+    Sign(ca::SignError),
 }
 
 impl From<devices::DeviceError> for BundleError {
@@ -201,14 +203,13 @@ pub async fn create(
         let (key, public) = ca::issue::generate_key(ca::KeyType::P256)
             .map_err(|e| BundleError::Internal(e.to_string()))?;
         let issuer = authority.active();
-        let urls = RevocationUrls { base_url: Some(base_url.to_owned()) };
-        let profile = DeviceProfile {
-            device_id: &req.device_id,
-            validity_secs: DEFAULT_VALIDITY_SECS,
-            urls: &urls,
-        };
-        let cert = issue_device_for_key(issuer, &public, &profile, cx.now)
-            .map_err(|e| BundleError::Internal(e.to_string()))?;
+        let cert =
+            crate::signing::issue_device(authority, &public, (&req.device_id, base_url), cx.now)
+                .await
+                .map_err(|e| match e {
+                    ca::IssueError::Sign(s) => BundleError::Sign(s),
+                    other => BundleError::Internal(other.to_string()),
+                })?;
         certificates::insert(
             &mut tx,
             &record(&cert, Some(&req.device_id), &issuer.id(), "device", cx.now),

@@ -1,7 +1,6 @@
 //! Certificates for devices: admin-side issuance from a CSR, and listing.
 
 use ca::csr::{CsrPolicy, VerifiedCsr};
-use ca::issue::{issue_device, DeviceProfile, RevocationUrls};
 use ca::{CsrError, IssuedCertificate};
 
 use super::Ctx;
@@ -69,9 +68,8 @@ pub async fn issue_for_device(
         return Err(CertificateError::KeyCompromised);
     }
     let issuer = authority.active();
-    let urls = RevocationUrls { base_url: Some(base_url.to_owned()) };
-    let profile = DeviceProfile { device_id, validity_secs: DEFAULT_VALIDITY_SECS, urls: &urls };
-    let cert = issue_device(issuer, &verified, &profile, cx.now)?;
+    let key = verified.subject_key();
+    let cert = crate::signing::issue_device(authority, key, (device_id, base_url), cx.now).await?;
     rows::insert(&mut tx, &record(&cert, Some(device_id), &issuer.id(), "device", cx.now)).await?;
     cx.audit(
         &mut tx,

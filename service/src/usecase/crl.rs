@@ -23,6 +23,12 @@ pub enum CrlError {
     Revocation(#[from] ca::revocation::RevocationError),
 }
 
+impl From<ca::SignError> for CrlError {
+    fn from(e: ca::SignError) -> Self {
+        CrlError::Revocation(e.into())
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct CrlRow {
     number: i64,
@@ -34,11 +40,13 @@ struct CrlRow {
 /// The current DER CRL of `entry`, regenerating it when due.
 pub async fn current(
     store: &Store,
-    entry: &CaEntry,
+    entry: &std::sync::Arc<CaEntry>,
     now: i64,
     validity_secs: i64,
 ) -> Result<Vec<u8>, CrlError> {
-    let issuer = entry.issuer.as_ref().ok_or(CrlError::NoKey)?;
+    if entry.issuer.is_none() {
+        return Err(CrlError::NoKey);
+    }
     let mut conn = store.conn().await?;
     let cached = sqlx::query_as::<_, CrlRow>(
         "SELECT number, this_update, next_update, der FROM crls WHERE issuer_id = $1",
@@ -69,7 +77,10 @@ pub async fn current(
         .collect();
     let previous = cached.as_ref().map_or(0, |r| r.number);
     let number = previous + 1;
-    let der = build_crl(issuer, number as u64, now, now + validity_secs, &entries)?;
+    let der = crate::signing::on_signer(entry.clone(), move |issuer| {
+        build_crl(issuer, number as u64, now, now + validity_secs, &entries).map_err(CrlError::from)
+    })
+    .await?;
     let mut tx = store.begin().await?;
     let stored = match cached {
         None => sqlx::query(

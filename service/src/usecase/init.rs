@@ -1,12 +1,18 @@
 //! `provisiond init`: config, master key, database, CA, default policies, audit and JWT keys.
 //!
 //! Invariants: a second init (same data dir, or an already initialized database) fails and
-//! changes nothing; the root key goes to a 0600 file, never into the database; every other
-//! secret is sealed; the owner key leaves this function exactly once, to the caller.
+//! changes nothing; the root key goes to a 0600 file, never into the database (with
+//! `ca_key_store = "pkcs11"` both CA keys are generated in, or adopted from, the token and no CA
+//! key is written anywhere); every other secret is sealed; the owner key leaves this function
+//! exactly once, to the caller.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use ca::authority::{create_intermediate, create_root, CaKeyAlgorithm, Issuer};
+use ca::authority::{
+    create_intermediate, create_intermediate_with, create_root, create_root_with, CaKeyAlgorithm,
+    Issuer,
+};
 use ca::SasKey;
 use rand::RngCore as _;
 use zeroize::Zeroizing;
@@ -54,6 +60,21 @@ pub enum InitError {
     /// Key generation failed.
     #[error("key generation: {0}")]
     Issue(#[from] ca::IssueError),
+    /// The PKCS#11 token refused (module, token, PIN, key label).
+    #[error("{0}")]
+    Token(#[from] crate::pkcs11::TokenError),
+    /// Creating a CA key in the token failed.
+    #[error("CA key in the token: {0}")]
+    TokenCa(#[from] crate::usecase::intermediate::CaAdminError),
+}
+
+/// Existing token keys to adopt (`init --root-key-label L --intermediate-key-label L`).
+#[derive(Debug, Default, Clone)]
+pub struct AdoptLabels {
+    /// label of the root CA key pair
+    pub root: Option<String>,
+    /// label of the intermediate CA key pair
+    pub intermediate: Option<String>,
 }
 
 /// An externally signed intermediate (offline root): the root key never touches provisiond.
@@ -92,18 +113,31 @@ pub fn new_id_scope() -> String {
     format!("0ne{}", hex::encode_upper(b))
 }
 
-/// Initializes `config.data_dir` and the database. The data dir must be absent or empty
-/// (API.md A30); on failure everything this call wrote is removed, so a retry starts clean.
+/// Initializes `config.data_dir` and the database.
 pub async fn initialize(
     config: Config,
     clock: &dyn Clock,
     external: Option<ExternalCa>,
+    adopt: AdoptLabels,
 ) -> Result<Initialized, InitError> {
     let dir = config.data_dir.clone();
     let shown = dir.display().to_string();
     if config.file_path().exists() || config.master_key_path().exists() {
         return Err(InitError::AlreadyInitialized(shown));
     }
+    if config.ca_key_store == crate::config::CaKeyStore::File
+        && (adopt.root.is_some() || adopt.intermediate.is_some())
+    {
+        return Err(InitError::Token(crate::pkcs11::TokenError::Config(
+            "--root-key-label / --intermediate-key-label need ca_key_store = \"pkcs11\"".into(),
+        )));
+    }
+    // The token first: a wrong PIN or label fails before anything is written.
+    let token = crate::pkcs11::open_configured(&config)?;
+    let ca_token =
+        token.clone().filter(|_| config.ca_key_store == crate::config::CaKeyStore::Pkcs11);
+    let ring_file = crate::pkcs11::RingFile::new(&config, token.as_ref())?;
+    ring_file.ensure_wrap_key()?;
     let created_dir = match std::fs::read_dir(&dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         Err(source) => return Err(InitError::Io { path: dir, source }),
@@ -118,7 +152,17 @@ pub async fn initialize(
     let mut written = Vec::new();
     let result = match Store::connect(&config.database(), 2).await {
         Ok(store) => {
-            let r = populate(&store, config, clock, external, &mut written).await;
+            let r = populate(
+                &store,
+                config,
+                clock,
+                external,
+                &adopt,
+                ca_token,
+                &ring_file,
+                &mut written,
+            )
+            .await;
             store.close().await;
             r
         }
@@ -140,11 +184,15 @@ pub async fn initialize(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn populate(
     store: &Store,
     mut config: Config,
     clock: &dyn Clock,
     external: Option<ExternalCa>,
+    adopt: &AdoptLabels,
+    ca_token: Option<Arc<crate::pkcs11::Token>>,
+    ring_file: &crate::pkcs11::RingFile,
     written: &mut Vec<PathBuf>,
 ) -> Result<Initialized, InitError> {
     store.migrate().await?;
@@ -161,8 +209,13 @@ async fn populate(
     let ring = KeyRing::generate();
     // Either a fresh hierarchy (root key to a 0600 file) or an imported intermediate whose root
     // stays offline.
-    let (root, root_der, root_info, inter) = match &external {
-        None => {
+    let (root, root_der, root_info, inter) = match (&external, &ca_token) {
+        (None, Some(token)) => {
+            let (root, inter) = token_hierarchy(token, adopt, &config.id_scope, now)?;
+            let (der, info) = ca::authority::ca_cert_info(&root.cert_pem())?;
+            (Some(root), der, info, inter)
+        }
+        (None, None) => {
             let root = create_root(
                 &format!("provisiond Root CA {}", config.id_scope),
                 CaKeyAlgorithm::P256,
@@ -179,7 +232,7 @@ async fn populate(
             let (der, info) = ca::authority::ca_cert_info(&root.cert_pem())?;
             (Some(root), der, info, inter)
         }
-        Some(ext) => {
+        (Some(ext), _) => {
             let (der, info) = ca::authority::ca_cert_info(&ext.root_cert_pem)?;
             if !info.self_signed {
                 return Err(InitError::Authority(ca::AuthorityError::NotSignedByRoot));
@@ -202,7 +255,8 @@ async fn populate(
         other => other?,
     }
     meta::insert(&mut tx, "id_scope", &config.id_scope).await?;
-    store_issuers(&mut tx, &ring, (&root_der, &root_info), &inter, now).await?;
+    let root_label = root.as_ref().and_then(|r| r.signer().key_label().map(str::to_owned));
+    store_issuers(&mut tx, &ring, (&root_der, &root_info, root_label), &inter, now).await?;
     for (name, permissions) in default_policies() {
         let primary = if name == "owner" { owner_key.clone_secret() } else { SasKey::generate() };
         insert_policy(&mut tx, &ring, name, &permissions, &primary, &SasKey::generate(), now)
@@ -225,7 +279,7 @@ async fn populate(
 
     // Files last-but-one: if any write fails the transaction rolls back and the caller removes
     // what was written, so a retry starts clean.
-    write_files(&config, &ring, root.as_ref(), &root_der, &inter, written)?;
+    write_files(&config, ring_file, &ring, root.as_ref(), &root_der, &inter, written)?;
     tx.commit().await.map_err(StoreError::from)?;
     let owner = owner_key.to_base64();
     let owner_connection_string = Zeroizing::new(format!(
@@ -233,6 +287,40 @@ async fn populate(
         config.host_name, &*owner
     ));
     Ok(Initialized { owner_connection_string, config })
+}
+
+/// Root and intermediate with keys in the token: adopted by label, or generated there
+/// (non-extractable, sensitive) and named `provisiond-{root|intermediate}-{issuer_id}`.
+fn token_hierarchy(
+    token: &Arc<crate::pkcs11::Token>,
+    adopt: &AdoptLabels,
+    id_scope: &str,
+    now: i64,
+) -> Result<(Issuer, Issuer), InitError> {
+    use crate::usecase::intermediate::create_in_token;
+    let root_name = format!("provisiond Root CA {id_scope}");
+    let inter_name = format!("provisiond Intermediate CA {id_scope}");
+    let root = match &adopt.root {
+        Some(label) => {
+            create_root_with(&root_name, Arc::new(token.signer(label)?), now, 20 * YEAR)?
+        }
+        None => create_in_token(token, "root", CaKeyAlgorithm::P256, |s| {
+            create_root_with(&root_name, s, now, 20 * YEAR)
+        })?,
+    };
+    let inter = match &adopt.intermediate {
+        Some(label) => create_intermediate_with(
+            &root,
+            &inter_name,
+            Arc::new(token.signer(label)?),
+            now,
+            5 * YEAR,
+        )?,
+        None => create_in_token(token, "intermediate", CaKeyAlgorithm::P256, |s| {
+            create_intermediate_with(&root, &inter_name, s, now, 5 * YEAR)
+        })?,
+    };
+    Ok((root, inter))
 }
 
 fn create_dir(dir: &std::path::Path) -> Result<(), InitError> {
@@ -251,6 +339,7 @@ fn create_dir(dir: &std::path::Path) -> Result<(), InitError> {
 
 fn write_files(
     config: &Config,
+    ring_file: &crate::pkcs11::RingFile,
     ring: &KeyRing,
     root: Option<&Issuer>,
     root_der: &[u8],
@@ -263,9 +352,10 @@ fn write_files(
             .map(|()| written.push(path.clone()))
             .map_err(|source| InitError::Io { path, source })
     };
-    create(config.master_key_path(), ring.to_file_text().as_bytes())?;
-    if let Some(root) = root {
-        create(config.root_key_path(), root.private_key().to_pkcs8_pem().as_bytes())?;
+    create(config.master_key_path(), ring_file.text(ring)?.as_bytes())?;
+    // A root key in a token has no file.
+    if let Some(key) = root.and_then(Issuer::private_key) {
+        create(config.root_key_path(), key.to_pkcs8_pem().as_bytes())?;
     }
     create(
         config.data_dir.join("ca-chain.pem"),
@@ -277,7 +367,7 @@ fn write_files(
 async fn store_issuers(
     tx: &mut sqlx::AnyConnection,
     ring: &KeyRing,
-    (root_der, root): (&[u8], &ca::authority::CaCertInfo),
+    (root_der, root, root_label): (&[u8], &ca::authority::CaCertInfo, Option<String>),
     inter: &Issuer,
     now: i64,
 ) -> Result<(), StoreError> {
@@ -290,16 +380,14 @@ async fn store_issuers(
             active: 0,
             key_version: None,
             private_key: None,
+            key_label: root_label,
             not_after: root.not_after,
             created_at: now,
         },
     )
     .await?;
     let id = inter.id();
-    let sealed = ring.seal(
-        SealContext { table: "issuers", column: "private_key", row_id: &id },
-        inter.private_key().expose_secret(),
-    );
+    let (key_version, private_key, key_label) = crate::authority::key_columns(inter, ring);
     crate::store::issuers::insert(
         tx,
         &IssuerRow {
@@ -307,8 +395,9 @@ async fn store_issuers(
             cert_der: inter.cert_der().to_vec(),
             is_root: 0,
             active: 1,
-            key_version: Some(i64::from(ring.current_version())),
-            private_key: Some(sealed),
+            key_version,
+            private_key,
+            key_label,
             not_after: inter.not_after(),
             created_at: now,
         },

@@ -2,16 +2,17 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 
-use ca::authority::{create_intermediate, CaKeyAlgorithm, Issuer};
+use ca::authority::{create_intermediate, create_intermediate_with, CaKeyAlgorithm, Issuer};
 use ca::csr::{CsrPolicy, VerifiedCsr};
 use ca::issue::{issue_server, ServerProfile};
 use ca::{CsrError, PrivateKey};
 
 use super::certificates::record;
 use super::Ctx;
-use crate::authority::Authority;
-use crate::seal::SealContext;
+use crate::authority::{key_columns, Authority};
+use crate::pkcs11::{Token, TokenError};
 use crate::store::issuers::IssuerRow;
 use crate::store::{certificates, Store, StoreError};
 
@@ -46,38 +47,75 @@ pub enum CaAdminError {
     /// storage
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// the PKCS#11 token
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// the blocking pool failed
+    #[error("signing task failed: {0}")]
+    Join(String),
 }
 
-/// Creates a new intermediate under the root (key read from `root_key_file`) and makes it the
-/// active issuer. The old intermediates stay, so their certificates keep verifying and stay
-/// revocable. Returns the new issuer id.
+/// Creates a CA key in the token under a temporary label, lets `build` certify it, then names
+/// it `provisiond-{kind}-{issuer_id}` (the id is the certificate's SKI, known only then).
+pub fn create_in_token(
+    token: &Arc<Token>,
+    kind: &str,
+    alg: CaKeyAlgorithm,
+    build: impl FnOnce(Arc<dyn ca::Signer>) -> Result<Issuer, ca::AuthorityError>,
+) -> Result<Issuer, CaAdminError> {
+    let pending = format!("provisiond-pending-{}", super::random_hex(8));
+    let signer = token.generate_ec(&pending, alg.scheme())?;
+    let (scheme, public) = (ca::Signer::scheme(&signer), ca::Signer::public_key(&signer).to_vec());
+    let issuer = build(Arc::new(signer))?;
+    let label = format!("provisiond-{kind}-{}", issuer.id());
+    token.relabel(&pending, &label)?;
+    let signer = token.signer_for(&label, scheme, public);
+    Ok(Issuer::with_signer(issuer.cert_der(), Arc::new(signer))?)
+}
+
+/// Creates a new intermediate under the root and makes it the active issuer. The root key is
+/// the token's when the root row names a label, else read from `root_key_file`; the new key is
+/// generated in `token` when one is given (`ca_key_store = "pkcs11"`: this is also how a
+/// file-key deployment moves into the token), else in memory and sealed. The old intermediates
+/// stay, so their certificates keep verifying and stay revocable. Returns the new issuer id.
 pub async fn rotate_intermediate(
     store: &Store,
     cx: &Ctx<'_>,
     authority: &Authority,
     root_key_file: &Path,
+    token: Option<&Arc<Token>>,
 ) -> Result<String, CaAdminError> {
-    let shown = root_key_file.display().to_string();
-    let pem = zeroize::Zeroizing::new(
-        std::fs::read_to_string(root_key_file)
-            .map_err(|_| CaAdminError::RootKeyMissing(shown.clone()))?,
-    );
-    let key = PrivateKey::from_pkcs8_pem(&pem).ok_or(CaAdminError::RootKeyMismatch)?;
-    let root = Issuer::from_der(&authority.root().cert_der, &key)
-        .map_err(|_| CaAdminError::RootKeyMismatch)?;
+    let root = match &authority.root().issuer {
+        Some(root) => Issuer::with_signer(root.cert_der(), root.signer().clone())?,
+        None => {
+            let shown = root_key_file.display().to_string();
+            let pem = zeroize::Zeroizing::new(
+                std::fs::read_to_string(root_key_file)
+                    .map_err(|_| CaAdminError::RootKeyMissing(shown.clone()))?,
+            );
+            let key = PrivateKey::from_pkcs8_pem(&pem).ok_or(CaAdminError::RootKeyMismatch)?;
+            Issuer::from_der(&authority.root().cert_der, &key)
+                .map_err(|_| CaAdminError::RootKeyMismatch)?
+        }
+    };
     let n = authority.entries().len();
-    let inter = create_intermediate(
-        &root,
-        &format!("provisiond Intermediate CA {n}"),
-        CaKeyAlgorithm::P256,
-        cx.now,
-        INTERMEDIATE_SECS,
-    )?;
+    let now = cx.now;
+    let token = token.cloned();
+    let inter = tokio::task::spawn_blocking(move || {
+        let name = format!("provisiond Intermediate CA {n}");
+        match token {
+            Some(token) => create_in_token(&token, "intermediate", CaKeyAlgorithm::P256, |s| {
+                create_intermediate_with(&root, &name, s, now, INTERMEDIATE_SECS)
+            }),
+            None => {
+                Ok(create_intermediate(&root, &name, CaKeyAlgorithm::P256, now, INTERMEDIATE_SECS)?)
+            }
+        }
+    })
+    .await
+    .map_err(|e| CaAdminError::Join(e.to_string()))??;
     let id = inter.id();
-    let sealed = cx.ring.seal(
-        SealContext { table: "issuers", column: "private_key", row_id: &id },
-        inter.private_key().expose_secret(),
-    );
+    let (key_version, private_key, key_label) = key_columns(&inter, cx.ring);
     let mut tx = store.begin().await?;
     sqlx::query("UPDATE issuers SET active = 0 WHERE active = 1")
         .execute(&mut *tx)
@@ -90,8 +128,9 @@ pub async fn rotate_intermediate(
             cert_der: inter.cert_der().to_vec(),
             is_root: 0,
             active: 1,
-            key_version: Some(i64::from(cx.ring.current_version())),
-            private_key: Some(sealed),
+            key_version,
+            private_key,
+            key_label,
             not_after: inter.not_after(),
             created_at: cx.now,
         },

@@ -2,10 +2,9 @@
 //! used by `POST /v1/devices/{id}/certificates/renew` and EST `simplereenroll`.
 
 use ca::csr::{CsrPolicy, VerifiedCsr};
-use ca::issue::{issue_device, DeviceProfile, RevocationUrls};
 use ca::CsrError;
 
-use super::certificates::{record, Issued, DEFAULT_VALIDITY_SECS};
+use super::certificates::{record, Issued};
 use super::Ctx;
 use crate::authority::Authority;
 use crate::mtls::ClientIdentity;
@@ -77,9 +76,8 @@ pub async fn renew(
         return Err(RenewError::KeyCompromised);
     }
     let issuer = authority.active();
-    let urls = RevocationUrls { base_url: Some(base_url.to_owned()) };
-    let profile = DeviceProfile { device_id, validity_secs: DEFAULT_VALIDITY_SECS, urls: &urls };
-    let cert = issue_device(issuer, &verified, &profile, cx.now)?;
+    let key = verified.subject_key();
+    let cert = crate::signing::issue_device(authority, key, (device_id, base_url), cx.now).await?;
     certificates::insert(&mut tx, &record(&cert, Some(device_id), &issuer.id(), "device", cx.now))
         .await?;
     if revoke_previous {

@@ -23,6 +23,9 @@ pub enum RevokeError {
     /// storage
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// the CA key could not sign (token unreachable, key missing)
+    #[error(transparent)]
+    Sign(#[from] ca::SignError),
 }
 
 /// Revokes a certificate (idempotent: an already revoked certificate keeps its first
@@ -100,16 +103,18 @@ pub async fn ocsp(
     authority: &Authority,
     request: &ParsedOcspRequest,
     now: i64,
-) -> Result<Vec<u8>, StoreError> {
+) -> Result<Vec<u8>, RevokeError> {
     let Some(first) = request.queries().first() else {
         return Ok(ca::revocation::ocsp_malformed());
     };
-    let Some(signer) = authority
+    let Some(entry) = authority
         .entries()
         .iter()
-        .filter_map(|e| e.issuer.as_ref())
-        .find(|i| first.is_issued_by(i))
+        .find(|e| e.issuer.as_ref().is_some_and(|i| first.is_issued_by(i)))
     else {
+        return Ok(ocsp_unauthorized());
+    };
+    let Some(signer) = entry.issuer.as_ref() else {
         return Ok(ocsp_unauthorized());
     };
     let signer_id = signer.id();
@@ -136,10 +141,22 @@ pub async fn ocsp(
         };
         states.push(state);
     }
-    Ok(ocsp_response(signer, request, &states, now, now + OCSP_VALIDITY_SECS).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "OCSP signing failed");
-        x509_internal_error()
-    }))
+    drop(conn);
+    let request = request.clone();
+    crate::signing::on_signer(entry.clone(), move |signer| {
+        match ocsp_response(signer, &request, &states, now, now + OCSP_VALIDITY_SECS) {
+            Ok(der) => Ok(der),
+            // A token that cannot sign now is a 503, not an OCSP internalError.
+            Err(ca::revocation::RevocationError::Sign(e @ ca::SignError::Unavailable(_))) => {
+                Err(RevokeError::Sign(e))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "OCSP signing failed");
+                Ok(x509_internal_error())
+            }
+        }
+    })
+    .await
 }
 
 fn x509_internal_error() -> Vec<u8> {

@@ -16,8 +16,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::fsutil;
-use crate::seal::{KeyRing, SealContext, SealError};
+use crate::seal::{SealContext, SealError};
 use crate::store::sealed::{self, SEALED};
 use crate::store::{Store, StoreError};
 
@@ -71,13 +70,14 @@ pub struct Rotated {
 pub async fn rotate(
     store: &Store,
     key_file: &Path,
+    ring_file: &crate::pkcs11::RingFile,
     opts: &RotateOptions,
     progress: &dyn Fn(u64, u64),
 ) -> Result<Rotated, RotateError> {
-    let mut ring = KeyRing::load(key_file)?;
+    let mut ring = ring_file.load(key_file)?;
     if ring.versions().len() == 1 {
         ring.add_version();
-        fsutil::write_private(key_file, ring.to_file_text().as_bytes())?;
+        ring_file.write(key_file, &ring)?;
         tracing::info!(version = ring.current_version(), "new master key version added");
         tokio::time::sleep(opts.grace).await;
     } else {
@@ -147,7 +147,7 @@ pub async fn rotate(
             );
         }
         ring.retire_below(target);
-        fsutil::write_private(key_file, ring.to_file_text().as_bytes())?;
+        ring_file.write(key_file, &ring)?;
         tracing::info!(version = target, "old master key versions retired");
     }
     Ok(Rotated { version: target, resealed: done })

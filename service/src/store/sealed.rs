@@ -190,9 +190,8 @@ const SNAPSHOT_WAIT_ATTEMPTS: u32 = 600;
 /// engine without these functions is not waited for (it has no `VACUUM FULL` to feed either).
 async fn wait_for_older_snapshots(conn: &mut AnyConnection) -> Result<(), StoreError> {
     // A fresh transaction id, newer than every re-sealing transaction (they committed).
-    let Ok(now_xid) = sqlx::query_scalar::<_, i64>("SELECT txid_current()")
-        .fetch_one(&mut *conn)
-        .await
+    let Ok(now_xid) =
+        sqlx::query_scalar::<_, i64>("SELECT txid_current()").fetch_one(&mut *conn).await
     else {
         return Ok(());
     };

@@ -262,9 +262,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
 /// dir that existed before with looser modes, or files another tool wrote, do not stay readable;
 /// each change is logged. `init` needs no pass: it accepts only an absent or empty dir.
 fn tighten_data_dir(config: &Config) -> Result<(), String> {
-    let changed = crate::fsutil::tighten_data_dir(&config.data_dir).map_err(|e| {
-        format!("cannot make the data dir private (0700 dir, 0600 files): {e}")
-    })?;
+    let changed = crate::fsutil::tighten_data_dir(&config.data_dir)
+        .map_err(|e| format!("cannot make the data dir private (0700 dir, 0600 files): {e}"))?;
     for c in changed {
         tracing::warn!(
             path = %c.path.display(),

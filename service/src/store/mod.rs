@@ -337,7 +337,9 @@ fn create_private_database_file(file: &std::path::Path) {
     match crate::fsutil::create_new_private(file) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => tracing::debug!(error = %e, file = %file.display(), "database file not pre-created"),
+        Err(e) => {
+            tracing::debug!(error = %e, file = %file.display(), "database file not pre-created")
+        }
     }
 }
 

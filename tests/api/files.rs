@@ -179,14 +179,13 @@ async fn live_contexts(app: &TestApp) -> (Vec<Ctx>, BTreeSet<usize>) {
 
 /// How many (offset, length, context) candidates in `bytes` open under `ring`'s `version`:
 /// every offset where the blob header (the version, u32 big-endian; service/src/seal.rs) occurs,
-/// every length seen, every context. `stop_at_first` for a quick "any?".
+/// every length seen, every context.
 fn openings(
     ring: &service::seal::KeyRing,
     version: u32,
     bytes: &[u8],
     ctxs: &[Ctx],
     lens: &BTreeSet<usize>,
-    stop_at_first: bool,
 ) -> Vec<String> {
     let header = version.to_be_bytes();
     let mut found = Vec::new();
@@ -200,9 +199,6 @@ fn openings(
                 let ctx = service::seal::SealContext { table, column, row_id };
                 if ring.open(ctx, blob).is_ok() {
                     found.push(format!("{table}:{column}:{row_id} at offset {i}"));
-                    if stop_at_first {
-                        return found;
-                    }
                 }
             }
         }
@@ -210,36 +206,54 @@ fn openings(
     found
 }
 
-/// The bytes to scan: every SQLite file (database, WAL, shared memory), or a plain `pg_dump`
-/// with each bytea value (`\x…` hex) decoded and appended, plus — when the PostgreSQL server
-/// runs on this machine and its files are readable, as in CI — the data files (heap and TOAST)
-/// of every sealed table after a checkpoint: `pg_dump` shows live rows only, the files also
-/// hold dead row versions.
-async fn database_bytes(app: &TestApp) -> Vec<u8> {
+/// The bytes to scan, by where they come from: every SQLite file (database, WAL, shared
+/// memory), or a plain `pg_dump` with each bytea value (`\x…` hex) decoded, plus — when the
+/// PostgreSQL server runs on this machine and its files are readable, as in CI — the data files
+/// (heap and TOAST) of every sealed table after a checkpoint: `pg_dump` shows live rows only,
+/// the files also hold dead row versions.
+async fn database_parts(app: &TestApp) -> Vec<(String, Vec<u8>)> {
     if let Some(url) = &*app.data.database_url {
         let out = std::process::Command::new("pg_dump").arg(url).output().unwrap();
         assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
-        let mut all = out.stdout.clone();
+        let mut decoded = Vec::new();
         let text = String::from_utf8_lossy(&out.stdout);
         for piece in text.split("\\x").skip(1) {
             let hex: String = piece.chars().take_while(char::is_ascii_hexdigit).collect();
             if let Ok(raw) = hex::decode(&hex[..hex.len() & !1]) {
-                all.extend(raw);
+                decoded.extend(raw);
             }
         }
-        all.extend(postgres_table_files(app).await);
-        all
+        let mut parts = vec![("pg_dump".to_owned(), out.stdout), ("pg_dump bytea".into(), decoded)];
+        parts.extend(postgres_table_files(app).await);
+        parts
     } else {
-        let mut all = Vec::new();
-        for f in ["provisiond.db", "provisiond.db-wal", "provisiond.db-shm"] {
-            all.extend(std::fs::read(app.data.path().join(f)).unwrap_or_default());
-        }
-        all
+        ["provisiond.db", "provisiond.db-wal", "provisiond.db-shm"]
+            .iter()
+            .map(|f| {
+                let bytes = std::fs::read(app.data.path().join(f)).unwrap_or_default();
+                ((*f).to_owned(), bytes)
+            })
+            .collect()
     }
 }
 
+/// [`openings`] over every part, each found value labelled with its part.
+fn openings_in(
+    ring: &service::seal::KeyRing,
+    parts: &[(String, Vec<u8>)],
+    ctxs: &[Ctx],
+    lens: &BTreeSet<usize>,
+) -> Vec<String> {
+    parts
+        .iter()
+        .flat_map(|(name, bytes)| {
+            openings(ring, 1, bytes, ctxs, lens).into_iter().map(move |o| format!("{name}: {o}"))
+        })
+        .collect()
+}
+
 /// The heap and TOAST files of the sealed tables, if this process can read them.
-async fn postgres_table_files(app: &TestApp) -> Vec<u8> {
+async fn postgres_table_files(app: &TestApp) -> Vec<(String, Vec<u8>)> {
     use sqlx::Connection as _;
     let url = app.data.database_url.clone().unwrap();
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
@@ -248,7 +262,7 @@ async fn postgres_table_files(app: &TestApp) -> Vec<u8> {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    let mut all = Vec::new();
+    let mut parts = Vec::new();
     for t in service::store::sealed::SEALED {
         let sql = format!(
             "SELECT pg_relation_filepath(c.oid) FROM pg_class c WHERE c.relname = '{0}' \
@@ -260,12 +274,12 @@ async fn postgres_table_files(app: &TestApp) -> Vec<u8> {
             sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn).await.unwrap();
         for f in files.into_iter().flatten() {
             match std::fs::read(Path::new(&dir).join(&f)) {
-                Ok(bytes) => all.extend(bytes),
+                Ok(bytes) => parts.push((format!("{} file {f}", t.table), bytes)),
                 Err(e) => println!("PostgreSQL data files not scanned ({f}: {e})"),
             }
         }
     }
-    all
+    parts
 }
 
 #[tokio::test]
@@ -299,7 +313,7 @@ async fn after_master_key_rotation_nothing_in_the_database_opens_under_the_retir
         ctxs.push(("devices".into(), column.into(), "rot-2".into()));
     }
     // The scan finds what is there: before the rotation, every live secret opens.
-    let before = openings(&retired, 1, &database_bytes(&app).await, &ctxs, &lens, false);
+    let before = openings_in(&retired, &database_parts(&app).await, &ctxs, &lens);
     assert!(!before.is_empty(), "the scan finds the sealed values before rotation");
     println!("{} candidates open under the key before rotation", before.len());
 
@@ -312,7 +326,7 @@ async fn after_master_key_rotation_nothing_in_the_database_opens_under_the_retir
     let now = std::fs::read_to_string(app.data.path().join("master.key")).unwrap();
     assert!(!now.contains("v1:"), "the old version is retired");
 
-    let left = openings(&retired, 1, &database_bytes(&app).await, &ctxs, &lens, false);
+    let left = openings_in(&retired, &database_parts(&app).await, &ctxs, &lens);
     println!("{} candidates open under the retired key after rotation", left.len());
     assert!(left.is_empty(), "{} values open under the retired key: {left:?}", left.len());
     // And the server serves with the new key once it re-read the key file (every 5 s; the

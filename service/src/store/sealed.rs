@@ -141,8 +141,9 @@ const CHECKPOINT_ATTEMPTS: u32 = 50;
 /// SQLite: the WAL is checkpointed and truncated to zero bytes, `VACUUM` rebuilds the file (every
 /// page is written anew from live rows, so no free page, free cell or dropped overflow page keeps
 /// old bytes, and the file is cut to its new size), then the WAL that `VACUUM` wrote is
-/// checkpointed and truncated again. PostgreSQL: `VACUUM FULL` of every table in [`SEALED`]
-/// (table, TOAST and indexes written to new files, the old ones removed); an engine without it
+/// checkpointed and truncated again. PostgreSQL: once no transaction or snapshot older than the
+/// call is left, `VACUUM FULL` of every table in [`SEALED`] (table, TOAST and indexes written to new
+/// files, the old ones removed); an engine without it
 /// (CockroachDB, YugabyteDB) is reported in [`Scrubbed::unsupported`], not as an error. What
 /// PostgreSQL's WAL, replicas, archives and backups keep is said in docs/operations.md.
 pub async fn scrub(conn: &mut AnyConnection) -> Result<Scrubbed, StoreError> {
@@ -155,6 +156,7 @@ pub async fn scrub(conn: &mut AnyConnection) -> Result<Scrubbed, StoreError> {
             truncate_wal(conn).await?;
         }
         super::Dialect::Postgres => {
+            wait_for_older_snapshots(conn).await?;
             for t in SEALED {
                 let sql = format!("VACUUM FULL {}", t.table);
                 // VACUUM refuses to run in a transaction block: the simple query protocol.
@@ -172,6 +174,54 @@ pub async fn scrub(conn: &mut AnyConnection) -> Result<Scrubbed, StoreError> {
         }
     }
     Ok(done)
+}
+
+/// How long [`scrub`] waits for transactions older than the re-sealing to end (PostgreSQL).
+const SNAPSHOT_WAIT_ATTEMPTS: u32 = 600;
+
+/// Waits until no snapshot that `VACUUM FULL` must respect predates this call. `VACUUM FULL`
+/// copies a dead row version that some snapshot may still see ("recently dead"): a request or
+/// an auto-analyze of this database whose snapshot predates the re-sealing, or — through
+/// `VACUUM FULL`'s own snapshot — any transaction of the whole cluster still running from
+/// before it, would keep the old ciphertexts in the rewritten table. So: wait until the oldest
+/// running transaction id of the cluster is newer than a fresh one taken now, and no session
+/// of this database holds an older snapshot (`backend_xmin`, compared by age, so wraparound
+/// does not matter). Sessions of other roles show no `backend_xmin` to an unprivileged role; an
+/// engine without these functions is not waited for (it has no `VACUUM FULL` to feed either).
+async fn wait_for_older_snapshots(conn: &mut AnyConnection) -> Result<(), StoreError> {
+    // A fresh transaction id, newer than every re-sealing transaction (they committed).
+    let Ok(now_xid) =
+        sqlx::query_scalar::<_, i64>("SELECT txid_current()").fetch_one(&mut *conn).await
+    else {
+        return Ok(());
+    };
+    for attempt in 1..=SNAPSHOT_WAIT_ATTEMPTS {
+        let older: i64 = match sqlx::query_scalar(
+            "SELECT (CASE WHEN txid_snapshot_xmin(txid_current_snapshot()) <= $1 THEN 1 ELSE 0 END) \
+             + (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL \
+                AND age(backend_xmin) > age(($1 % 4294967296)::text::xid))",
+        )
+        .bind(now_xid)
+        .fetch_one(&mut *conn)
+        .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot see older snapshots; VACUUM FULL runs now");
+                return Ok(());
+            }
+        };
+        if older == 0 {
+            return Ok(());
+        }
+        if attempt < SNAPSHOT_WAIT_ATTEMPTS {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    Err(StoreError::Db(sqlx::Error::Protocol(
+        "a transaction or snapshot older than the re-sealing stayed open for a minute".into(),
+    )))
 }
 
 /// `PRAGMA wal_checkpoint(TRUNCATE)` until it reports success: it fails (busy = 1) while another

@@ -9,7 +9,6 @@
 //! the directory 0700 and every file 0600.
 
 use std::io::Read as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
@@ -72,13 +71,11 @@ pub async fn backup(
     out: &Path,
     with_root_key: bool,
 ) -> Result<BackupReport, BackupError> {
-    let file =
-        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(out).map_err(
-            |e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => BackupError::Exists(out.to_owned()),
-                _ => BackupError::Io { path: out.to_owned(), source: e },
-            },
-        )?;
+    // New, 0600, never through a symlink (O_EXCL and O_NOFOLLOW).
+    let file = crate::fsutil::create_new_private(out).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => BackupError::Exists(out.to_owned()),
+        _ => BackupError::Io { path: out.to_owned(), source: e },
+    })?;
     let mut tar = tar::Builder::new(file);
     let mut entries = Vec::new();
     let mut add = |name: &str, bytes: &[u8]| -> Result<(), BackupError> {

@@ -94,7 +94,18 @@ pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Princip
 
 /// Records a failed authentication and builds the 401 / 429 answer.
 pub async fn refuse(state: &AppState, req: &HttpRequest, err: AuthError) -> ApiError {
-    let addr = client_ip(req).unwrap_or_else(|| "unknown".into());
+    refuse_at(state, client_ip(req), req.path(), err).await
+}
+
+/// [`refuse`] for any transport: `addr` the client address, `target` what it asked for (an HTTP
+/// path, an MQTT username).
+pub async fn refuse_at(
+    state: &AppState,
+    addr: Option<String>,
+    target: &str,
+    err: AuthError,
+) -> ApiError {
+    let addr = addr.unwrap_or_else(|| "unknown".into());
     let (claimed, detail, scheme) = match &err {
         AuthError::Missing => (None, "authentication required", "none"),
         AuthError::UnsupportedScheme => (None, "unsupported authorization scheme", "other"),
@@ -105,7 +116,7 @@ pub async fn refuse(state: &AppState, req: &HttpRequest, err: AuthError) -> ApiE
     // Requests without credentials count only toward the per-address limit (API.md A23).
     let limited = state.limiter.fail(claimed.as_deref(), &addr, now);
     let actor = claimed.as_deref().unwrap_or("anonymous");
-    let entry = Entry::failure(actor, "auth.failure", req.path(), Some(&addr));
+    let entry = Entry::failure(actor, "auth.failure", target, Some(&addr));
     if let Err(e) = crate::audit::record(&state.store, &state.audit_key, &entry, now).await {
         tracing::warn!(error = %super::problem::error_chain(&e), "audit append failed");
     }

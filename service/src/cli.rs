@@ -48,6 +48,10 @@ enum Command {
         /// Address to listen on (default 127.0.0.1:8443; port 0 picks a free port).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// MQTT device endpoint (default: the IP of --listen with port 8883, port 0 when
+        /// --listen's port is 0; empty = off).
+        #[arg(long, value_name = "ADDR")]
+        mqtt_listen: Option<String>,
     },
     /// Apply database migrations.
     Migrate,
@@ -158,11 +162,11 @@ fn init_tracing() {
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
-    let listen = match &cli.command {
-        Command::Serve { listen } => listen.clone(),
-        _ => None,
+    let (listen, mqtt_listen) = match &cli.command {
+        Command::Serve { listen, mqtt_listen } => (listen.clone(), mqtt_listen.clone()),
+        _ => (None, None),
     };
-    let overrides = Overrides { data_dir: cli.data_dir.clone(), listen };
+    let overrides = Overrides { data_dir: cli.data_dir.clone(), listen, mqtt_listen };
     let config = Config::load(&overrides).map_err(|e| e.to_string())?;
     match cli.command {
         Command::Init { credentials_out, intermediate_cert, intermediate_key, root_cert } => {
@@ -227,6 +231,7 @@ async fn init(
 async fn serve(mut config: Config) -> Result<ExitCode, String> {
     if !config.file_path().exists() {
         let listen = config.listen.clone();
+        let mqtt_listen = config.mqtt_listen.clone();
         let done = crate::usecase::init::initialize(config, &SystemClock, None)
             .await
             .map_err(|e| error_chain(&e))?;
@@ -239,8 +244,13 @@ async fn serve(mut config: Config) -> Result<ExitCode, String> {
         tracing::info!(path = %path.display(), "first run: initialized; the owner connection string is in this file");
         config = done.config;
         config.listen = listen;
+        config.mqtt_listen = mqtt_listen;
     }
     let app = Application::build(config).await.map_err(|e| error_chain(&e))?;
+    // Every listener accepts before the HTTPS line, which scripts wait for (API.md A30).
+    if let Some(mqtt) = app.mqtt_addr() {
+        println!("mqtt listening on mqtts://{mqtt}");
+    }
     println!("listening on https://{}", app.local_addr());
     use std::io::Write as _;
     let _ = std::io::stdout().flush();

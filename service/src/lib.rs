@@ -25,6 +25,7 @@ pub mod fsutil;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod mqtt;
 pub mod mtls;
 pub mod seal;
 pub mod state;

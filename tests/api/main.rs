@@ -15,6 +15,7 @@ mod enrollment;
 mod faults;
 mod helpers;
 mod mosquitto;
+mod mqtt;
 mod mtls;
 mod ops;
 mod policies;

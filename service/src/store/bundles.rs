@@ -135,19 +135,9 @@ pub struct OwnedBundleRow {
     /// the bundle
     #[sqlx(flatten)]
     pub bundle: BundleRow,
-    /// the device's owner kind
-    pub owner_kind: Option<String>,
-    /// the device's enrollment group
-    pub owner_group: Option<String>,
-}
-
-impl OwnedBundleRow {
-    /// The group that owns the bundle's device, if a group does.
-    pub fn owner_group(&self) -> Option<&str> {
-        self.owner_group
-            .as_deref()
-            .filter(|_| self.owner_kind.as_deref() == Some("enrollment_group"))
-    }
+    /// its device's owner
+    #[sqlx(flatten)]
+    pub owner: super::devices::JoinedOwner,
 }
 
 /// One page of bundles in id order after `after`, optionally of one device, each with its

@@ -78,19 +78,9 @@ pub struct OwnedCertificateRow {
     /// the certificate
     #[sqlx(flatten)]
     pub cert: CertificateRow,
-    /// the device's owner kind
-    pub owner_kind: Option<String>,
-    /// the device's enrollment group
-    pub owner_group: Option<String>,
-}
-
-impl OwnedCertificateRow {
-    /// The group that owns the certificate's device, if a group does.
-    pub fn owner_group(&self) -> Option<&str> {
-        self.owner_group
-            .as_deref()
-            .filter(|_| self.owner_kind.as_deref() == Some("enrollment_group"))
-    }
+    /// its device's owner
+    #[sqlx(flatten)]
+    pub owner: super::devices::JoinedOwner,
 }
 
 /// A page of certificates in serial order after `after`, optionally of one device and of

@@ -71,7 +71,7 @@ impl DeviceRow {
 
     /// The enrollment group that owns the device, if a group does (scopes by group admit it).
     pub fn owner_group(&self) -> Option<&str> {
-        self.enrollment_group_id.as_deref().filter(|_| self.owner_kind == "enrollment_group")
+        group_owner(Some(&self.owner_kind), self.enrollment_group_id.as_deref())
     }
 
     /// A new, enabled device without credentials or tags (the caller sets them).
@@ -96,6 +96,28 @@ impl DeviceRow {
             owner_kind: "admin".into(),
         }
     }
+}
+
+/// A device's owner as a read joined from another table sees it (both `None` when the device
+/// row is gone): select `d.owner_kind AS owner_kind, d.enrollment_group_id AS owner_group`.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct JoinedOwner {
+    /// admin | enrollment_group | enrollment
+    pub owner_kind: Option<String>,
+    /// the device's enrollment group
+    pub owner_group: Option<String>,
+}
+
+impl JoinedOwner {
+    /// The group that owns the device, if a group does.
+    pub fn group(&self) -> Option<&str> {
+        group_owner(self.owner_kind.as_deref(), self.owner_group.as_deref())
+    }
+}
+
+/// The group among a device's owner columns: its `enrollment_group_id` when the owner is a group.
+fn group_owner<'a>(kind: Option<&str>, group: Option<&'a str>) -> Option<&'a str> {
+    group.filter(|_| kind == Some("enrollment_group"))
 }
 
 /// Every column of `devices`, in `DeviceRow` order (the order `from_sqlite` decodes): the one

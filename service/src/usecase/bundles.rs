@@ -367,9 +367,7 @@ async fn visible(
 ) -> Result<BundleRow, BundleError> {
     let row = rows::get(&mut *conn, id).await?.ok_or(BundleError::NotFound)?;
     if let Some(scope) = scope {
-        let device = crate::store::devices::get(&mut *conn, &row.device_id).await?;
-        let owner = device.as_ref().and_then(|d| d.owner_group());
-        if !scope.covers_device(&row.device_id, owner) {
+        if !super::devices::in_scope(&mut *conn, scope, &row.device_id).await? {
             return Err(BundleError::NotFound);
         }
     }
@@ -419,7 +417,7 @@ pub async fn list(
         limit,
         |r: &rows::OwnedBundleRow| r.bundle.id.as_str(),
         |r| {
-            scope.is_none_or(|s| s.covers_device(&r.bundle.device_id, r.owner_group()))
+            scope.is_none_or(|s| s.covers_device(&r.bundle.device_id, r.owner.group()))
                 && state.is_none_or(|want| status(&r.bundle, now) == want)
         },
         |after, n| async move { rows::page(&mut *store.conn().await?, device_id, &after, n).await },

@@ -127,7 +127,7 @@ pub async fn list(
                     && r.cert
                         .device_id
                         .as_deref()
-                        .is_some_and(|d| s.covers_device(d, r.owner_group()))
+                        .is_some_and(|d| s.covers_device(d, r.owner.group()))
             })
         },
         |after, n| async move {

@@ -235,6 +235,17 @@ pub async fn counts(
     rows::counts(&mut *store.conn().await?, prefix, groups).await
 }
 
+/// Whether `scope` covers the device `device_id` as stored now, read in the caller's
+/// transaction (a device that is gone has no owner: only a prefix-only scope may cover it).
+pub async fn in_scope(
+    conn: &mut sqlx::AnyConnection,
+    scope: &crate::auth::Scope,
+    device_id: &str,
+) -> Result<bool, StoreError> {
+    let device = rows::get(conn, device_id).await?;
+    Ok(scope.covers_device(device_id, device.as_ref().and_then(DeviceRow::owner_group)))
+}
+
 /// Reads one device.
 pub async fn get(store: &Store, ring: &KeyRing, id: &str) -> Result<Device, DeviceError> {
     let row = rows::lookup(store, id).await?.ok_or(DeviceError::NotFound)?;

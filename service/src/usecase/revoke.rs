@@ -89,12 +89,7 @@ pub async fn certificate_in_scope(
     let Some(device_id) = cert.device_id.as_deref().filter(|_| cert.profile == "device") else {
         return Ok(false);
     };
-    let device = crate::store::devices::get(conn, device_id).await?;
-    let owner_group = device
-        .as_ref()
-        .filter(|d| d.owner_kind == "enrollment_group")
-        .and_then(|d| d.enrollment_group_id.as_deref());
-    Ok(scope.covers_device(device_id, owner_group))
+    super::devices::in_scope(conn, scope, device_id).await
 }
 
 /// Answers a DER OCSP request: signed by the CA that issued the queried certificates.

@@ -63,10 +63,16 @@ pub async fn revoke(
 }
 
 /// Marks the key of every certificate revoked for key or CA compromise that is not marked yet
-/// (those revoked before the registry kept compromised keys); returns how many. Idempotent;
-/// run at start-up, in one transaction.
+/// (those revoked before the registry kept compromised keys); returns how many. Runs at
+/// start-up, once per database, in one transaction.
 pub async fn mark_compromised_keys(store: &Store, now: i64) -> Result<usize, StoreError> {
+    // Once per database: revocations since mark their keys as they happen, and the scan reads
+    // every certificate (no index on the reason), too much for every start of a large registry.
+    const DONE: &str = "compromised_keys_backfilled";
     let mut tx = store.begin().await?;
+    if crate::store::meta::get(&mut tx, DONE).await?.is_some() {
+        return Ok(0);
+    }
     let rows = rows::compromised_unmarked(&mut tx).await?;
     let mut marked = 0;
     for (serial, der) in &rows {
@@ -75,6 +81,7 @@ pub async fn mark_compromised_keys(store: &Store, now: i64) -> Result<usize, Sto
             marked += 1;
         }
     }
+    crate::store::meta::insert(&mut tx, DONE, &now.to_string()).await?;
     tx.commit().await?;
     Ok(marked)
 }

@@ -24,6 +24,7 @@ pub mod authority;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dps;
 pub mod fsutil;
 pub mod http;
 pub mod ids;

@@ -3,6 +3,7 @@
 //! tokens and client certificates. Failed authentications are rate-limited per (principal,
 //! address) and per address, never per principal alone.
 
+pub mod device;
 pub mod enrollments;
 pub mod jwt;
 pub mod password;

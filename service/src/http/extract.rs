@@ -95,13 +95,24 @@ pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Princip
 
 /// Records a failed authentication and builds the 401 / 429 answer.
 pub async fn refuse(state: &AppState, req: &HttpRequest, err: AuthError) -> ApiError {
-    let addr = client_ip(req).unwrap_or_else(|| "unknown".into());
+    refuse_at(state, client_ip(req), req.path(), err).await
+}
+
+/// [`refuse`] for any transport: `addr` the client address, `target` what it asked for (an HTTP
+/// path, an MQTT username).
+pub async fn refuse_at(
+    state: &AppState,
+    addr: Option<String>,
+    target: &str,
+    err: AuthError,
+) -> ApiError {
+    let addr = addr.unwrap_or_else(|| "unknown".into());
     let (claimed, detail, scheme) = match &err {
         AuthError::Missing => (None, "authentication required", "none"),
         AuthError::UnsupportedScheme => (None, "unsupported authorization scheme", "other"),
         AuthError::Invalid { claimed } => (claimed.clone(), "invalid or expired credential", "sas"),
     };
-    refused_credential(state, claimed.as_deref(), req.path(), &addr, scheme, detail).await
+    refused_credential(state, claimed.as_deref(), target, &addr, scheme, detail).await
 }
 
 /// THE "credential refused" step: counts the failure (metric, limiter) and audits it as one

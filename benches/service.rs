@@ -118,7 +118,12 @@ async fn start_with(hsm: Option<&SoftHsm>) -> Server {
     }
     let mut child = serve.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    // `mqtt listening on …` comes first when MQTT is on.
+    while !line.starts_with("listening on ") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "serve printed no address");
+    }
     let base = line.trim().strip_prefix("listening on ").unwrap().to_owned();
     let chain = std::fs::read(d.join("ca-chain.pem")).unwrap();
     Server { child, base, chain, owner, database: db, _dir: dir }

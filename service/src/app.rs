@@ -55,6 +55,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// `mqtt_listen` names the HTTPS address
+    #[error("mqtt_listen ({0}) must differ from listen")]
+    MqttSameAsListen(String),
     /// metrics registry
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -144,6 +147,7 @@ pub async fn write_failure_summaries(state: &AppState, all: bool) {
 pub struct Application {
     server: actix_web::dev::Server,
     addr: SocketAddr,
+    mqtt: Option<crate::mqtt::Endpoint>,
     state: web::Data<AppState>,
     _instance_lock: Option<std::fs::File>,
 }
@@ -230,6 +234,7 @@ impl Application {
         let bound = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr: listen.clone(), source })?;
+        let mqtt_listener = bind_mqtt(&state.config)?;
         if state.config.public_url.is_none() {
             // CRL and OCSP pointers name the port actually bound, never `:0` (API.md A24).
             state.config.public_url = Some(state.config.default_public_url(Some(bound.port())));
@@ -265,6 +270,17 @@ impl Application {
         .await?;
         let tls = crate::tls::server_config(&cred)?;
         let state = web::Data::new(state);
+        let mqtt = match mqtt_listener {
+            Some((listener, addr)) => Some(
+                crate::mqtt::Endpoint::start(
+                    state.clone(),
+                    listener,
+                    Arc::new(crate::tls::mqtt_config(&tls)),
+                )
+                .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let reloader = state.clone();
         let holder = crate::usecase::random_hex(8);
         tokio::spawn(async move {
@@ -356,10 +372,11 @@ impl Application {
             id_scope = %state.config.id_scope,
             public_url = %state.config.public_base_url(),
             listen = %addr,
+            mqtt = %mqtt.as_ref().map(|m| m.local_addr().to_string()).unwrap_or_else(|| "off".into()),
             intermediate = %issuer,
             "provisiond starting"
         );
-        Ok(Self { server: server.run(), addr, state, _instance_lock: instance_lock })
+        Ok(Self { server: server.run(), addr, mqtt, state, _instance_lock: instance_lock })
     }
 
     /// The bound address (the real port when listening on port 0).
@@ -367,12 +384,38 @@ impl Application {
         self.addr
     }
 
-    /// Serves until SIGTERM / SIGINT; in-flight requests finish.
+    /// The MQTT endpoint's bound address, when MQTT is on.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt.as_ref().map(crate::mqtt::Endpoint::local_addr)
+    }
+
+    /// Serves until SIGTERM / SIGINT; in-flight requests (HTTP and MQTT) finish.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        if let Some(mqtt) = self.mqtt {
+            mqtt.shutdown(Duration::from_secs(20)).await;
+        }
         write_failure_summaries(&self.state, true).await;
         self.state.store.close().await;
         result
+    }
+}
+
+/// Binds the MQTT socket (API.md A26, A30): off when `mqtt_listen` is empty; the implicit
+/// default that cannot be bound is a warning (serve runs without MQTT), an explicit address
+/// that cannot be bound an error, as is `mqtt_listen` equal to `listen`.
+fn bind_mqtt(config: &Config) -> Result<Option<(std::net::TcpListener, String)>, StartError> {
+    let Some((addr, implicit)) = config.mqtt_address() else { return Ok(None) };
+    if !implicit && addr == config.listen {
+        return Err(StartError::MqttSameAsListen(addr));
+    }
+    match bind(&addr) {
+        Ok(listener) => Ok(Some((listener, addr))),
+        Err(e) if implicit => {
+            tracing::warn!(addr = %addr, error = %e, "cannot listen for MQTT on the default address; serving without MQTT (set mqtt_listen)");
+            Ok(None)
+        }
+        Err(source) => Err(StartError::Bind { addr, source }),
     }
 }
 

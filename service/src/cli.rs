@@ -85,6 +85,10 @@ enum Command {
         /// Initialize the data directory (absent or empty) if it is not initialized yet.
         #[arg(long)]
         init: bool,
+        /// MQTT device endpoint (default: the IP of --listen with port 8883, port 0 when
+        /// --listen's port is 0; empty = off).
+        #[arg(long, value_name = "ADDR")]
+        mqtt_listen: Option<String>,
     },
     /// Apply database migrations.
     Migrate,
@@ -266,9 +270,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     if let Command::Audit { command: AuditCommand::Remote(command) } = cli.command {
         return Ok(crate::admin::audit(command, cli.data_dir).await);
     }
-    let listen = match &cli.command {
-        Command::Serve { listen, .. } => listen.clone(),
-        _ => None,
+    let (listen, mqtt_listen) = match &cli.command {
+        Command::Serve { listen, mqtt_listen, .. } => (listen.clone(), mqtt_listen.clone()),
+        _ => (None, None),
     };
     let explicit_data_dir =
         cli.data_dir.is_some() || std::env::var_os("PROVISIOND_DATA_DIR").is_some();
@@ -279,6 +283,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     let overrides = Overrides {
         data_dir: cli.data_dir.clone(),
         listen,
+        mqtt_listen,
         public_url,
         tls_names,
         ca_key_store: cli.ca_key_store,
@@ -402,6 +407,7 @@ async fn serve(mut config: Config, explicit: bool, init: bool) -> Result<ExitCod
             return Ok(ExitCode::from(2));
         }
         let listen = config.listen.clone();
+        let mqtt_listen = config.mqtt_listen.clone();
         let done = crate::usecase::init::initialize(config, &SystemClock, None, Default::default())
             .await
             .map_err(|e| error_chain(&e))?;
@@ -414,8 +420,13 @@ async fn serve(mut config: Config, explicit: bool, init: bool) -> Result<ExitCod
         tracing::info!(path = %path.display(), "first run: initialized; the owner connection string is in this file");
         config = done.config;
         config.listen = listen;
+        config.mqtt_listen = mqtt_listen;
     }
     let app = Application::build(config).await.map_err(|e| error_chain(&e))?;
+    // Every listener accepts before the HTTPS line, which scripts wait for (API.md A30).
+    if let Some(mqtt) = app.mqtt_addr() {
+        println!("mqtt listening on mqtts://{mqtt}");
+    }
     println!("listening on https://{}", app.local_addr());
     use std::io::Write as _;
     let _ = std::io::stdout().flush();

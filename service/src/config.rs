@@ -135,6 +135,9 @@ pub struct Config {
     pub id_scope: String,
     /// `host:port` to listen on.
     pub listen: String,
+    /// `host:port` of the MQTT device endpoint; absent = the IP of `listen` with port 8883
+    /// (port 0 when `listen`'s port is 0); empty = off (API.md A26, A30).
+    pub mqtt_listen: Option<String>,
     /// PostgreSQL URL; absent = embedded SQLite in the data directory.
     pub database_url: Option<DatabaseUrl>,
     /// Master key file; default `{data_dir}/master.key`.
@@ -225,6 +228,7 @@ impl Default for Config {
             host_name: "localhost".into(),
             id_scope: String::new(),
             listen: "127.0.0.1:8443".into(),
+            mqtt_listen: None,
             database_url: None,
             master_key_file: None,
             root_key_file: None,
@@ -269,6 +273,8 @@ pub struct Overrides {
     pub master_key_wrap: Option<MasterKeyWrap>,
     /// `--pkcs11-wrap-key-label`
     pub pkcs11_wrap_key_label: Option<String>,
+    /// `--mqtt-listen` (empty = off)
+    pub mqtt_listen: Option<String>,
 }
 
 impl Config {
@@ -329,6 +335,9 @@ impl Config {
         if let Some(v) = &overrides.pkcs11_wrap_key_label {
             config.pkcs11_wrap_key_label = Some(v.clone());
         }
+        if let Some(mqtt) = &overrides.mqtt_listen {
+            config.mqtt_listen = Some(mqtt.clone());
+        }
         Ok(config)
     }
 
@@ -337,6 +346,7 @@ impl Config {
             "PROVISIOND_DATA_DIR",
             "PROVISIOND_HOST_NAME",
             "PROVISIOND_LISTEN",
+            "PROVISIOND_MQTT_LISTEN",
             "PROVISIOND_DATABASE_URL",
             "PROVISIOND_MASTER_KEY_FILE",
             "PROVISIOND_ROOT_KEY_FILE",
@@ -386,6 +396,10 @@ impl Config {
         }
         if let Some(v) = var("PROVISIOND_LISTEN") {
             self.listen = v;
+        }
+        if let Ok(v) = std::env::var("PROVISIOND_MQTT_LISTEN") {
+            // Empty is meaningful here: MQTT off.
+            self.mqtt_listen = Some(v);
         }
         if let Some(v) = var("PROVISIOND_DATABASE_URL").or_else(|| var("DATABASE_URL")) {
             self.database_url = Some(DatabaseUrl::new(v));
@@ -472,6 +486,20 @@ impl Config {
     }
 
     /// The public base URL for CRL / OCSP pointers: `public_url`, else
+    /// Where MQTT listens: `None` = off; the flag says whether the address was implicit (the
+    /// default derived from `listen`), which may fail to bind with only a warning.
+    pub fn mqtt_address(&self) -> Option<(String, bool)> {
+        match self.mqtt_listen.as_deref().map(str::trim) {
+            Some("") => None,
+            Some(addr) => Some((addr.to_owned(), false)),
+            None => {
+                let (ip, port) = self.listen.rsplit_once(':')?;
+                let port = if port == "0" { "0" } else { "8883" };
+                Some((format!("{ip}:{port}"), true))
+            }
+        }
+    }
+
     /// `https://{host_name}:{port of listen}` (`serve` fills in the bound port before it
     /// issues anything, so a certificate never points at port 0).
     pub fn public_base_url(&self) -> String {

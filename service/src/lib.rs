@@ -29,6 +29,7 @@ pub mod fsutil;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod mqtt;
 pub mod mtls;
 pub mod pkcs11;
 pub mod seal;

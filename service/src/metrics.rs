@@ -1,7 +1,7 @@
 //! Prometheus metrics (names prefixed `provisiond_`; no labels carry ids or secrets).
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// The metric families.
@@ -13,8 +13,13 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     /// failed authentications by scheme
     pub auth_failures: IntCounterVec,
-    /// registrations by door (`json`, `ndjson`, `self`, `dps_http`, `est`) and outcome: no ids
+    /// registrations by door (`json`, `ndjson`, `self`, `dps_http`, `dps_mqtt`, `aws`, `est`) and outcome: no ids
     pub registrations: IntCounterVec,
+    /// open MQTT connections
+    pub mqtt_open: IntGauge,
+    /// MQTT connection attempts by personality (`dps`, `aws`, `none`) and result (`accepted`,
+    /// `refused`, `over_limit`)
+    pub mqtt_connects: IntCounterVec,
 }
 
 impl Metrics {
@@ -43,11 +48,30 @@ impl Metrics {
             Opts::new("provisiond_registrations_total", "Registrations by door and outcome"),
             &["door", "outcome"],
         )?;
+        let mqtt_open =
+            IntGauge::new("provisiond_mqtt_connections", "Open MQTT device connections")?;
+        let mqtt_connects = IntCounterVec::new(
+            Opts::new(
+                "provisiond_mqtt_connects_total",
+                "MQTT connection attempts by personality and result",
+            ),
+            &["personality", "result"],
+        )?;
+        registry.register(Box::new(mqtt_open.clone()))?;
+        registry.register(Box::new(mqtt_connects.clone()))?;
         registry.register(Box::new(registrations.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
-        Ok(Self { registry, http_requests, http_duration, auth_failures, registrations })
+        Ok(Self {
+            registry,
+            http_requests,
+            http_duration,
+            auth_failures,
+            registrations,
+            mqtt_open,
+            mqtt_connects,
+        })
     }
 
     /// Text exposition format.

@@ -20,3 +20,12 @@ pub fn server_config(cred: &ServerCredential) -> Result<ServerConfig, rustls::Er
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
+
+/// The MQTT endpoint's configuration: the same certificate and client-certificate handling, no
+/// ALPN (MQTT clients on 8883 offer none, or `mqtt`/`x-amzn-mqtt-ca`, which must not fail the
+/// handshake).
+pub fn mqtt_config(https: &ServerConfig) -> ServerConfig {
+    let mut config = https.clone();
+    config.alpn_protocols = Vec::new();
+    config
+}

@@ -73,6 +73,9 @@ async fn serve_initializes_on_first_run_and_writes_the_owner_credentials_file() 
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.starts_with("mqtt listening on mqtts://127.0.0.1:"), "{line}");
+    line.clear();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     assert!(line.starts_with("listening on https://127.0.0.1:"), "{line}");
     let creds = d.join("owner-credentials.txt");
     assert_eq!(mode(&creds), 0o600);

@@ -153,6 +153,8 @@ pub struct TestApp {
     pub data: DataDir,
     pub client: reqwest::Client,
     pub stderr_path: PathBuf,
+    /// the MQTT endpoint's address, when it is on
+    pub mqtt: Option<std::net::SocketAddr>,
 }
 
 impl TestApp {
@@ -197,10 +199,11 @@ impl TestApp {
     /// [`TestApp::restart`] with extra environment.
     pub async fn restart_with(&mut self, env: &[(&str, &str)]) {
         self.stop();
-        let (child, base, port) = start_server(&self.data, &self.stderr_path, env).await;
+        let (child, base, port, mqtt) = start_server(&self.data, &self.stderr_path, env).await;
         self.child = child;
         self.base = base;
         self.port = port;
+        self.mqtt = mqtt;
         self.wait_ready().await;
     }
 
@@ -220,7 +223,7 @@ impl TestApp {
     pub async fn sibling(&self) -> Sibling {
         let log =
             self.data.dir.path().join(format!("sibling-{}.log", uuid::Uuid::new_v4().simple()));
-        let (child, base, _) = start_server(&self.data, &log, &[]).await;
+        let (child, base, _, _) = start_server(&self.data, &log, &[]).await;
         for _ in 0..100 {
             if let Ok(r) = self.client.get(format!("{base}/readyz")).send().await {
                 if r.status().is_success() {
@@ -278,9 +281,9 @@ pub async fn spawn_app() -> TestApp {
 /// Serves an initialized data dir, with extra environment.
 pub async fn spawn_with(data: DataDir, env: &[(&str, &str)]) -> TestApp {
     let stderr_path = data.dir.path().join(format!("stderr-{}.log", uuid::Uuid::new_v4().simple()));
-    let (child, base, port) = start_server(&data, &stderr_path, env).await;
+    let (child, base, port, mqtt) = start_server(&data, &stderr_path, env).await;
     let client = client_trusting(&data.path().join("ca-chain.pem"));
-    let app = TestApp { child, base, port, data, client, stderr_path };
+    let app = TestApp { child, base, port, data, client, stderr_path, mqtt };
     app.wait_ready().await;
     app
 }
@@ -289,7 +292,7 @@ async fn start_server(
     data: &DataDir,
     stderr_path: &Path,
     env: &[(&str, &str)],
-) -> (Child, String, u16) {
+) -> (Child, String, u16, Option<std::net::SocketAddr>) {
     let stderr = std::fs::OpenOptions::new().create(true).append(true).open(stderr_path).unwrap();
     let mut cmd = command(&data.database_url);
     let listen = env.iter().find(|(k, _)| *k == "LISTEN").map_or("127.0.0.1:0", |(_, v)| *v);
@@ -306,15 +309,22 @@ async fn start_server(
             let _ = tx.send(line);
         }
     });
-    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-        panic!(
-            "server did not print its address: {}",
-            std::fs::read_to_string(stderr_path).unwrap_or_default()
-        )
-    });
-    let base = line.strip_prefix("listening on ").expect("listening line").to_owned();
+    let mut mqtt = None;
+    let base = loop {
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            panic!(
+                "server did not print its address: {}",
+                std::fs::read_to_string(stderr_path).unwrap_or_default()
+            )
+        });
+        if let Some(addr) = line.strip_prefix("mqtt listening on mqtts://") {
+            mqtt = Some(addr.parse().expect("mqtt address"));
+            continue;
+        }
+        break line.strip_prefix("listening on ").expect("listening line").to_owned();
+    };
     let port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
-    (child, base, port)
+    (child, base, port, mqtt)
 }
 
 /// A reqwest client that trusts only the given PEM chain.

@@ -7,6 +7,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 
 use crate::helpers::{spawn_with, DataDir, TestApp};
+use crate::mqtt::{manufacturer_certificate, scope};
 
 /// Azure's SDK always connects to port 443 (it has no port option), so each test serves on
 /// 443 of its own loopback address — which needs root (CI runs as root).
@@ -45,16 +46,13 @@ fn node_ready() -> Option<std::path::PathBuf> {
     Some(dir)
 }
 
-fn scope(app: &TestApp) -> String {
-    let toml = std::fs::read_to_string(app.data.path().join("provisiond.toml")).unwrap();
-    toml.lines().find(|l| l.starts_with("id_scope")).unwrap().split('"').nth(1).unwrap().to_owned()
-}
-
-fn run(dir: &Path, app: &TestApp, args: &[&str]) -> (bool, String, String) {
+/// Runs `register.js` with Azure's `transport` (`http` or `mqtt`).
+pub fn run(dir: &Path, app: &TestApp, transport: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new("node")
         .arg("register.js")
         .args(args)
         .current_dir(dir)
+        .env("TRANSPORT", transport)
         .env("NODE_EXTRA_CA_CERTS", app.chain_path())
         .output()
         .unwrap();
@@ -77,8 +75,12 @@ async fn azure_node_sdk_registers_with_a_group_derived_symmetric_key() {
             .unwrap();
     let derived = ca::sas::derive_device_key(&group_key, "node-dev-1");
     let host = app.base.trim_start_matches("https://").trim_end_matches(":443").to_owned();
-    let (ok, out, err) =
-        run(&dir, &app, &["symkey", &host, &scope(&app), "node-dev-1", &derived.to_base64()]);
+    let (ok, out, err) = run(
+        &dir,
+        &app,
+        "http",
+        &["symkey", &host, &scope(&app), "node-dev-1", &derived.to_base64()],
+    );
     assert!(ok, "SDK failed: {err} {out}");
     let result: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(result["assignedHub"], "localhost", "{result}");
@@ -89,7 +91,7 @@ async fn azure_node_sdk_registers_with_a_group_derived_symmetric_key() {
 
     let wrong = ca::SasKey::generate();
     let (ok, _, _) =
-        run(&dir, &app, &["symkey", &host, &scope(&app), "node-dev-2", &wrong.to_base64()]);
+        run(&dir, &app, "http", &["symkey", &host, &scope(&app), "node-dev-2", &wrong.to_base64()]);
     assert!(!ok, "a wrong key is refused");
     assert_eq!(app.get_as("/v1/devices/node-dev-2", &app.owner_token()).await.status(), 404);
 }
@@ -98,30 +100,14 @@ async fn azure_node_sdk_registers_with_a_group_derived_symmetric_key() {
 async fn azure_node_sdk_registers_with_an_x509_manufacturer_certificate() {
     let Some(dir) = node_ready() else { return };
     let Some(app) = spawn_on_443("127.0.0.12").await else { return };
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::default();
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Contoso Devices CA");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages =
-        vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::default();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(rcgen::DnType::CommonName, "node-x509-1");
-    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = p.signed_by(&key, &issuer).unwrap();
-    app.put_group("contoso", json!({"attestation": {"type": "x509_ca", "x509_ca": {"ca_certificates": [ca_cert.pem()]}}, "credential": "sas"})).await;
     let files = tempfile::tempdir().unwrap();
-    let cert_p = files.path().join("device.pem");
-    let key_p = files.path().join("device.key");
-    std::fs::write(&cert_p, cert.pem()).unwrap();
-    std::fs::write(&key_p, key.serialize_pem()).unwrap();
+    let (ca_pem, cert_p, key_p) = manufacturer_certificate(files.path(), "node-x509-1");
+    app.put_group("contoso", json!({"attestation": {"type": "x509_ca", "x509_ca": {"ca_certificates": [ca_pem]}}, "credential": "sas"})).await;
     let host = app.base.trim_start_matches("https://").trim_end_matches(":443").to_owned();
     let (ok, out, err) = run(
         &dir,
         &app,
+        "http",
         &[
             "x509",
             &host,

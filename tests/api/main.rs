@@ -19,6 +19,7 @@ mod files;
 mod helpers;
 mod lists;
 mod mosquitto;
+mod mqtt;
 mod mtls;
 mod ops;
 mod pkcs11;

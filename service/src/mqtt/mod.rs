@@ -246,7 +246,11 @@ async fn run(
     let addr = Some(peer.ip().to_string());
     let attempt = match connect.login.as_ref() {
         Some(login) if login.username.contains("/registrations/") => {
-            dps::connect(state, &connect, chain.as_deref(), addr.clone()).await.map(Session::Dps)
+            // Boxed, like the publish below: a connection's task is as large as its largest
+            // await, and the registration core's futures would make every idle one carry them.
+            Box::pin(dps::connect(state, &connect, chain.as_deref(), addr.clone()))
+                .await
+                .map(Session::Dps)
         }
         _ => Err(("none", ConnectReturnCode::NotAuthorized)),
     };
@@ -302,7 +306,7 @@ async fn run(
                 if p.qos == QoS::ExactlyOnce {
                     return;
                 }
-                let replies = match session.publish(state, &p.topic, &p.payload).await {
+                let replies = match Box::pin(session.publish(state, &p.topic, &p.payload)).await {
                     Reply::Publish(r) => r,
                     Reply::Close(why) => {
                         tracing::debug!(%peer, why, "mqtt: closing");

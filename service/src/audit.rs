@@ -12,7 +12,8 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
-use crate::store::audit::{self as rows, AuditRow};
+use crate::store::audit::{self as rows};
+pub use crate::store::audit::{AuditFilter, AuditRow};
 use crate::store::{Dialect, Store, StoreError};
 
 /// `prev_hash` of the first row.
@@ -294,10 +295,18 @@ pub async fn page(
     store: &Store,
     after: i64,
     limit: i64,
-    filter: &crate::store::audit::AuditFilter<'_>,
-) -> Result<Vec<crate::store::audit::AuditRow>, StoreError> {
+    filter: &AuditFilter<'_>,
+) -> Result<Vec<AuditRow>, StoreError> {
     let mut conn = store.conn().await?;
     crate::store::audit::page(&mut conn, after, limit, filter).await
+}
+
+/// `(seq, hash)` of the last row present — not the head record: after rows are cut from the
+/// end the head still names the vanished row, and a checkpoint of it would vouch for rows that
+/// are gone. `(0, 64 zeros)` for an empty trail.
+pub async fn last_row(store: &Store) -> Result<(i64, String), StoreError> {
+    let mut conn = store.conn().await?;
+    rows::last_row(&mut conn).await
 }
 
 /// Walks the whole chain in pages and reports the first inconsistency: a gap or reordering in

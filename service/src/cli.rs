@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use crate::app::{open_state, Application};
 use crate::clock::SystemClock;
 use crate::config::{Config, Overrides};
-use crate::http::problem::error_chain;
+use crate::errors::error_chain;
 
 /// provisiond — device provisioning and credential vault for IoT fleets.
 #[derive(Debug, Parser)]
@@ -591,19 +591,13 @@ fn read_password(
             line.trim_end_matches(['\r', '\n']).to_owned()
         }
     };
-    if pw.chars().count() < crate::http::operators::MIN_PASSWORD_LEN {
-        return Err(format!(
-            "the password must be at least {} characters",
-            crate::http::operators::MIN_PASSWORD_LEN
-        ));
-    }
     Ok(crate::auth::password::Password::new(pw))
 }
 
 /// `provisiond operator add|passwd|remove`
 async fn operator(config: Config, command: OperatorCommand) -> Result<ExitCode, String> {
     let state = open_state(config, Arc::new(SystemClock)).await.map_err(|e| error_chain(&e))?;
-    let rc = crate::http::respond::RequestCtx::for_actor(&state, cli_actor());
+    let rc = crate::state::RequestCtx::for_actor(&state, cli_actor());
     let cx = rc.cx(&state);
     match command {
         OperatorCommand::Add { name, permissions, password_file, replace } => {
@@ -724,7 +718,7 @@ async fn write_export(
         let Some(last) = rows.last().map(|r| r.device_id.clone()) else { break };
         for row in rows {
             let d = crate::usecase::devices::open(&ring, row).map_err(|e| error_chain(&e))?;
-            let line = crate::http::devices::device_json(&d, with_keys).to_string();
+            let line = crate::repr::device_json(&d, with_keys).to_string();
             writeln!(file, "{line}").map_err(|e| e.to_string())?;
             n += 1;
         }
@@ -766,12 +760,12 @@ async fn import(config: Config, file: PathBuf, admin_if_missing: bool) -> Result
         if chunk.is_empty() {
             break;
         }
-        let rc = crate::http::respond::RequestCtx::for_actor(&state, actor.clone());
+        let rc = crate::state::RequestCtx::for_actor(&state, actor.clone());
         let cx = rc.cx(&state);
         let mut items = Vec::with_capacity(chunk.len());
         let mut parsed_lines = Vec::with_capacity(chunk.len());
         for (i, line) in &chunk {
-            match crate::http::devices::parse_import_line(line, admin_if_missing) {
+            match crate::repr::parse_import_line(line, admin_if_missing) {
                 Ok(item) => {
                     items.push(item);
                     parsed_lines.push((*i, line));
@@ -787,13 +781,7 @@ async fn import(config: Config, file: PathBuf, admin_if_missing: bool) -> Result
             Ok(_) => ok += n,
             Err(_) => {
                 for (i, line) in parsed_lines {
-                    match crate::http::devices::import_line(
-                        &state.store,
-                        &cx,
-                        line,
-                        admin_if_missing,
-                    )
-                    .await
+                    match crate::repr::import_line(&state.store, &cx, line, admin_if_missing).await
                     {
                         Ok(()) => ok += 1,
                         Err(e) => {

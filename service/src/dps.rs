@@ -147,46 +147,17 @@ pub async fn register(
 }
 
 /// The stored registration of `id` as its attested enrollment may read it, and the status to
-/// show (`assigned` or `disabled`). A one-time token reads only the id it registered.
+/// show (`assigned` or `disabled`).
 async fn stored(
     state: &AppState,
     attested: &Attested,
     id: &str,
 ) -> Result<Option<(Registered, &'static str)>, ApiError> {
-    let mut conn = state.store.conn().await?;
-    if let Some(jti) = &attested.jti {
-        let used_for = crate::store::enrollment::token_used_for(&mut conn, jti).await?;
-        if used_for.as_deref() != Some(id) {
-            return Err(ApiError::Unauthorized {
-                detail: "this enrollment token did not register this id",
-            });
-        }
-    }
-    let Some(reg) = crate::store::enrollment::registration(&mut conn, id).await? else {
-        return Ok(None);
-    };
-    let Some(device) = crate::store::devices::get(&mut conn, id).await? else { return Ok(None) };
-    let status = if device.status == "enabled" { "assigned" } else { "disabled" };
     let authority = state.authority();
-    let chain = match &reg.serial {
-        Some(serial) => register::stored_chain(&mut conn, &authority, serial).await?,
-        None => Vec::new(),
-    };
-    Ok(Some(Registered {
-        device_id: id.to_owned(),
-        chain,
-        device_keys: None,
-        created: false,
-        operation_id: reg.operation_id,
-        created_at: reg.created_at,
-        updated_at: reg.updated_at,
-        etag: device.etag.clone(),
-        payload: reg.payload.as_deref().and_then(|p| serde_json::from_str(p).ok()),
-    })
-    // Only while the attested enrollment owns the device (not after a delete and an admin
-    // re-create, say).
-    .filter(|_| register::owned_by(&device, &attested.group))
-    .map(|r| (r, status)))
+    let found =
+        register::stored(&state.store, &authority, &attested.group, attested.jti.as_deref(), id)
+            .await?;
+    Ok(found.map(|(r, enabled)| (r, if enabled { "assigned" } else { "disabled" })))
 }
 
 /// Operation status: the registration of `id` if `operation_id` is its operation.

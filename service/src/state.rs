@@ -198,3 +198,38 @@ pub async fn run_registration_queue(state: actix_web::web::Data<AppState>) {
     let shared = || (state.ring(), state.authority(), state.now());
     crate::usecase::register::Queue::run(rx, &state.store, shared, &state.audit_key).await;
 }
+
+/// What a writing request (HTTP handler, CLI command) hands to its use case: the ring snapshot,
+/// the time and the actor. `crate::http::respond` adds the constructor from an HTTP request.
+pub struct RequestCtx {
+    ring: std::sync::Arc<crate::seal::KeyRing>,
+    now: i64,
+    actor: crate::usecase::Actor,
+}
+
+impl RequestCtx {
+    /// Who acts.
+    pub fn actor(&self) -> &crate::usecase::Actor {
+        &self.actor
+    }
+
+    /// The request's time.
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+
+    /// A context for an actor that is not a policy or operator (a device, a bundle, the CLI).
+    pub fn for_actor(state: &AppState, actor: crate::usecase::Actor) -> Self {
+        Self { ring: state.ring(), now: state.now(), actor }
+    }
+
+    /// The use-case context.
+    pub fn cx<'a>(&'a self, state: &'a AppState) -> crate::usecase::Ctx<'a> {
+        crate::usecase::Ctx {
+            ring: &self.ring,
+            audit_key: &state.audit_key,
+            now: self.now,
+            actor: &self.actor,
+        }
+    }
+}

@@ -39,7 +39,7 @@ pub async fn list(
     {
         return Err(ApiError::BadRequest("action or target_prefix is too long".into()));
     }
-    let filter = crate::store::audit::AuditFilter {
+    let filter = crate::audit::AuditFilter {
         action: q.action.as_deref(),
         target_prefix: q.target_prefix.as_deref(),
         outcome: q.outcome.as_deref(),
@@ -79,11 +79,7 @@ struct CheckpointClaims {
 /// `GET /v1/audit/checkpoint`: `{seq, hash, at, signature}`, the signature a compact JWS by the
 /// current intermediate (ES256 / ES384 / PS256 after its key) over `{seq, hash, at}`.
 pub async fn checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let mut conn = state.store.conn().await?;
-    // The last row present, not the head record: after rows are cut from the end the head
-    // still names the vanished row, and signing it would vouch for rows that are gone.
-    let (seq, hash) = crate::store::audit::last_row(&mut conn).await?;
-    drop(conn);
+    let (seq, hash) = crate::audit::last_row(&state.store).await?;
     let claims = CheckpointClaims { seq, hash, at: rfc3339(state.now()) };
     let authority = state.authority();
     let issuer = authority.active();

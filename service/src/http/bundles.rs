@@ -111,7 +111,7 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
-fn bundle_json(b: &crate::store::bundles::BundleRow, now: i64) -> serde_json::Value {
+fn bundle_json(b: &crate::usecase::bundles::BundleRow, now: i64) -> serde_json::Value {
     json!({
         "id": b.id, "device_id": b.device_id, "credential": b.credential, "format": b.format,
         "status": bundles::status(b, now), "created_at": ts(b.created_at),

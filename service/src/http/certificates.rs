@@ -50,7 +50,7 @@ pub async fn list(
 
 /// A certificate as lists show it; with `kind` as `GET /v1/certificates/{serial}` does.
 fn certificate_json(
-    r: &crate::store::certificates::CertificateRow,
+    r: &crate::usecase::certificates::CertificateRow,
     now: i64,
     with_kind: bool,
 ) -> serde_json::Value {

@@ -14,28 +14,12 @@ use crate::auth::PermissionSet;
 use crate::state::AppState;
 use crate::usecase::operators::{self, OperatorError};
 
-/// Shortest accepted operator password.
-pub const MIN_PASSWORD_LEN: usize = 8;
-
 /// PUT body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OperatorBody {
     password: String,
     permissions: Vec<String>,
-}
-
-impl From<OperatorError> for ApiError {
-    fn from(e: OperatorError) -> Self {
-        match e {
-            OperatorError::NotFound => ApiError::NotFound("operator not found".into()),
-            OperatorError::BadCredentials => {
-                ApiError::Unauthorized { detail: "invalid user name or password" }
-            }
-            OperatorError::Store(s) => s.into(),
-            OperatorError::Internal(m) => ApiError::internal(std::io::Error::other(m)),
-        }
-    }
 }
 
 /// `PUT /v1/operators/{name}`
@@ -50,11 +34,6 @@ pub async fn put(
     let password = Password::new(body.password);
     let permissions = PermissionSet::parse(body.permissions.iter().map(String::as_str))
         .map_err(|bad| ApiError::BadRequest(format!("unknown permission `{bad}`")))?;
-    if !(MIN_PASSWORD_LEN..=1024).contains(&password.len()) {
-        return Err(ApiError::BadRequest(format!(
-            "password must be {MIN_PASSWORD_LEN} to 1024 characters"
-        )));
-    }
     let rc = RequestCtx::new(&state, &req, &who);
     let created =
         operators::put(&state.store, &rc.cx(&state), &name, password, &permissions).await?;
@@ -75,7 +54,7 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-fn operator_json(r: &crate::store::operators::OperatorRow) -> serde_json::Value {
+fn operator_json(r: &crate::usecase::operators::OperatorRow) -> serde_json::Value {
     let names: Vec<String> = serde_json::from_str(&r.permissions).unwrap_or_default();
     json!({
         "name": r.name, "permissions": names,

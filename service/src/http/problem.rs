@@ -6,7 +6,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::store::StoreError;
+use crate::usecase::StoreError;
 
 /// Content type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -216,17 +216,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// `e: cause: cause…` for logs.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
+pub use crate::errors::error_chain;
 
 impl From<crate::usecase::devices::DeviceError> for ApiError {
     fn from(e: crate::usecase::devices::DeviceError) -> Self {
@@ -312,6 +302,9 @@ impl From<crate::usecase::register::RegisterError> for ApiError {
             E::TokenUsed => {
                 ApiError::Unauthorized { detail: "enrollment token already used or expired" }
             }
+            E::TokenNotForThisId => {
+                ApiError::Unauthorized { detail: "this enrollment token did not register this id" }
+            }
             E::Store(s) => s.into(),
             E::Issue(i) => i.into(),
         }
@@ -372,6 +365,26 @@ impl From<crate::mtls::MtlsError> for ApiError {
             }
             crate::mtls::MtlsError::Invalid(_) => {
                 ApiError::Unauthorized { detail: "the client certificate is not valid here" }
+            }
+        }
+    }
+}
+
+impl From<crate::usecase::operators::OperatorError> for ApiError {
+    fn from(e: crate::usecase::operators::OperatorError) -> Self {
+        match e {
+            crate::usecase::operators::OperatorError::NotFound => {
+                ApiError::NotFound("operator not found".into())
+            }
+            crate::usecase::operators::OperatorError::BadCredentials => {
+                ApiError::Unauthorized { detail: "invalid user name or password" }
+            }
+            e @ crate::usecase::operators::OperatorError::PasswordLength => {
+                ApiError::BadRequest(e.to_string())
+            }
+            crate::usecase::operators::OperatorError::Store(s) => s.into(),
+            crate::usecase::operators::OperatorError::Internal(m) => {
+                ApiError::internal(std::io::Error::other(m))
             }
         }
     }

@@ -24,42 +24,12 @@ pub fn path_id(req: &HttpRequest, name: &str, kind: &'static str) -> Result<Stri
     crate::ids::from_path(kind, raw).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-/// What a writing handler hands to its use case: the ring snapshot, the time and the actor.
-pub struct RequestCtx {
-    ring: std::sync::Arc<crate::seal::KeyRing>,
-    now: i64,
-    actor: Actor,
-}
+pub use crate::state::RequestCtx;
 
 impl RequestCtx {
-    /// Who acts.
-    pub fn actor(&self) -> &Actor {
-        &self.actor
-    }
-
-    /// The request's time.
-    pub fn now(&self) -> i64 {
-        self.now
-    }
-
     /// Captures the context of `req` made by `who`.
     pub fn new(state: &AppState, req: &HttpRequest, who: &Authenticated) -> Self {
         Self::for_actor(state, Actor { name: who.0.name.clone(), addr: client_ip(req) })
-    }
-
-    /// A context for an actor that is not a policy or operator (a device, a bundle, the CLI).
-    pub fn for_actor(state: &AppState, actor: Actor) -> Self {
-        Self { ring: state.ring(), now: state.now(), actor }
-    }
-
-    /// The use-case context.
-    pub fn cx<'a>(&'a self, state: &'a AppState) -> crate::usecase::Ctx<'a> {
-        crate::usecase::Ctx {
-            ring: &self.ring,
-            audit_key: &state.audit_key,
-            now: self.now,
-            actor: &self.actor,
-        }
     }
 }
 

@@ -202,3 +202,30 @@ pub async fn compromised_unmarked(
     .fetch_all(conn)
     .await?)
 }
+
+/// Revokes every unrevoked certificate of a device and marks the affected CRLs stale, inside
+/// the caller's transaction.
+pub async fn revoke_all_of_device(
+    tx: &mut AnyConnection,
+    device_id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE crls SET next_update = 0 WHERE issuer_id IN \
+         (SELECT issuer_id FROM certificates WHERE device_id = $1 AND revoked_at IS NULL)",
+    )
+    .bind(device_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE certificates SET revoked_at = $2, revocation_reason = $3 \
+         WHERE device_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(device_id)
+    .bind(now)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

@@ -66,3 +66,10 @@ pub async fn crl_states(conn: &mut AnyConnection) -> Result<Vec<(String, i64, i6
     .fetch_all(conn)
     .await?)
 }
+
+/// Marks every issuer inactive (before the new intermediate is inserted active, in the same
+/// transaction).
+pub async fn deactivate_all(tx: &mut AnyConnection) -> Result<(), StoreError> {
+    sqlx::query("UPDATE issuers SET active = 0 WHERE active = 1").execute(tx).await?;
+    Ok(())
+}

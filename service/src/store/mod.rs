@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod bundles;
 pub mod certificates;
+pub mod crls;
 pub mod devices;
 pub mod direct;
 pub mod enrollment;
@@ -30,6 +31,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool};
 
 use crate::config::DatabaseUrl;
+
+/// A connection or a transaction of the store, as use cases name it (they never name `sqlx`).
+pub type Conn = sqlx::AnyConnection;
 
 /// A write transaction. On SQLite it also holds the process-wide writer lock: SQLite has one
 /// writer, and queueing writers here (FIFO, no sleeping) instead of in SQLite's busy handler
@@ -62,6 +66,11 @@ impl std::ops::DerefMut for Tx {
     fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
         &mut self.tx
     }
+}
+
+/// A savepoint inside `tx` (a nested transaction): rolled back on drop, released by `commit`.
+pub async fn savepoint(tx: &mut Conn) -> Result<sqlx::Transaction<'_, Any>, StoreError> {
+    Ok(sqlx::Connection::begin(tx).await?)
 }
 
 /// Which SQL engine is behind the pool.
@@ -102,6 +111,13 @@ pub enum StoreError {
     /// Migrations failed.
     #[error("migration failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// The store is closed (the server is shutting down).
+    pub fn closed() -> Self {
+        StoreError::Unavailable(sqlx::Error::PoolClosed)
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -19,7 +19,8 @@ use super::devices::{self, Authentication};
 use super::groups::Credential;
 use super::{random_hex, Ctx};
 use crate::authority::Authority;
-use crate::store::bundles::{self as rows, BundleRow};
+use crate::store::bundles as rows;
+pub use crate::store::bundles::BundleRow;
 use crate::store::{certificates, Store, StoreError};
 
 /// Longest bundle lifetime (30 days).
@@ -361,7 +362,7 @@ pub async fn redeem(
 /// A bundle as `scope` may see it: one whose device id the scope admits and whose device (if
 /// it still exists) it covers.
 async fn visible(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut crate::store::Conn,
     scope: Option<&crate::auth::Scope>,
     id: &str,
 ) -> Result<BundleRow, BundleError> {

@@ -5,7 +5,8 @@ use ca::{CsrError, IssuedCertificate};
 
 use super::Ctx;
 use crate::authority::Authority;
-use crate::store::certificates::{self as rows, CertificateRow};
+use crate::store::certificates as rows;
+pub use crate::store::certificates::CertificateRow;
 use crate::store::{Store, StoreError};
 
 /// Default lifetime of a device certificate.

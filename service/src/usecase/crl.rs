@@ -6,6 +6,7 @@
 use ca::revocation::{build_crl, RevocationReason, RevokedEntry};
 
 use crate::authority::CaEntry;
+use crate::store::crls::{self, CrlRow};
 use crate::store::{certificates, Store, StoreError};
 
 /// Why a CRL could not be produced.
@@ -29,14 +30,6 @@ impl From<ca::SignError> for CrlError {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct CrlRow {
-    number: i64,
-    this_update: i64,
-    next_update: i64,
-    der: Vec<u8>,
-}
-
 /// The current DER CRL of `entry`, regenerating it when due.
 pub async fn current(
     store: &Store,
@@ -48,13 +41,7 @@ pub async fn current(
         return Err(CrlError::NoKey);
     }
     let mut conn = store.conn().await?;
-    let cached = sqlx::query_as::<_, CrlRow>(
-        "SELECT number, this_update, next_update, der FROM crls WHERE issuer_id = $1",
-    )
-    .bind(&entry.id)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(StoreError::from)?;
+    let cached = crls::get(&mut conn, &entry.id).await?;
     if let Some(row) = &cached {
         let half_life = (row.next_update - row.this_update) / 2;
         if row.next_update > now && now - row.this_update < half_life.max(1) {
@@ -81,43 +68,15 @@ pub async fn current(
         build_crl(issuer, number as u64, now, now + validity_secs, &entries).map_err(CrlError::from)
     })
     .await?;
+    let crl = CrlRow { number, this_update: now, next_update: now + validity_secs, der };
     let mut tx = store.begin().await?;
-    let stored = match cached {
-        None => sqlx::query(
-            "INSERT INTO crls (issuer_id, number, this_update, next_update, der) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (issuer_id) DO NOTHING",
-        )
-        .bind(&entry.id)
-        .bind(number)
-        .bind(now)
-        .bind(now + validity_secs)
-        .bind(&der)
-        .execute(&mut *tx)
-        .await,
-        Some(_) => sqlx::query(
-            "UPDATE crls SET number = $2, this_update = $3, next_update = $4, der = $5 \
-             WHERE issuer_id = $1 AND number = $6",
-        )
-        .bind(&entry.id)
-        .bind(number)
-        .bind(now)
-        .bind(now + validity_secs)
-        .bind(&der)
-        .bind(previous)
-        .execute(&mut *tx)
-        .await,
-    }
-    .map_err(StoreError::from)?;
-    if stored.rows_affected() == 1 {
+    let previous = cached.map(|r| r.number);
+    if crls::publish(&mut tx, &entry.id, previous, &crl).await? {
         tx.commit().await.map_err(StoreError::from)?;
-        return Ok(der);
+        return Ok(crl.der);
     }
     // Another instance published first: serve theirs (same content, its number).
-    let winner: Vec<u8> = sqlx::query_scalar("SELECT der FROM crls WHERE issuer_id = $1")
-        .bind(&entry.id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
+    let winner = crls::get(&mut tx, &entry.id).await?.map(|r| r.der);
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(winner)
+    Ok(winner.unwrap_or(crl.der))
 }

@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 
 use super::{random_hex, Ctx};
 use crate::seal::{KeyRing, SealContext, SealError};
-use crate::store::devices::{self as rows, DeviceRow};
+pub use crate::store::devices::DeviceRow;
+use crate::store::devices::{self as rows};
 use crate::store::{Store, StoreError};
 
 /// Largest accepted tags object, serialized.
@@ -180,6 +181,29 @@ fn ctx<'a>(column: &'a str, id: &'a str) -> SealContext<'a> {
     SealContext { table: "devices", column, row_id: id }
 }
 
+/// One page of devices in id order after `after` (`status`, id `prefix`), keeping those
+/// `visible` admits (a scope, a group filter) until `limit` are kept; and whether more follow.
+pub async fn page(
+    store: &Store,
+    ring: &KeyRing,
+    after: &str,
+    limit: i64,
+    status: Option<&str>,
+    prefix: Option<&str>,
+    visible: impl Fn(&DeviceRow) -> bool,
+) -> Result<(Vec<Device>, bool), DeviceError> {
+    let (rows, more) = super::page_where(
+        after,
+        limit,
+        |r: &DeviceRow| r.device_id.as_str(),
+        visible,
+        |after, n| async move { rows::page_committed(store, &after, status, prefix, n).await },
+    )
+    .await?;
+    let devices = rows.into_iter().map(|r| open(ring, r)).collect::<Result<_, _>>()?;
+    Ok((devices, more))
+}
+
 /// Unseals a row's authentication.
 pub fn open(ring: &KeyRing, row: DeviceRow) -> Result<Device, DeviceError> {
     let auth = match row.auth_type.as_str() {
@@ -238,7 +262,7 @@ pub async fn counts(
 /// Whether `scope` covers the device `device_id` as stored now, read in the caller's
 /// transaction (a device that is gone has no owner: only a prefix-only scope may cover it).
 pub async fn in_scope(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut crate::store::Conn,
     scope: &crate::auth::Scope,
     device_id: &str,
 ) -> Result<bool, StoreError> {
@@ -380,7 +404,7 @@ fn shape(
 
 /// The body of [`put`], inside the caller's transaction.
 async fn put_in(
-    tx: &mut sqlx::AnyConnection,
+    tx: &mut crate::store::Conn,
     dialect: crate::store::Dialect,
     cx: &Ctx<'_>,
     id: &str,
@@ -411,7 +435,13 @@ async fn put_in(
         }
         cx.audit(&mut *tx, dialect, "device.update", id).await?;
         if was_enabled && row.status == "disabled" {
-            revoke_certificates(&mut *tx, id, "privilege_withdrawn", cx.now).await?;
+            crate::store::certificates::revoke_all_of_device(
+                &mut *tx,
+                id,
+                "privilege_withdrawn",
+                cx.now,
+            )
+            .await?;
         }
     }
     Ok((Device { row, auth }, created))
@@ -419,7 +449,7 @@ async fn put_in(
 
 /// Records an imported device's owner (when its enrollment exists here) and creation time.
 async fn adopt_owner(
-    tx: &mut sqlx::AnyConnection,
+    tx: &mut crate::store::Conn,
     row: &mut DeviceRow,
     imported: &Imported,
 ) -> Result<(), DeviceError> {
@@ -464,7 +494,8 @@ pub async fn delete(
     if !rows::delete(&mut tx, id, &current.etag).await? {
         return Err(DeviceError::PreconditionFailed);
     }
-    revoke_certificates(&mut tx, id, "cessation_of_operation", cx.now).await?;
+    crate::store::certificates::revoke_all_of_device(&mut tx, id, "cessation_of_operation", cx.now)
+        .await?;
     crate::store::bundles::cancel_for_device(&mut tx, id, cx.now).await?;
     cx.audit(&mut tx, store.dialect(), "device.delete", id).await?;
     tx.commit().await.map_err(StoreError::from)?;
@@ -513,31 +544,4 @@ pub async fn rotate_keys(
     cx.audit(&mut tx, store.dialect(), "device.keys.rotate", id).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(device)
-}
-
-/// Revokes every unrevoked certificate of a device and marks the affected CRLs stale, inside
-/// the caller's transaction.
-pub async fn revoke_certificates(
-    tx: &mut sqlx::AnyConnection,
-    device_id: &str,
-    reason: &str,
-    now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE crls SET next_update = 0 WHERE issuer_id IN \
-         (SELECT issuer_id FROM certificates WHERE device_id = $1 AND revoked_at IS NULL)",
-    )
-    .bind(device_id)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE certificates SET revoked_at = $2, revocation_reason = $3 \
-         WHERE device_id = $1 AND revoked_at IS NULL",
-    )
-    .bind(device_id)
-    .bind(now)
-    .bind(reason)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }

@@ -365,7 +365,7 @@ fn write_files(
 }
 
 async fn store_issuers(
-    tx: &mut sqlx::AnyConnection,
+    tx: &mut crate::store::Conn,
     ring: &KeyRing,
     (root_der, root, root_label): (&[u8], &ca::authority::CaCertInfo, Option<String>),
     inter: &Issuer,
@@ -407,7 +407,7 @@ async fn store_issuers(
 
 /// Inserts a policy with sealed keys.
 pub async fn insert_policy(
-    tx: &mut sqlx::AnyConnection,
+    tx: &mut crate::store::Conn,
     ring: &KeyRing,
     name: &str,
     permissions: &PermissionSet,
@@ -430,7 +430,7 @@ pub async fn insert_policy(
 }
 
 async fn insert_secret(
-    tx: &mut sqlx::AnyConnection,
+    tx: &mut crate::store::Conn,
     ring: &KeyRing,
     name: &str,
     plaintext: &[u8],

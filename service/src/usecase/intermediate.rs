@@ -117,10 +117,7 @@ pub async fn rotate_intermediate(
     let id = inter.id();
     let (key_version, private_key, key_label) = key_columns(&inter, cx.ring);
     let mut tx = store.begin().await?;
-    sqlx::query("UPDATE issuers SET active = 0 WHERE active = 1")
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
+    crate::store::issuers::deactivate_all(&mut tx).await?;
     crate::store::issuers::insert(
         &mut tx,
         &IssuerRow {

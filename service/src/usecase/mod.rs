@@ -20,7 +20,8 @@ pub mod server_cert;
 
 use crate::audit::{AuditKey, Entry};
 use crate::seal::KeyRing;
-use crate::store::{Dialect, StoreError};
+use crate::store::Dialect;
+pub use crate::store::StoreError;
 
 /// Who is acting, for the audit trail.
 #[derive(Debug, Clone)]
@@ -54,7 +55,7 @@ impl Ctx<'_> {
     /// Appends an audit row for `action` on `target` inside `tx`.
     pub async fn audit(
         &self,
-        tx: &mut sqlx::AnyConnection,
+        tx: &mut crate::store::Conn,
         dialect: Dialect,
         action: &str,
         target: &str,

@@ -5,7 +5,8 @@ use super::{random_hex, Ctx};
 use crate::auth::jwt::{Claims, JwtKeys, OPERATOR_AUDIENCE};
 use crate::auth::password::{self, Password};
 use crate::auth::{PermissionSet, Principal};
-use crate::store::operators::{self as rows, OperatorRow};
+use crate::store::operators as rows;
+pub use crate::store::operators::OperatorRow;
 use crate::store::{Store, StoreError};
 
 /// Lifetime of an operator session token.
@@ -24,10 +25,18 @@ pub enum OperatorError {
     /// storage
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// a password outside [`MIN_PASSWORD_LEN`]..=[`MAX_PASSWORD_LEN`] characters
+    #[error("password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters")]
+    PasswordLength,
     /// hashing / signing
     #[error("internal: {0}")]
     Internal(String),
 }
+
+/// Shortest operator password accepted (characters).
+pub const MIN_PASSWORD_LEN: usize = 8;
+/// Longest operator password accepted (characters; bounds the hashing cost of a request).
+pub const MAX_PASSWORD_LEN: usize = 1024;
 
 /// Creates or replaces an operator; true when created.
 pub async fn put(
@@ -37,6 +46,9 @@ pub async fn put(
     password: Password,
     permissions: &PermissionSet,
 ) -> Result<bool, OperatorError> {
+    if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&password.len()) {
+        return Err(OperatorError::PasswordLength);
+    }
     let hash =
         password::hash(password).await.map_err(|e| OperatorError::Internal(e.to_string()))?;
     let row = OperatorRow {

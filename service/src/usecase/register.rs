@@ -58,6 +58,9 @@ pub enum RegisterError {
     /// the one-time token was already used, expired or unknown
     #[error("enrollment token already used or expired")]
     TokenUsed,
+    /// a one-time token asked about an id it did not register
+    #[error("this enrollment token did not register this id")]
+    TokenNotForThisId,
     /// signing failed
     #[error(transparent)]
     Issue(#[from] ca::IssueError),
@@ -548,9 +551,9 @@ async fn commit_lines<'a>(
         // the same ids) is rolled back to its savepoint, which releases what it locked, and
         // tried again; the outcome is never a 5xx (Contention maps to 409).
         let r = loop {
-            let mut sp = match sqlx::Connection::begin(&mut *tx).await {
+            let mut sp = match crate::store::savepoint(&mut tx).await {
                 Ok(sp) => sp,
-                Err(e) => break Err(RegisterError::Store(e.into())),
+                Err(e) => break Err(RegisterError::Store(e)),
             };
             let outcome = register_in(
                 &mut sp,
@@ -629,7 +632,7 @@ fn split_unique(pending: Vec<Line<'_>>) -> (Vec<Line<'_>>, Vec<Line<'_>>) {
 /// Splits `pending` into first registrations (ids the database has never seen, once in the
 /// batch, no token) and the rest; all are the rest when the lookup fails.
 async fn split_fresh<'a>(
-    tx: &mut sqlx::AnyConnection,
+    tx: &mut crate::store::Conn,
     pending: Vec<Line<'a>>,
 ) -> (Vec<Line<'a>>, Vec<Line<'a>>) {
     let ids: Vec<&str> = pending.iter().map(|l| l.p.registration_id()).collect();
@@ -719,7 +722,7 @@ type Stored = (Vec<(String, String)>, (i64, String));
 /// Stores first registrations in the caller's transaction: the head lock, then one multi-row
 /// insert per table and the audit append (one statement on PostgreSQL, four on SQLite).
 async fn insert_fresh(
-    tx: &mut sqlx::AnyConnection,
+    tx: &mut crate::store::Conn,
     dialect: crate::store::Dialect,
     bx: &BatchCtx<'_>,
     fresh: &[Line<'_>],
@@ -855,7 +858,7 @@ fn finish(
 }
 
 fn unavailable() -> StoreError {
-    StoreError::Unavailable(sqlx::Error::PoolClosed)
+    StoreError::closed()
 }
 
 fn new_operation_id() -> String {
@@ -949,7 +952,7 @@ impl Prepared {
 /// the rows this transaction read, then stores the device, certificate, registration record
 /// and audit row.
 async fn register_in(
-    tx: &mut sqlx::AnyConnection,
+    tx: &mut crate::store::Conn,
     dialect: crate::store::Dialect,
     cx: &Ctx<'_>,
     authority: &Authority,
@@ -1105,9 +1108,50 @@ pub fn owned_by(device: &DeviceRow, group: &Group) -> bool {
     }
 }
 
+/// The stored registration of `id` as `group` may read it (DPS operation and registration
+/// status), and whether its device is enabled. A one-time token (`jti`) reads only the id it
+/// registered; an enrollment reads only while it owns the device (not after a delete and an
+/// admin re-create, say).
+pub async fn stored(
+    store: &Store,
+    authority: &Authority,
+    group: &Group,
+    jti: Option<&str>,
+    id: &str,
+) -> Result<Option<(Registered, bool)>, RegisterError> {
+    let mut conn = store.conn().await?;
+    if let Some(jti) = jti {
+        let used_for = rows::token_used_for(&mut conn, jti).await?;
+        if used_for.as_deref() != Some(id) {
+            return Err(RegisterError::TokenNotForThisId);
+        }
+    }
+    let Some(reg) = rows::registration(&mut conn, id).await? else { return Ok(None) };
+    let Some(device) = device_rows::get(&mut conn, id).await? else { return Ok(None) };
+    if !owned_by(&device, group) {
+        return Ok(None);
+    }
+    let chain = match &reg.serial {
+        Some(serial) => stored_chain(&mut conn, authority, serial).await?,
+        None => Vec::new(),
+    };
+    let registered = Registered {
+        device_id: id.to_owned(),
+        chain,
+        device_keys: None,
+        created: false,
+        operation_id: reg.operation_id,
+        created_at: reg.created_at,
+        updated_at: reg.updated_at,
+        etag: device.etag,
+        payload: reg.payload.as_deref().and_then(|p| serde_json::from_str(p).ok()),
+    };
+    Ok(Some((registered, device.status == "enabled")))
+}
+
 /// The chain (leaf, issuer) of a stored certificate, empty when it or its issuer is gone.
 pub async fn stored_chain(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut crate::store::Conn,
     authority: &Authority,
     serial: &str,
 ) -> Result<Vec<Vec<u8>>, StoreError> {

@@ -89,7 +89,7 @@ pub async fn mark_compromised_keys(store: &Store, now: i64) -> Result<usize, Sto
 /// Whether a certificate is inside a scope: a device certificate whose device (as stored now;
 /// a deleted device has no owner) the scope covers. Server and instance certificates never are.
 pub async fn certificate_in_scope(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut crate::store::Conn,
     scope: &Scope,
     cert: &CertificateRow,
 ) -> Result<bool, StoreError> {

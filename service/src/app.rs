@@ -204,7 +204,7 @@ pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
         store,
         ring: RwLock::new(Arc::new(ring)),
         clock,
-        audit_key: AuditKey::new(audit_key),
+        audit_key: Arc::new(AuditKey::new(audit_key)),
         jwt,
         authority: RwLock::new(Arc::new(authority)),
         limiter: FailureLimiter::default(),

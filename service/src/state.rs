@@ -22,7 +22,7 @@ pub struct AppState {
     /// time source
     pub clock: Arc<dyn Clock>,
     /// audit chain key
-    pub audit_key: AuditKey,
+    pub audit_key: Arc<AuditKey>,
     /// JWT signing / verification (operator sessions, enrollment tokens)
     pub jwt: crate::auth::jwt::JwtKeys,
     /// the CA hierarchy (replaced on intermediate rotation)
@@ -188,6 +188,20 @@ impl AppState {
         let outcome = if result.is_ok() { "success" } else { "failure" };
         self.metrics.registrations.with_label_values(&[door.name, outcome]).inc();
         result
+    }
+}
+
+/// The handles the registration core's stream pipeline takes (`register::stream`): the store,
+/// the audit key, the clock and the key ring in effect.
+pub fn registration_handles(
+    state: &actix_web::web::Data<AppState>,
+) -> crate::usecase::register::stream::Handles {
+    let ring_of = state.clone();
+    crate::usecase::register::stream::Handles {
+        store: state.store.clone(),
+        audit_key: state.audit_key.clone(),
+        clock: state.clock.clone(),
+        ring: Arc::new(move || ring_of.ring()),
     }
 }
 

@@ -16,7 +16,7 @@ use super::problem::ApiError;
 use super::respond::{path_id, secret_json, ts, RequestCtx};
 use crate::state::AppState;
 use crate::usecase::groups::{self, Attestation, Credential, Group, Reprovisioning};
-use crate::usecase::register::{self, Registered, RegistrationRequest};
+use crate::usecase::register::{stream, Registered, RegistrationRequest};
 
 /// Largest NDJSON batch, in lines and bytes (API.md A10).
 pub const MAX_BATCH_LINES: usize = 100_000;
@@ -497,8 +497,6 @@ struct Registrar {
     state: web::Data<AppState>,
     rc: RequestCtx,
     group: Arc<Group>,
-    authority: Arc<crate::authority::Authority>,
-    base_url: String,
     scope: Option<Arc<crate::auth::Scope>>,
 }
 
@@ -546,8 +544,6 @@ pub async fn registrations(
     }
     let registrar = Registrar {
         rc: RequestCtx::new(&state, &req, &who),
-        authority: state.authority(),
-        base_url: state.config.public_base_url(),
         scope: who.0.scope.clone().map(Arc::new),
         state,
         group: Arc::new(group),
@@ -570,49 +566,42 @@ pub async fn registrations(
     }
     // Answers wait in a spool (memory, then a sealed temporary file), never in a bounded
     // channel: a client that sends its whole batch before it reads (most HTTP libraries) would
-    // otherwise fill the socket both ways and hang with the server.
+    // otherwise fill the socket both ways and hang with the server. The registration core's
+    // stream pipeline (`register::stream`) prepares and commits the chunks this task reads.
     let spool = Arc::new(crate::spool::Spool::default());
-    // Two stages: this task reads lines and starts each chunk's CPU work (JSON, CSR proof of
-    // possession, signing) on the blocking pool as soon as the chunk is complete; the committer
-    // stores chunks in order, one transaction each, and only then sends their result lines. So
-    // the next chunks are verified and signed while the current one commits.
-    // Two chunks commit at a time; `register::Turn` decides how far they overlap (on
-    // PostgreSQL one inserts its rows while the one before takes the audit head and commits;
-    // on SQLite, one writer, the second waits for the first).
-    let (jobs, queue) = tokio::sync::mpsc::channel::<PreparingChunk>(2);
-    let registrar = Arc::new(registrar);
-    let committer = registrar.clone();
+    let Registrar { state, rc, group, scope } = registrar;
+    let batch = Arc::new(stream::Batch {
+        handles: crate::state::registration_handles(&state),
+        authority: state.authority(),
+        group,
+        actor: rc.actor().clone(),
+        scope,
+        base_url: state.config.public_base_url(),
+        parse: ndjson_line,
+    });
+    let (jobs, input) = tokio::sync::mpsc::channel::<stream::Input<ApiError>>(1);
     let out = spool.clone();
+    let metrics = state.clone();
     actix_web::rt::spawn(async move {
-        let mut turns = register::Turns::default();
-        let chunks = futures_util::stream::unfold(queue, |mut queue| async move {
-            queue.recv().await.map(|chunk| (chunk, queue))
-        });
-        // Each commit is its own task, so it goes on while result lines wait to be sent.
-        let mut committed = std::pin::pin!(chunks
-            .map(|chunk| {
-                let (committer, turn) = (committer.clone(), turns.next_turn());
-                actix_web::rt::spawn(async move { committer.commit(chunk, turn).await })
-            })
-            .buffered(2));
-        while let Some(done) = committed.next().await {
-            let lines = done.unwrap_or_else(|e| {
-                tracing::error!(error = %e, "registration commit failed");
-                vec![error_line(None, &ApiError::Internal(Box::new(e)))]
-            });
+        let sink = |outcomes: Vec<stream::LineOutcome<ApiError>>| {
             if out.abandoned() {
-                return; // client went away
+                return false; // client went away
             }
-            for line in lines {
-                if let Err(e) = out.push(line) {
+            for outcome in outcomes {
+                if let Err(e) = out.push(render_line(&metrics, outcome)) {
                     tracing::error!(error = %e, "answer spool failed");
                     out.abandon();
-                    return;
+                    return false;
                 }
             }
+            true
+        };
+        batch.run(input, sink).await;
+        if !out.abandoned() {
+            out.close();
         }
-        out.close();
     });
+    let read_timeout_secs = state.config.request_body_timeout_secs;
     actix_web::rt::spawn(async move {
         use futures_util::FutureExt as _;
         let mut buf: Vec<u8> = Vec::new();
@@ -623,7 +612,7 @@ pub async fn registrations(
         let fail = |e: ApiError| {
             let jobs = jobs.clone();
             async move {
-                let _ = jobs.send(PreparingChunk::Fatal(error_line(None, &e))).await;
+                let _ = jobs.send(stream::Input::Stop(e)).await;
             }
         };
         while !done {
@@ -645,8 +634,7 @@ pub async fn registrations(
                     buf.extend_from_slice(&chunk);
                 }
                 Some(Some(Err(e))) if super::limits::is_body_timeout(&e) => {
-                    let secs = registrar.state.config.request_body_timeout_secs;
-                    return fail(ApiError::RequestTimeout(secs)).await;
+                    return fail(ApiError::RequestTimeout(read_timeout_secs)).await;
                 }
                 Some(Some(Err(e))) => {
                     return fail(ApiError::BadRequest(format!("cannot read body: {e}"))).await;
@@ -668,14 +656,14 @@ pub async fn registrations(
                 if lines > MAX_BATCH_LINES {
                     let msg = format!("batch exceeds {MAX_BATCH_LINES} lines");
                     if !pending.is_empty() {
-                        let chunk = registrar.prepare(std::mem::take(&mut pending));
+                        let chunk = stream::Input::Lines(std::mem::take(&mut pending));
                         let _ = jobs.send(chunk).await;
                     }
                     return fail(ApiError::BadRequest(msg)).await;
                 }
                 pending.push(line);
                 if pending.len() == GROUP_COMMIT_LINES {
-                    let chunk = registrar.prepare(std::mem::take(&mut pending));
+                    let chunk = stream::Input::Lines(std::mem::take(&mut pending));
                     if jobs.send(chunk).await.is_err() {
                         return;
                     }
@@ -688,7 +676,7 @@ pub async fn registrations(
             // Group commit: a partial chunk goes when no more input is immediately available
             // (so slow senders still get prompt answers).
             if !pending.is_empty() && (done || input_idle) {
-                let chunk = registrar.prepare(std::mem::take(&mut pending));
+                let chunk = stream::Input::Lines(std::mem::take(&mut pending));
                 if jobs.send(chunk).await.is_err() {
                     return;
                 }
@@ -721,133 +709,41 @@ impl Drop for SpoolReader {
     }
 }
 
-/// One NDJSON line after the CPU stage.
-// Nearly every line is a `Request`: boxing it would only add an allocation per line.
-#[allow(clippy::large_enum_variant)]
-enum PreparedLine {
-    /// not a registration line: its error line
-    Unreadable(Bytes),
-    /// a registration, prepared or refused
-    Request(String, Result<register::Prepared, register::RegisterError>),
+/// An NDJSON line of a batch: the request, or (the line's `registration_id` if it has one, why
+/// it is unreadable). The fuzz target drives this same function.
+fn ndjson_line(line: &[u8]) -> Result<RegistrationRequest, (Option<String>, String)> {
+    parse_registration_line(line).map_err(|why| {
+        let id = serde_json::from_slice::<Value>(line)
+            .ok()
+            .and_then(|v| v.get("registration_id").and_then(Value::as_str).map(str::to_owned));
+        (id, format!("invalid line: {why}"))
+    })
 }
 
-/// A chunk in the pipeline: its CPU work, running on the blocking pool.
-enum PreparingChunk {
-    /// lines being prepared, in order
-    Lines(Vec<tokio::task::JoinHandle<Vec<PreparedLine>>>),
-    /// an error that ends the batch
-    Fatal(Bytes),
-}
-
-impl Registrar {
-    /// Starts the CPU stage of a chunk, split across the cores.
-    fn prepare(&self, lines: Vec<Vec<u8>>) -> PreparingChunk {
-        let parts = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 8);
-        let per_part = lines.len().div_ceil(parts).max(1);
-        let mut handles = Vec::new();
-        let mut lines = lines.into_iter().peekable();
-        while lines.peek().is_some() {
-            let part: Vec<Vec<u8>> = lines.by_ref().take(per_part).collect();
-            let (group, authority) = (self.group.clone(), self.authority.clone());
-            let (base_url, now, scope) = (self.base_url.clone(), self.rc.now(), self.scope.clone());
-            handles.push(tokio::task::spawn_blocking(move || {
-                part.iter()
-                    .map(|l| prepare_line(&group, &authority, &base_url, scope.as_deref(), l, now))
-                    .collect()
-            }));
+/// One line of the NDJSON answer (and the line's count in the registrations metric).
+fn render_line(state: &AppState, outcome: stream::LineOutcome<ApiError>) -> Bytes {
+    let count = |outcome: &str| {
+        state.metrics.registrations.with_label_values(&["ndjson", outcome]).inc();
+    };
+    match outcome {
+        stream::LineOutcome::Registered(r, id) => {
+            count("success");
+            let mut v = registration_json(&r);
+            v["registration_id"] = json!(id);
+            json_line(&v)
         }
-        PreparingChunk::Lines(handles)
-    }
-
-    /// Stores a prepared chunk in one group-committed transaction, in `turn`; one result line
-    /// per input line, in order, made only after the commit.
-    async fn commit(&self, chunk: PreparingChunk, turn: register::Turn) -> Vec<Bytes> {
-        let handles = match chunk {
-            PreparingChunk::Lines(h) => h,
-            PreparingChunk::Fatal(line) => return vec![line],
-        };
-        let mut prepared = Vec::new();
-        for h in handles {
-            match h.await {
-                Ok(part) => prepared.extend(part),
-                Err(e) => {
-                    tracing::error!(error = %e, "registration worker failed");
-                    return vec![error_line(None, &ApiError::Internal(Box::new(e)))];
-                }
-            }
+        stream::LineOutcome::Refused(e, id) => {
+            count("failure");
+            error_line(Some(&id), &e.into())
         }
-        let mut out: Vec<Option<Bytes>> = vec![None; prepared.len()];
-        let mut slots = Vec::new();
-        let mut items = Vec::new();
-        for (i, line) in prepared.into_iter().enumerate() {
-            match line {
-                PreparedLine::Unreadable(b) => out[i] = Some(b),
-                PreparedLine::Request(id, item) => {
-                    slots.push((i, id));
-                    items.push(item);
-                }
-            }
+        stream::LineOutcome::Unreadable(id, why) => {
+            error_line(id.as_deref(), &ApiError::BadRequest(why))
         }
-        let ring = self.state.ring();
-        let bx = register::BatchCtx {
-            ring: &ring,
-            audit_key: &self.state.audit_key,
-            now: self.state.now(),
-        };
-        let items = items
-            .into_iter()
-            .map(|prepared| register::BatchItem {
-                group: &self.group,
-                actor: self.rc.actor(),
-                jti: None,
-                prepared,
-            })
-            .collect();
-        let results =
-            register::register_batch_in_turn(&self.state.store, &bx, &self.authority, items, turn)
-                .await;
-        for ((i, id), result) in slots.into_iter().zip(results) {
-            let outcome = if result.is_ok() { "success" } else { "failure" };
-            self.state.metrics.registrations.with_label_values(&["ndjson", outcome]).inc();
-            out[i] = Some(match result {
-                Ok(r) => {
-                    let mut v = registration_json(&r);
-                    v["registration_id"] = json!(id);
-                    json_line(&v)
-                }
-                Err(e) => error_line(Some(&id), &e.into()),
-            });
+        stream::LineOutcome::Failed(why) => {
+            tracing::error!(error = %why, "registration batch failed");
+            error_line(None, &ApiError::internal(std::io::Error::other(why)))
         }
-        out.into_iter().map(Option::unwrap_or_default).collect()
-    }
-}
-
-/// Parses and prepares one line (CPU only).
-fn prepare_line(
-    group: &Group,
-    authority: &crate::authority::Authority,
-    base_url: &str,
-    scope: Option<&crate::auth::Scope>,
-    line: &[u8],
-    now: i64,
-) -> PreparedLine {
-    match serde_json::from_slice::<RegistrationBody>(line) {
-        Ok(body) => {
-            let id = body.registration_id.clone();
-            PreparedLine::Request(
-                id,
-                register::prepare(group, authority, base_url, scope, body.into_request(), now),
-            )
-        }
-        Err(e) => {
-            let id = serde_json::from_slice::<Value>(line)
-                .ok()
-                .and_then(|v| v.get("registration_id").and_then(Value::as_str).map(str::to_owned));
-            PreparedLine::Unreadable(error_line(
-                id.as_deref(),
-                &ApiError::BadRequest(format!("invalid line: {e}")),
-            ))
-        }
+        stream::LineOutcome::Stop(e) => error_line(None, &e),
     }
 }
 

@@ -1,0 +1,103 @@
+//! What a registration asks for, what it answers and why it fails: the one request, result and
+//! error every door renders.
+
+use super::*;
+
+/// Why a registration failed (nothing was stored). Every door checks in one order (API.md
+/// A30): credential → enrollment unknown or out of scope ([`RegisterError::NotFound`]) →
+/// enrollment disabled → body, id, pattern ([`RegisterError::Invalid`]) → ownership, unbound
+/// token, compromised key ([`RegisterError::Conflict`], [`RegisterError::KeyCompromised`]) →
+/// device disabled → CSR.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegisterError {
+    /// the id is a device another owner holds, an unbound token met a registered id, or
+    /// reprovisioning is denied
+    #[error("{0}")]
+    Conflict(String),
+    /// the CSR broke a rule
+    #[error("CSR rejected: {0}")]
+    Csr(#[from] CsrError),
+    /// provisioning is disabled for the enrollment
+    #[error("provisioning is disabled for this enrollment")]
+    Disabled,
+    /// the device is disabled: nothing is issued for it
+    #[error(
+        "the device is disabled: an administrator must enable it before it is provisioned again"
+    )]
+    DeviceDisabled,
+    /// the public key's certificate was revoked for key or CA compromise
+    #[error("the certificate of this key was revoked for compromise: generate a new key and send a new CSR")]
+    KeyCompromised,
+    /// the registration id is outside the caller's scope
+    #[error("registration id not found")]
+    NotFound,
+    /// invalid input
+    #[error("{0}")]
+    Invalid(String),
+    /// the one-time token was already used, expired or unknown
+    #[error("enrollment token already used or expired")]
+    TokenUsed,
+    /// a one-time token asked about an id it did not register
+    #[error("this enrollment token did not register this id")]
+    TokenNotForThisId,
+    /// signing failed
+    #[error(transparent)]
+    Issue(#[from] ca::IssueError),
+    /// storage
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<GroupError> for RegisterError {
+    fn from(e: GroupError) -> Self {
+        match e {
+            GroupError::Store(s) => RegisterError::Store(s),
+            other => RegisterError::Invalid(other.to_string()),
+        }
+    }
+}
+
+/// A registration request.
+#[derive(Debug, Default)]
+pub struct RegistrationRequest {
+    /// = device id
+    pub registration_id: String,
+    /// PEM or DER PKCS#10
+    pub csr: Option<Vec<u8>>,
+    /// tags merged over the group's initial tags
+    pub tags: Option<Map<String, Value>>,
+    /// DPS custom payload (stored, echoed)
+    pub payload: Option<Value>,
+}
+
+/// What a registration produced.
+#[derive(Debug)]
+pub struct Registered {
+    /// device id
+    pub device_id: String,
+    /// leaf then issuing intermediate, DER (empty without a certificate)
+    pub chain: Vec<Vec<u8>>,
+    /// device keys (when the credential includes sas)
+    pub device_keys: Option<(SasKey, SasKey)>,
+    /// first time (201) or a retry (200)
+    pub created: bool,
+    /// DPS operation id
+    pub operation_id: String,
+    /// registration record times
+    pub created_at: i64,
+    /// last update
+    pub updated_at: i64,
+    /// device etag
+    pub etag: String,
+    /// stored DPS payload
+    pub payload: Option<Value>,
+}
+
+impl Registered {
+    /// The chain as PEM.
+    pub fn chain_pem(&self) -> Option<String> {
+        (!self.chain.is_empty())
+            .then(|| self.chain.iter().map(|d| ca::authority::to_pem("CERTIFICATE", d)).collect())
+    }
+}

@@ -409,8 +409,11 @@ async fn a_changed_or_deleted_group_stops_attesting_at_once() {
 
 #[tokio::test]
 async fn a_group_changed_on_another_instance_stops_attesting_within_a_second() {
-    if !crate::helpers::backend_is_postgres() {
-        return; // one instance per SQLite database
+    if !crate::helpers::postgres_only(
+        "a_group_changed_on_another_instance_stops_attesting_within_a_second",
+        "one instance per SQLite database",
+    ) {
+        return;
     }
     let app = spawn_app().await;
     let sibling = app.sibling().await;

@@ -38,8 +38,10 @@ async fn a_second_server_on_one_sqlite_database_is_refused() {
 
 #[tokio::test]
 async fn bundle_redeem_and_token_use_are_exactly_once_across_three_instances() {
-    if !backend_is_postgres() {
-        // Scale-out runs over PostgreSQL; on SQLite the test above checks the refusal.
+    if !crate::helpers::postgres_only(
+        "bundle_redeem_and_token_use_are_exactly_once_across_three_instances",
+        "Scale-out runs over PostgreSQL; on SQLite the test above checks the refusal.",
+    ) {
         return;
     }
     let app = spawn_app().await;

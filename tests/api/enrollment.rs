@@ -1,9 +1,7 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::helpers::{
-    assert_problem, backend_is_postgres, leaf_serial, now, spawn_app, spawn_with, DataDir, TestApp,
-};
+use crate::helpers::{assert_problem, leaf_serial, now, spawn_app, spawn_with, DataDir, TestApp};
 
 pub fn csr(cn: &str, alg: &'static rcgen::SignatureAlgorithm) -> String {
     let key = rcgen::KeyPair::generate_for(alg).unwrap();
@@ -493,8 +491,11 @@ async fn waiting(conn: &mut sqlx::PgConnection) -> i64 {
 #[tokio::test]
 async fn a_writer_holding_the_audit_head_cannot_hang_a_stream() {
     use sqlx::Connection as _;
-    if !backend_is_postgres() {
-        return; // SQLite has one writer: chunks commit one after the other
+    if !crate::helpers::postgres_only(
+        "a_writer_holding_the_audit_head_cannot_hang_a_stream",
+        "SQLite has one writer: chunks commit one after the other",
+    ) {
+        return;
     }
     let app = spawn_app().await;
     app.put_group("held", json!({"allowed_key_types": ["p256"]})).await;
@@ -886,8 +887,10 @@ print(r.status_code, len(lines), ok)
 /// answer is a 5xx (a deadlock victim is retried, or answered 409), and the chain verifies.
 #[tokio::test]
 async fn two_instances_reregistering_the_same_ids_never_answer_5xx() {
-    if !backend_is_postgres() {
-        println!("skipped: two instances need PostgreSQL");
+    if !crate::helpers::postgres_only(
+        "two_instances_reregistering_the_same_ids_never_answer_5xx",
+        "two instances need PostgreSQL",
+    ) {
         return;
     }
     let app = spawn_app().await;

@@ -4,9 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::enrollment::p256;
-use crate::helpers::{
-    backend_is_postgres, leaf_serial, spawn_app, spawn_with, DataDir, TestDatabase,
-};
+use crate::helpers::{leaf_serial, spawn_app, spawn_with, DataDir, TestDatabase};
 
 #[tokio::test]
 async fn kill_9_during_a_batch_loses_no_acknowledged_registration() {
@@ -162,8 +160,11 @@ impl Drop for PrivatePostgres {
 /// itself once it is back — reads and writes, no restart of provisiond.
 #[tokio::test]
 async fn postgres_restart_under_load_gives_503_then_recovers() {
-    if !backend_is_postgres() {
-        return; // the database of this fault is PostgreSQL; SQLite is a file in the process
+    if !crate::helpers::postgres_only(
+        "postgres_restart_under_load_gives_503_then_recovers",
+        "the database of this fault is PostgreSQL; SQLite is a file in the process",
+    ) {
+        return;
     }
     let pg = PrivatePostgres::start();
     let app = spawn_with(DataDir::init_with(TestDatabase::given(Some(pg.url()))).await, &[]).await;

@@ -24,6 +24,18 @@ pub fn backend_is_postgres() -> bool {
     std::env::var("PROVISIOND_TEST_DB").as_deref() == Ok("postgres")
 }
 
+/// For tests that only mean something on PostgreSQL: false (and a visible skip line on stderr,
+/// which the test harness shows with `--nocapture` and in CI's PostgreSQL run log where the test
+/// does run) on SQLite. `.ci/run` runs the suite on both databases, so none of them goes unrun.
+pub fn postgres_only(test: &str, why: &str) -> bool {
+    if backend_is_postgres() {
+        return true;
+    }
+    eprintln!("SKIPPED on SQLite: {test} — {why}");
+    println!("SKIPPED on SQLite: {test} — {why}");
+    false
+}
+
 fn pg_admin_url() -> String {
     std::env::var("PROVISIOND_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())

@@ -307,6 +307,7 @@ impl From<crate::usecase::register::RegisterError> for ApiError {
             }
             E::Store(s) => s.into(),
             E::Issue(i) => i.into(),
+            E::Internal(fault) => ApiError::Internal(fault),
         }
     }
 }

@@ -47,13 +47,22 @@ pub enum RegisterError {
     /// storage
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// a fault of the server, not of the request (a sealed key that does not open, a signer
+    /// that fails): never answered as a 4xx
+    #[error(transparent)]
+    Internal(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<GroupError> for RegisterError {
     fn from(e: GroupError) -> Self {
         match e {
             GroupError::Store(s) => RegisterError::Store(s),
-            other => RegisterError::Invalid(other.to_string()),
+            GroupError::NotFound => RegisterError::NotFound,
+            GroupError::Conflict(m) => RegisterError::Conflict(m),
+            GroupError::Invalid(m) => RegisterError::Invalid(m),
+            fault @ (GroupError::Seal(_) | GroupError::Sign) => {
+                RegisterError::Internal(Box::new(fault))
+            }
         }
     }
 }
@@ -99,5 +108,23 @@ impl Registered {
     pub fn chain_pem(&self) -> Option<String> {
         (!self.chain.is_empty())
             .then(|| self.chain.iter().map(|d| ca::authority::to_pem("CERTIFICATE", d)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealing_or_signing_fault_is_the_servers_not_a_bad_request() {
+        use actix_web::ResponseError as _;
+        for fault in [GroupError::Sign, GroupError::Seal(crate::seal::SealError::Truncated)] {
+            let e = RegisterError::from(fault);
+            assert!(matches!(e, RegisterError::Internal(_)), "{e:?}");
+            let status = crate::http::problem::ApiError::from(e).status_code();
+            assert_eq!(status.as_u16(), 500);
+        }
+        let refused = RegisterError::from(GroupError::Invalid("pattern".into()));
+        assert!(matches!(refused, RegisterError::Invalid(_)));
     }
 }

@@ -23,8 +23,20 @@ use crate::store::{meta, Store, StoreError};
 #[non_exhaustive]
 pub enum StartError {
     /// storage
-    #[error("database: {0}")]
+    #[error("database")]
     Store(#[from] StoreError),
+    /// the database cannot be reached at start
+    #[error(
+        "cannot reach the database {database} — is the database server running, and is \
+         `database_url` (PROVISIOND_DATABASE_URL) right?"
+    )]
+    Unreachable {
+        /// the URL, password masked
+        database: String,
+        /// why
+        #[source]
+        source: StoreError,
+    },
     /// master key
     #[error("{0}")]
     Seal(#[from] SealError),
@@ -163,7 +175,16 @@ pub async fn open_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
     };
     let ring_file = crate::pkcs11::RingFile::new(&config, token.as_ref())?;
     let ring = ring_file.load(&config.master_key_path())?;
-    let store = Store::connect(&config.database(), config.db_max_connections).await?;
+    let unreachable = |source: StoreError| match source {
+        StoreError::Unavailable(_) => {
+            StartError::Unreachable { database: config.database().masked().to_string(), source }
+        }
+        other => StartError::Store(other),
+    };
+    let store =
+        Store::connect(&config.database(), config.db_max_connections).await.map_err(unreachable)?;
+    // The first connection proves the database reachable (or says where it was looked for).
+    drop(store.conn().await.map_err(unreachable)?);
     store.migrate().await?;
     let mut conn = store.conn().await?;
     if meta::get(&mut conn, "initialized").await?.is_none() {

@@ -342,6 +342,31 @@ async fn serve_refuses_a_missing_explicit_data_dir_and_names_the_fix() {
     assert!(out.stdout.is_empty());
 }
 
+/// A database that cannot be reached at start: a non-zero exit within seconds, naming where it
+/// was looked for (password masked) and what to check — once, not the same words twice.
+#[tokio::test]
+async fn serve_names_an_unreachable_database_and_what_to_check() {
+    let data = DataDir::init().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("postgres://provisiond:hunter2@127.0.0.1:{closed}/fleet");
+    let out = command(&Some(url))
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot reach the database postgres://provisiond:***@127.0.0.1:{closed}/fleet"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("database_url") && !err.contains("hunter2"), "{err}");
+    assert_eq!(err.matches("database unavailable").count(), 1, "{err}");
+}
+
 /// `init --public-url --tls-name` (API.md A30): certificates point at the public URL, its host
 /// is a name of the server certificate, and a URL of the wrong form is refused.
 #[tokio::test]

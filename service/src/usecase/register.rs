@@ -86,6 +86,24 @@ pub struct RegistrationRequest {
     pub tags: Option<Map<String, Value>>,
     /// DPS custom payload (stored, echoed)
     pub payload: Option<Value>,
+    /// AWS RegisterThing: bind this held certificate instead of issuing one (no `csr` then)
+    pub held: Option<HeldCertificate>,
+}
+
+/// A certificate issued ahead of its registration and on hold until it (AWS fleet
+/// provisioning, API.md A30), with the ownership token that claims it. The registration
+/// consumes the token, binds the certificate to the device and lifts the hold, in its
+/// transaction; a refused registration leaves both as they were.
+#[derive(Debug, Clone)]
+pub struct HeldCertificate {
+    /// the token's row (hash, certificate, group, connection) as the door read it
+    pub token: crate::store::aws::OwnershipTokenRow,
+    /// DER
+    pub der: Vec<u8>,
+    /// the issuing CA's certificate, DER
+    pub issuer_der: Vec<u8>,
+    /// fingerprint of the certified public key
+    pub key_fingerprint: String,
 }
 
 /// What a registration produced.
@@ -173,6 +191,21 @@ pub fn prepare(
         tags.extend(extra.clone());
         crate::usecase::devices::check_tags("tags (merged with the group's initial_tags)", &tags)
             .map_err(RegisterError::Invalid)?;
+    }
+    if let Some(held) = &req.held {
+        if req.csr.is_some() || !group.credential.x509() || group.credential.sas() {
+            return Err(RegisterError::Invalid(
+                "a held certificate is bound only by an x509 enrollment, without a csr".into(),
+            ));
+        }
+        return Ok(Prepared {
+            csr_hash: Some(hex::encode(Sha256::digest(&held.der))),
+            csr_error: None,
+            key_fingerprint: Some(held.key_fingerprint.clone()),
+            issued: None,
+            keys: None,
+            req,
+        });
     }
     let (csr, csr_error) = match &req.csr {
         Some(bytes) => match VerifiedCsr::parse(
@@ -621,8 +654,12 @@ fn split_unique(pending: Vec<Line<'_>>) -> (Vec<Line<'_>>, Vec<Line<'_>>) {
     }
     let once: std::collections::HashSet<String> =
         seen.into_iter().filter(|(_, n)| *n == 1).map(|(id, _)| id.to_owned()).collect();
+    // A held certificate is bound by `register_in` only (token, hold): never a fresh line.
     pending.into_iter().partition(|l| {
-        l.jti.is_none() && l.p.csr_error.is_none() && once.contains(l.p.registration_id())
+        l.jti.is_none()
+            && l.p.csr_error.is_none()
+            && l.p.req.held.is_none()
+            && once.contains(l.p.registration_id())
     })
 }
 
@@ -913,11 +950,11 @@ impl Prepared {
     fn to_registered(&self, now: i64, etag: String, operation_id: String) -> Registered {
         Registered {
             device_id: self.req.registration_id.clone(),
-            chain: self
-                .issued
-                .as_ref()
-                .map(|i| vec![i.cert.der.clone(), i.issuer_der.clone()])
-                .unwrap_or_default(),
+            chain: match (&self.issued, &self.req.held) {
+                (Some(i), _) => vec![i.cert.der.clone(), i.issuer_der.clone()],
+                (None, Some(h)) => vec![h.der.clone(), h.issuer_der.clone()],
+                (None, None) => Vec::new(),
+            },
             device_keys: self.keys.as_ref().map(|(p, s)| (p.clone_secret(), s.clone_secret())),
             created: true,
             operation_id,
@@ -929,7 +966,11 @@ impl Prepared {
     }
 
     fn into_registered(self, now: i64, etag: String, operation_id: String) -> Registered {
-        let chain = self.issued.map(|i| vec![i.cert.der, i.issuer_der]).unwrap_or_default();
+        let chain = match (self.issued, self.req.held.as_ref()) {
+            (Some(i), _) => vec![i.cert.der, i.issuer_der],
+            (None, Some(h)) => vec![h.der.clone(), h.issuer_der.clone()],
+            (None, None) => Vec::new(),
+        };
         Registered {
             device_id: self.req.registration_id,
             chain,
@@ -967,6 +1008,15 @@ async fn register_in(
         },
         None => false,
     };
+    let held = prepared.req.held.as_ref();
+    if let Some(h) = held {
+        // The ownership token is the credential: spent here, or the registration stops.
+        if h.token.group_id != group.id
+            || !crate::store::aws::consume_token(&mut *tx, &h.token, id, cx.now).await?
+        {
+            return Err(RegisterError::TokenUsed);
+        }
+    }
     let existing_device = device_rows::get(&mut *tx, id).await?;
     if let Some(d) = &existing_device {
         if !owned_by(d, group) {
@@ -1057,11 +1107,25 @@ async fn register_in(
     }
 
     // Certificate (signed in `prepare`).
+    let new_serial = match (&prepared.issued, held) {
+        (Some(i), _) => Some(i.cert.serial.clone()),
+        (None, Some(h)) => Some(h.token.serial.clone()),
+        (None, None) => None,
+    };
     if let (Some(_), Some(prev), Reprovisioning::Reissue) =
-        (&prepared.issued, &previous, group.reprovisioning)
+        (&new_serial, &previous, group.reprovisioning)
     {
-        if let Some(old) = &prev.serial {
+        if let Some(old) = prev.serial.as_ref().filter(|old| Some(*old) != new_serial.as_ref()) {
             certificates::revoke(&mut *tx, old, "superseded", cx.now).await?;
+        }
+    }
+    if let Some(h) = held {
+        if !crate::store::aws::lift_hold(&mut *tx, &h.token.serial, id).await? {
+            return Err(RegisterError::Conflict(
+                "the certificate of this ownership token is no longer on hold (it was revoked \
+                 or its token expired): create a new certificate"
+                    .into(),
+            ));
         }
     }
     if let Some(issued) = &prepared.issued {
@@ -1079,7 +1143,7 @@ async fn register_in(
             registration_id: id.to_owned(),
             group_id: group_ref,
             csr_sha256: prepared.csr_hash.clone(),
-            serial: prepared.issued.as_ref().map(|i| i.cert.serial.clone()),
+            serial: new_serial,
             operation_id: operation_id.clone(),
             payload: prepared.req.payload.as_ref().map(Value::to_string),
             created_at,

@@ -366,3 +366,369 @@ async fn a_claim_device_provisions_over_json_and_cbor_and_its_certificate_is_hel
     assert!(!audit.to_string().contains(token), "no token in the audit");
     assert!(!app.logs().contains(token), "no token in the logs");
 }
+
+/// A process whose stdout is read line by line (with a timeout) and whose stdin is written.
+struct Interactive {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    stderr: PathBuf,
+}
+
+impl Interactive {
+    fn spawn(mut cmd: Command, stderr: PathBuf) -> Interactive {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let stdin = child.stdin.take().unwrap();
+        Interactive { child, stdin, lines, stderr }
+    }
+
+    fn line(&mut self) -> Value {
+        match self.lines.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => serde_json::from_str(&l).unwrap(),
+            Err(_) => panic!("no answer: {}", std::fs::read_to_string(&self.stderr).unwrap()),
+        }
+    }
+
+    fn go_on(&mut self) {
+        writeln!(self.stdin).unwrap();
+        self.stdin.flush().unwrap();
+    }
+}
+
+impl Drop for Interactive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_aws_iot_device_sdk_provisions_from_a_csr_and_with_server_made_keys() {
+    if !python_with("awsiot.iotidentity, awscrt") {
+        return;
+    }
+    let app = spawn_app().await;
+    let c = claim("claim-sdk");
+    app.put_group("fleet", group_body(&c.ca_pem, TEMPLATE)).await;
+    for (mode, serial) in [("csr", "sdk-csr-1"), ("keys", "sdk-keys-1")] {
+        let out = tempfile::tempdir().unwrap();
+        let (csr, key) = csr();
+        std::fs::write(out.path().join("csr.pem"), csr).unwrap();
+        if mode == "csr" {
+            std::fs::write(out.path().join("device.key"), key).unwrap();
+        }
+        let mut cmd = Command::new("python3");
+        cmd.arg(script("aws_fleet.py")).args([
+            "sdk",
+            "127.0.0.1",
+            &app.mqtt_port(),
+            app.chain_path().to_str().unwrap(),
+            c.cert.to_str().unwrap(),
+            c.key.to_str().unwrap(),
+            TEMPLATE,
+            mode,
+            serial,
+            out.path().to_str().unwrap(),
+            out.path().join("csr.pem").to_str().unwrap(),
+        ]);
+        let mut sdk = Interactive::spawn(cmd, out.path().join("sdk.log"));
+        let created = sdk.line();
+        let chain_pem = std::fs::read_to_string(out.path().join("device.pem")).unwrap();
+        let serial_hex = crate::helpers::leaf_serial(&chain_pem);
+        assert_eq!(created["certificateId"], serial_hex, "{mode}");
+        // Held until RegisterThing: OCSP, CRL, no device.
+        let ocsp_out = ocsp(&app, &chain_pem);
+        assert!(ocsp_out.contains("revoked") && ocsp_out.contains("certificateHold"), "{ocsp_out}");
+        assert!(crl_text(&app).await.contains(&serial_hex.to_uppercase()));
+        assert_eq!(app.device(serial).await.0, 404);
+        sdk.go_on();
+        let thing = sdk.line();
+        assert_eq!(thing["thingName"], serial, "{mode}: {thing}");
+        assert_eq!(thing["deviceConfiguration"], json!({}));
+        let (status, device) = app.device(serial).await;
+        assert_eq!(status, 200, "{mode}");
+        assert_eq!(device["enrollment_group_id"], "fleet");
+        let ocsp_out = ocsp(&app, &chain_pem);
+        assert!(ocsp_out.contains("leaf.pem: good"), "{mode}: {ocsp_out}");
+        assert!(!crl_text(&app).await.contains(&serial_hex.to_uppercase()));
+        if mode == "keys" {
+            let key = std::fs::read_to_string(out.path().join("device.key")).unwrap();
+            assert!(key.contains("PRIVATE KEY"), "the SDK received the private key");
+        }
+    }
+    let m = app.get_fresh("/metrics").await.text().await.unwrap();
+    assert_eq!(registrations(&m, "aws", "success"), 2, "{m}");
+}
+
+fn mosquitto_installed() -> bool {
+    let ok = Command::new("mosquitto").arg("-h").output().is_ok();
+    if !ok {
+        assert_ne!(
+            std::env::var("PROVISIOND_REQUIRE_INTEROP").as_deref(),
+            Ok("1"),
+            "mosquitto required"
+        );
+        eprintln!("SKIPPED: mosquitto not installed");
+    }
+    ok
+}
+
+#[tokio::test]
+async fn mosquitto_refuses_a_held_certificate_and_accepts_it_once_registered() {
+    if !mosquitto_installed() || !python_with("paho.mqtt, cbor2") {
+        return;
+    }
+    let app = spawn_app().await;
+    let c = claim("claim-broker");
+    app.put_group("fleet", group_body(&c.ca_pem, TEMPLATE)).await;
+    let mut d = Device::connect(&app, &c.cert, &c.key);
+    let keys = "$aws/certificates/create/json";
+    let provision = provision_topic(TEMPLATE, "json");
+    let mut filters = replies(keys);
+    filters.extend(replies(&provision));
+    d.sub(&filters);
+    let r = d.req(keys, "json", json!({}));
+    assert_eq!(r["topic"], format!("{keys}/accepted"), "{r}");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("thing.pem"), r["body"]["certificatePem"].as_str().unwrap()).unwrap();
+    std::fs::write(dir.join("thing.key"), r["body"]["privateKey"].as_str().unwrap()).unwrap();
+    crate::mosquitto::broker_certificate(&app, dir).await;
+    let port = crate::mosquitto::free_port();
+
+    let broker = crate::mosquitto::Broker::start(&app, dir, port).await;
+    assert!(!broker.publish("thing"), "a held certificate is refused by the broker's CRL");
+    drop(broker);
+
+    let token = r["body"]["certificateOwnershipToken"].as_str().unwrap();
+    let r = d.req(
+        &provision,
+        "json",
+        json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "thing-1"}}),
+    );
+    assert_eq!(r["body"]["thingName"], "thing-1", "{r}");
+    let broker = crate::mosquitto::Broker::start(&app, dir, port).await;
+    assert!(broker.publish("thing"), "registered: the broker accepts it with the new CRL");
+}
+
+#[tokio::test]
+async fn ownership_tokens_work_once_for_their_connection_group_and_held_certificate_only() {
+    if !python_with("paho.mqtt, cbor2") {
+        return;
+    }
+    let app = spawn_app().await;
+    let ca = claim("claim-a");
+    let cb = claim("claim-b");
+    app.put_group("fleet", group_body(&ca.ca_pem, TEMPLATE)).await;
+    app.put_group("other", group_body(&cb.ca_pem, "other-tpl")).await;
+    let provision = provision_topic(TEMPLATE, "json");
+    let other = provision_topic("other-tpl", "json");
+    let mut a = Device::connect(&app, &ca.cert, &ca.key);
+    let mut a2 = Device::connect(&app, &ca.cert, &ca.key);
+    let mut b = Device::connect(&app, &cb.cert, &cb.key);
+    for d in [&mut a, &mut a2] {
+        let mut f = replies(CSR_TOPIC);
+        f.extend(replies(&provision));
+        assert_eq!(d.sub(&f)["granted"], json!([1, 1, 1, 1]));
+    }
+    assert_eq!(b.sub(&replies(&other))["granted"], json!([1, 1]));
+    let create = |d: &mut Device| {
+        let r = d.req(CSR_TOPIC, "json", json!({"certificateSigningRequest": csr().0}));
+        assert_eq!(r["topic"], format!("{CSR_TOPIC}/accepted"), "{r}");
+        (
+            r["body"]["certificateOwnershipToken"].as_str().unwrap().to_owned(),
+            r["body"]["certificateId"].as_str().unwrap().to_owned(),
+            r["body"]["certificatePem"].as_str().unwrap().to_owned(),
+        )
+    };
+    let register = |d: &mut Device, topic: &str, token: &str, id: &str| {
+        d.req(
+            topic,
+            "json",
+            json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": id}}),
+        )
+    };
+    let (t1, s1, _) = create(&mut a);
+
+    // Another connection of the same group, and another group: the token is not theirs.
+    let r = register(&mut a2, &provision, &t1, "tok-1");
+    assert_eq!(r["body"]["errorCode"], "InvalidCertificateOwnershipToken", "{r}");
+    let r = register(&mut b, &other, &t1, "tok-1");
+    assert_eq!(r["body"]["errorCode"], "InvalidCertificateOwnershipToken", "{r}");
+    assert_eq!(app.device("tok-1").await.0, 404);
+    // A device another owner holds: 409 through the registration core, nothing spent.
+    let r = app
+        .client
+        .put(app.url("/v1/devices/admin-dev"))
+        .header("Authorization", app.owner_token())
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = register(&mut a, &provision, &t1, "admin-dev");
+    assert_eq!(r["topic"], format!("{provision}/rejected"), "{r}");
+    assert_eq!(r["body"]["statusCode"], 409, "{r}");
+    assert_eq!(r["body"]["errorCode"], "Conflict");
+    assert_eq!(app.device("admin-dev").await.1["owner"]["kind"], "admin");
+    // An id outside the group's pattern, a missing parameter, a malformed body: 400.
+    let r = a.req(&provision, "json", json!({"certificateOwnershipToken": t1}));
+    assert_eq!(r["body"]["errorCode"], "InvalidPayload", "{r}");
+    let r = a.req(&provision, "json", json!({"certificateOwnershipToken": 7}));
+    assert_eq!(r["body"]["errorCode"], "InvalidPayload", "{r}");
+    let r = register(&mut a, &provision, &t1, "no/slash");
+    assert_eq!(r["body"]["statusCode"], 400, "{r}");
+    // The token is still good on its own connection.
+    let r = register(&mut a, &provision, &t1, "tok-1");
+    assert_eq!(r["body"]["thingName"], "tok-1", "{r}");
+    let listed: Value =
+        app.get_fresh(&format!("/v1/certificates/{s1}")).await.json().await.unwrap();
+    assert_eq!(listed["device_id"], "tok-1");
+    // Spent.
+    let r = register(&mut a, &provision, &t1, "tok-2");
+    assert_eq!(r["body"]["errorCode"], "InvalidCertificateOwnershipToken", "{r}");
+
+    // Expired: refused; the sweep turns the hold into cessationOfOperation.
+    let (t2, s2, chain2) = create(&mut a);
+    let store = crate::helpers::store(&app.data).await;
+    let mut conn = store.conn().await.unwrap();
+    sqlx::query("UPDATE aws_ownership_tokens SET expires_at = $1 WHERE serial = $2")
+        .bind(crate::helpers::now() - 1)
+        .bind(&s2)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let r = register(&mut a, &provision, &t2, "tok-3");
+    assert_eq!(r["body"]["errorCode"], "InvalidCertificateOwnershipToken", "{r}");
+    let mut swept = String::new();
+    for _ in 0..40 {
+        swept = ocsp(&app, &chain2);
+        if swept.contains("cessationOfOperation") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(swept.contains("revoked") && swept.contains("cessationOfOperation"), "{swept}");
+    assert_eq!(app.device("tok-3").await.0, 404);
+
+    // A held certificate an administrator revokes can no longer be bound.
+    let (t3, s3, _) = create(&mut a);
+    let r = app
+        .post_json(
+            &format!("/v1/certificates/{s3}/revoke"),
+            &app.owner_token(),
+            json!({"reason": "key_compromise"}),
+        )
+        .await;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "key_compromise", "the hold is replaced: {body}");
+    let r = register(&mut a, &provision, &t3, "tok-4");
+    assert_eq!(r["body"]["statusCode"], 409, "{r}");
+    assert_eq!(app.device("tok-4").await.0, 404);
+
+    // A disabled group creates nothing.
+    let mut disabled = group_body(&ca.ca_pem, TEMPLATE);
+    disabled["provisioning_status"] = json!("disabled");
+    app.put_group("fleet", disabled).await;
+    let r = a.req(CSR_TOPIC, "json", json!({"certificateSigningRequest": csr().0}));
+    assert_eq!(r["topic"], format!("{CSR_TOPIC}/rejected"), "{r}");
+    assert_eq!(r["body"]["statusCode"], 403, "{r}");
+    // Replies went only to the connection that asked.
+    assert!(a2.call(json!({"op": "messages"}))["topics"].as_array().unwrap().len() == 1);
+    assert!(b.call(json!({"op": "messages"}))["topics"].as_array().unwrap().len() == 1);
+    assert!(app.logs().lines().all(|l| !l.contains("panicked")), "no panic");
+}
+
+#[tokio::test]
+async fn claim_connections_use_only_their_topics_and_never_see_another_device() {
+    if !python_with("paho.mqtt, cbor2") {
+        return;
+    }
+    let app = spawn_app().await;
+    let c = claim("claim-topics");
+    app.put_group("fleet", group_body(&c.ca_pem, TEMPLATE)).await;
+    let connect = || {
+        let d = Device::connect(&app, &c.cert, &c.key);
+        assert_eq!(d.rc, Some(0));
+        d
+    };
+    for filter in ["$aws/#", "#", "$aws/certificates/create/json/+", "$dps/registrations/res/#"] {
+        let mut d = connect();
+        assert_eq!(d.sub(&[filter.to_owned()]), json!({"disconnected": true}), "{filter}");
+    }
+    let mut d = connect();
+    let r = d.sub(&[format!("{}/accepted", provision_topic("other", "json"))]);
+    assert_eq!(r, json!({"disconnected": true}), "another template's replies");
+    for topic in [
+        provision_topic("other", "json"),
+        "$dps/registrations/PUT/iotdps-register/?$rid=1".to_owned(),
+        "$aws/things/thing-1/shadow/update".to_owned(),
+        "telemetry".to_owned(),
+    ] {
+        let mut d = connect();
+        let r = d.call(json!({"op": "pub", "topic": topic, "payload": "{}"}));
+        assert_eq!(r["disconnected"], true, "{topic}");
+    }
+
+    // A claim certificate of no group's CA: 0x05, audited, counted.
+    let stranger = claim("claim-stranger");
+    let d = Device::connect(&app, &stranger.cert, &stranger.key);
+    assert_eq!(d.rc, Some(5));
+
+    // Two devices provisioning at once each get their own answers only.
+    let mut a = connect();
+    let mut b = connect();
+    for d in [&mut a, &mut b] {
+        let mut f = replies(CSR_TOPIC);
+        f.extend(replies(&provision_topic(TEMPLATE, "json")));
+        d.sub(&f);
+    }
+    let run = |mut d: Device, id: &'static str| {
+        std::thread::spawn(move || {
+            let r = d.req(CSR_TOPIC, "json", json!({"certificateSigningRequest": csr().0}));
+            let token = r["body"]["certificateOwnershipToken"].as_str().unwrap().to_owned();
+            let reg = d.req(
+                &provision_topic(TEMPLATE, "json"),
+                "json",
+                json!({"certificateOwnershipToken": token, "parameters": {"SerialNumber": id}}),
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            let seen = d.call(json!({"op": "messages"}));
+            (token, reg, seen)
+        })
+    };
+    let (ja, jb) = (run(a, "iso-a"), run(b, "iso-b"));
+    let (ta, ra, seen_a) = ja.join().unwrap();
+    let (tb, rb, seen_b) = jb.join().unwrap();
+    assert_ne!(ta, tb);
+    assert_eq!(ra["body"]["thingName"], "iso-a", "{ra}");
+    assert_eq!(rb["body"]["thingName"], "iso-b", "{rb}");
+    assert_eq!(seen_a["topics"].as_array().unwrap().len(), 2, "{seen_a}");
+    assert_eq!(seen_b["topics"].as_array().unwrap().len(), 2, "{seen_b}");
+
+    let m = app.get_fresh("/metrics").await.text().await.unwrap();
+    assert!(
+        m.contains("provisiond_mqtt_connects_total{personality=\"aws\",result=\"refused\"} 1"),
+        "{m}"
+    );
+    let audit: Value = app.get_fresh("/v1/audit?limit=1000").await.json().await.unwrap();
+    let refused = audit["items"].as_array().unwrap().iter().any(|r| {
+        r["action"] == "auth.failure" && r["target"].as_str().unwrap().starts_with("mqtt:aws:")
+    });
+    assert!(refused, "the refused claim certificate is audited: {audit}");
+    assert!(app.logs().lines().all(|l| !l.contains("panicked")), "no panic");
+}

@@ -27,9 +27,12 @@ use crate::store::{Store, StoreError};
 
 /// Lifetime of a certificate ownership token (AWS: one hour).
 pub const TOKEN_TTL_SECS: i64 = 3600;
-/// Unused, unexpired tokens one group may have at a time: what a leaked claim certificate can
-/// make the server hold (each is one certificate row and one token row for an hour).
-pub const MAX_PENDING_PER_GROUP: i64 = 10_000;
+/// Unused, unexpired tokens one group may have at a time. A device registers seconds after it
+/// creates its certificate, so a fleet rarely has more than a few pending; the bound is what a
+/// leaked claim certificate can make the server create per hour and group (each is a
+/// certificate row that stays, revoked, in the CRL until it expires, and a token row for an
+/// hour). Disable the group (or remove the claim CA) when a claim certificate leaks.
+pub const MAX_PENDING_PER_GROUP: i64 = 1_000;
 
 /// Why a certificate was not created.
 #[derive(Debug, thiserror::Error)]

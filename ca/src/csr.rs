@@ -185,6 +185,13 @@ impl CsrPolicy {
         }
     }
 
+    /// Profile of a request whose certificate takes nothing from it but the key (AWS IoT
+    /// `CreateCertificateFromCsr`: the subject is the serial, API.md A30): any CN, requested
+    /// extensions ignored.
+    pub fn key_only() -> Self {
+        Self::server()
+    }
+
     /// Restricts the accepted key types.
     pub fn with_allowed_keys(mut self, keys: impl IntoIterator<Item = KeyType>) -> Self {
         self.allowed_keys = keys.into_iter().collect();

@@ -88,6 +88,17 @@ pub struct DeviceProfile<'a> {
     pub urls: &'a RevocationUrls,
 }
 
+/// Profile of a certificate whose subject is its own serial: AWS IoT fleet provisioning issues
+/// a certificate before the device has a name (API.md A30 "AWS personality"). Otherwise the
+/// device profile: clientAuth, digitalSignature, CA:FALSE, AKI, CRL DP and OCSP AIA; no SAN.
+#[derive(Debug, Clone)]
+pub struct SerialNamedProfile<'a> {
+    /// Requested lifetime; capped by the issuer's notAfter.
+    pub validity_secs: i64,
+    /// CRL / OCSP locations.
+    pub urls: &'a RevocationUrls,
+}
+
 /// Server (TLS) certificate profile: the service's own certificate, brokers, gateways.
 #[derive(Debug, Clone)]
 pub struct ServerProfile<'a> {
@@ -129,6 +140,28 @@ pub fn issue_device_for_key(
     params.subject_alt_names = vec![SanType::URI(
         urn.try_into().map_err(|_| IssueError::InvalidName(profile.device_id.to_owned()))?,
     )];
+    revocation_pointers(&mut params, issuer, profile.urls)?;
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(key, issuer.rcgen())?;
+    Ok(IssuedCertificate { der: cert.der().to_vec(), serial, not_before, not_after })
+}
+
+/// Issues a client certificate for `key` whose subject CN is its serial in lowercase hex and
+/// which names no device (no SAN): the binding to a device is recorded by the registry, not in
+/// the certificate.
+pub fn issue_serial_named(
+    issuer: &Issuer,
+    key: &SubjectKey,
+    profile: &SerialNamedProfile<'_>,
+    now: i64,
+) -> Result<IssuedCertificate, IssueError> {
+    let mut params = CertificateParams::default();
+    let (not_before, not_after) = validity(&mut params, issuer, now, profile.validity_secs)?;
+    let serial = serial(&mut params);
+    subject(&mut params, &serial);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     revocation_pointers(&mut params, issuer, profile.urls)?;
     params.use_authority_key_identifier_extension = true;
     let cert = params.signed_by(key, issuer.rcgen())?;
@@ -317,6 +350,22 @@ mod tests {
             assert!(matches!(s.as_bytes()[0], b'4'..=b'7'));
         }
         assert_eq!(serial_hex(&[0, 0, 0x12]), "12");
+    }
+
+    #[test]
+    fn serial_named_certificates_carry_their_serial_as_cn_and_no_san() {
+        let issuer = ca();
+        let (_, public) = generate_key(KeyType::P256).unwrap();
+        let urls = RevocationUrls { base_url: Some("https://pki.example".into()) };
+        let profile = SerialNamedProfile { validity_secs: YEAR, urls: &urls };
+        let issued = issue_serial_named(&issuer, &public, &profile, NOW).unwrap();
+        let (_, cert) = X509Certificate::from_der(&issued.der).unwrap();
+        let cn = cert.subject().iter_common_name().next().unwrap().as_str().unwrap();
+        assert_eq!(cn, issued.serial);
+        assert!(cert.subject_alternative_name().unwrap().is_none(), "no SAN");
+        assert!(cert.extended_key_usage().unwrap().unwrap().value.client_auth);
+        assert!(!cert.is_ca());
+        assert!(format!("{:?}", cert.extensions()).contains("https://pki.example/v1/ca/ocsp"));
     }
 
     #[test]

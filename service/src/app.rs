@@ -461,7 +461,8 @@ fn bind(listen: &str) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// Jobs that one instance at a time runs (a lease in the database, DESIGN.md "Scale-out"):
-/// erase the payloads of expired bundles.
+/// erase the payloads of expired bundles; expire the holds of AWS certificates whose ownership
+/// token expired unused.
 async fn periodic_jobs(state: &AppState, holder: &str) -> Result<(), StoreError> {
     let now = state.now();
     let mut conn = state.store.conn().await?;
@@ -471,6 +472,15 @@ async fn periodic_jobs(state: &AppState, holder: &str) -> Result<(), StoreError>
         let erased = crate::store::bundles::sweep_expired(&mut conn, now).await?;
         if erased > 0 {
             tracing::info!(erased, "expired bundle payloads erased");
+        }
+        drop(conn);
+        let expired =
+            crate::usecase::aws::expire_holds(&state.store, &state.audit_key, now).await?;
+        if expired > 0 {
+            tracing::info!(
+                expired,
+                "AWS ownership tokens expired unused: holds became cessationOfOperation"
+            );
         }
     }
     Ok(())

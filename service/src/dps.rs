@@ -131,7 +131,8 @@ pub async fn register(
             Err(_) => return error(400, 400_004, "csr must be base64 DER PKCS#10"),
         },
     };
-    let request = RegistrationRequest { registration_id, csr, tags: None, payload: body.payload };
+    let request =
+        RegistrationRequest { registration_id, csr, tags: None, payload: body.payload, held: None };
     match register_device(state, addr, door, attested.group, attested.jti, request).await {
         Ok(r) => Answer {
             status: 200,

@@ -7,6 +7,7 @@ mod abuse;
 mod admin_cli;
 mod audit;
 mod auth;
+mod aws;
 mod azure_sdk;
 mod bundles;
 mod canary;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{leaf_serial, spawn_app, TestApp};
 
-struct Broker {
+pub struct Broker {
     child: Child,
     port: u16,
     dir: PathBuf,
@@ -23,7 +23,7 @@ impl Drop for Broker {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -33,7 +33,7 @@ async fn fetch(app: &TestApp, path: &str) -> String {
 
 impl Broker {
     /// (Re)starts mosquitto with the current chain and CRLs from provisiond.
-    async fn start(app: &TestApp, dir: &Path, port: u16) -> Broker {
+    pub async fn start(app: &TestApp, dir: &Path, port: u16) -> Broker {
         std::fs::write(dir.join("ca.pem"), fetch(app, "/v1/ca/chain").await).unwrap();
         std::fs::write(dir.join("crls.pem"), fetch(app, "/v1/ca/crls.pem").await).unwrap();
         let conf = format!(
@@ -60,7 +60,7 @@ impl Broker {
     }
 
     /// Publishes as a device; true when the broker accepted the connection and message.
-    fn publish(&self, device: &str) -> bool {
+    pub fn publish(&self, device: &str) -> bool {
         Command::new("mosquitto_pub")
             .args([
                 "-h",
@@ -117,6 +117,26 @@ impl Broker {
     }
 }
 
+/// The broker's own certificate, from provisiond: `dir/server.pem` and `dir/server.key`.
+pub async fn broker_certificate(app: &TestApp, dir: &Path) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "broker");
+    let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+    let r: Value = app
+        .post_json(
+            "/v1/ca/server-certificates",
+            &app.owner_token(),
+            json!({"csr": csr, "dns_names": ["localhost"], "ip_addresses": ["127.0.0.1"]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    std::fs::write(dir.join("server.pem"), r["certificate_chain"].as_str().unwrap()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+}
+
 async fn device(app: &TestApp, dir: &Path, id: &str) -> String {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::default();
@@ -145,23 +165,7 @@ async fn mosquitto_accepts_enrolled_devices_and_refuses_revoked_ones() {
     app.put_group("mqtt", json!({})).await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    // The broker's own certificate, from provisiond.
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::default();
-    p.distinguished_name.push(rcgen::DnType::CommonName, "broker");
-    let csr = p.serialize_request(&key).unwrap().pem().unwrap();
-    let r: Value = app
-        .post_json(
-            "/v1/ca/server-certificates",
-            &app.owner_token(),
-            json!({"csr": csr, "dns_names": ["localhost"], "ip_addresses": ["127.0.0.1"]}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    std::fs::write(dir.join("server.pem"), r["certificate_chain"].as_str().unwrap()).unwrap();
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    broker_certificate(&app, dir).await;
 
     let old_serial = device(&app, dir, "sensor-old").await;
     // Rotate: the old device's certificate now comes from a rotated-out intermediate.

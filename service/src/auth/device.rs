@@ -2,7 +2,8 @@
 //! `Authorization` header, an MQTT CONNECT password, a TLS client certificate): (a) a SAS token
 //! signed with an individual enrollment key or a key derived from an enabled `symmetric_key`
 //! group, (b) a one-time enrollment JWT (`Bearer`), (c) a manufacturer certificate chaining to
-//! an `x509_ca` enrollment's CA. Shared by the HTTP and MQTT doors so they cannot drift apart.
+//! an `x509_ca` enrollment's CA; and, for AWS IoT fleet provisioning over MQTT only, (d) a claim
+//! certificate chaining to an `aws_claim` group's claim CA. Shared by the HTTP and MQTT doors so they cannot drift apart.
 
 use std::sync::Arc;
 
@@ -145,4 +146,32 @@ pub async fn attest_chain(
         }
     }
     Err(refused())
+}
+
+/// AWS claim-certificate attestation (MQTT only): the presented chain must lead to a claim CA
+/// of an enabled `aws_claim` group (from the decoded-group cache, in group id order: the first
+/// group whose CA validates the chain is the connection's group). The claim certificate names
+/// no device, so its CN is not checked; it is the `claimed` principal of a refusal.
+pub async fn attest_claim(
+    state: &AppState,
+    chain: &[CertificateDer<'static>],
+) -> Result<Arc<Group>, AuthError> {
+    let claimed = chain.first().and_then(|leaf| {
+        let (_, c) = x509_parser::parse_x509_certificate(leaf).ok()?;
+        let cn = c.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+        Some(format!("aws-claim:{cn}"))
+    });
+    let refused = || AuthError::Invalid { claimed: claimed.clone() };
+    let snapshot =
+        state.enrollment_groups.snapshot(&state.store, &state.ring()).await.map_err(|e| {
+            tracing::warn!(error = %e, "enrollment groups unreadable");
+            refused()
+        })?;
+    let now = state.now();
+    snapshot
+        .aws
+        .iter()
+        .find(|x| x.group.enabled && crate::mtls::validate(chain, &x.anchors, &[], now).is_ok())
+        .map(|x| Arc::clone(&x.group))
+        .ok_or_else(refused)
 }

@@ -3,7 +3,7 @@
 //!
 //! A SAS self-registration does not say which group derived its key, so every enabled
 //! `symmetric_key` group must be tried; an X.509 attestation likewise tries every enabled
-//! `x509_ca` group's CAs. Reading and decoding those groups on every attempt (unsealing their
+//! `x509_ca` group's CAs, and an AWS claim certificate every enabled `aws_claim` group's claim CAs. Reading and decoding those groups on every attempt (unsealing their
 //! keys, compiling their id patterns, parsing their CA PEMs) made one failed attempt cost ~1 ms
 //! per group. Here they are decoded once and kept as a snapshot:
 //! - valid while no group write committed through this process since it was read
@@ -26,7 +26,7 @@ use crate::usecase::groups::{self, Attestation, Group, GroupError};
 /// Oldest snapshot served.
 pub const MAX_AGE: Duration = Duration::from_secs(1);
 
-/// An enabled `x509_ca` group with its CA certificates parsed.
+/// An enabled `x509_ca` (or `aws_claim`) group with its CA certificates parsed.
 #[derive(Debug)]
 pub struct X509Group {
     /// the group
@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub symmetric: Vec<Arc<Group>>,
     /// enabled `x509_ca` groups, by id
     pub x509: Vec<Arc<X509Group>>,
+    /// enabled `aws_claim` groups with their claim CAs parsed, by id
+    pub aws: Vec<Arc<X509Group>>,
     generation: u64,
     loaded_at: Option<Instant>,
 }
@@ -118,18 +120,23 @@ async fn load(
     previous: &Snapshot,
     generation: u64,
 ) -> Result<Snapshot, GroupCacheError> {
-    let (sym_rows, x509_rows) = {
+    let (sym_rows, x509_rows, aws_rows) = {
         let mut conn = store.conn().await?;
         let sym =
             crate::store::enrollment::groups_by_attestation(&mut conn, "symmetric_key").await?;
         let x509 = crate::store::enrollment::groups_by_attestation(&mut conn, "x509_ca").await?;
-        (sym, x509)
+        let aws = crate::store::enrollment::groups_by_attestation(&mut conn, "aws_claim").await?;
+        (sym, x509, aws)
     };
     // Decoded groups by (id, etag): a group whose etag did not change is the same group.
     let known_sym: HashMap<(&str, &str), &Arc<Group>> =
         previous.symmetric.iter().map(|g| ((g.id.as_str(), g.etag.as_str()), g)).collect();
-    let known_x509: HashMap<(&str, &str), &Arc<X509Group>> =
-        previous.x509.iter().map(|x| ((x.group.id.as_str(), x.group.etag.as_str()), x)).collect();
+    let known_x509: HashMap<(&str, &str), &Arc<X509Group>> = previous
+        .x509
+        .iter()
+        .chain(&previous.aws)
+        .map(|x| ((x.group.id.as_str(), x.group.etag.as_str()), x))
+        .collect();
     let mut next = Snapshot { generation, loaded_at: Some(Instant::now()), ..Snapshot::default() };
     for row in sym_rows {
         match known_sym.get(&(row.id.as_str(), row.etag.as_str())) {
@@ -137,15 +144,18 @@ async fn load(
             _ => next.symmetric.push(Arc::new(groups::decode(ring, row, false)?)),
         }
     }
-    for row in x509_rows {
+    for (row, aws) in
+        x509_rows.into_iter().map(|r| (r, false)).chain(aws_rows.into_iter().map(|r| (r, true)))
+    {
+        let list = if aws { &mut next.aws } else { &mut next.x509 };
         match known_x509.get(&(row.id.as_str(), row.etag.as_str())) {
-            Some(x) => next.x509.push(Arc::clone(x)),
+            Some(x) => list.push(Arc::clone(x)),
             _ => {
                 // As before this cache: an undecodable x509 group is skipped, not fatal.
                 let group = match groups::decode(ring, row, false) {
                     Ok(g) => g,
                     Err(e) => {
-                        tracing::warn!(error = %e, "x509_ca enrollment group skipped");
+                        tracing::warn!(error = %e, "certificate enrollment group skipped");
                         continue;
                     }
                 };
@@ -155,9 +165,10 @@ async fn load(
                         .filter_map(|p| ca::authority::certs_from_pem(p).ok())
                         .flatten()
                         .collect(),
+                    Attestation::AwsClaim(claim) => claim.anchors(),
                     _ => Vec::new(),
                 };
-                next.x509.push(Arc::new(X509Group { group: Arc::new(group), anchors }));
+                list.push(Arc::new(X509Group { group: Arc::new(group), anchors }));
             }
         }
     }

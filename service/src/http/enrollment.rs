@@ -42,11 +42,20 @@ struct CaBody {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AwsClaimBody {
+    ca_certificates: Vec<String>,
+    template_name: String,
+    parameters: groups::AwsParameters,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AttestationBody {
     #[serde(rename = "type")]
     kind: String,
     symmetric_key: Option<KeysBody>,
     x509_ca: Option<CaBody>,
+    aws_claim: Option<AwsClaimBody>,
 }
 
 /// PUT body of a group or individual enrollment: every member a GET returns is accepted back
@@ -92,7 +101,11 @@ fn parse_group(id: &str, body: GroupBody, individual: bool) -> Result<(Group, Ke
         kind: "symmetric_key".into(),
         symmetric_key: None,
         x509_ca: None,
+        aws_claim: None,
     });
+    if att.aws_claim.is_some() && att.kind != "aws_claim" {
+        return Err(bad("attestation.aws_claim is only for attestation type aws_claim".into()));
+    }
     let mut keys: Keys = (None, None);
     if let Some(k) = att.symmetric_key {
         keys = (
@@ -122,6 +135,31 @@ fn parse_group(id: &str, body: GroupBody, individual: bool) -> Result<(Group, Ke
                 }
             }
             Attestation::X509Ca(pems)
+        }
+        "aws_claim" if individual => {
+            return Err(bad(
+                "aws_claim attestation is for enrollment groups: the registration id comes \
+                 from the RegisterThing parameters"
+                    .into(),
+            ))
+        }
+        "aws_claim" => {
+            let Some(c) = att.aws_claim else {
+                return Err(bad("attestation.aws_claim is required for type aws_claim".into()));
+            };
+            let claim = groups::AwsClaim {
+                ca_certificates: c.ca_certificates,
+                template_name: c.template_name,
+                parameters: c.parameters,
+            };
+            claim.validate().map_err(bad)?;
+            if body.credential.as_deref().is_some_and(|c| c != "x509") {
+                return Err(bad(
+                    "an aws_claim group issues X.509 certificates only: credential must be x509"
+                        .into(),
+                ));
+            }
+            Attestation::AwsClaim(claim)
         }
         "tpm" => {
             return Err(ApiError::NotImplemented("TPM attestation is not supported yet".into()))
@@ -193,6 +231,15 @@ fn attestation_json(g: &Group) -> Value {
             json!({"type": "x509_ca", "x509_ca": {"ca_certificates": pems}, "symmetric_key": keys})
         }
         Attestation::Token => json!({"type": "token", "symmetric_key": keys}),
+        Attestation::AwsClaim(c) => json!({
+            "type": "aws_claim",
+            "aws_claim": {
+                "ca_certificates": c.ca_certificates,
+                "template_name": c.template_name,
+                "parameters": c.parameters,
+            },
+            "symmetric_key": keys,
+        }),
     }
 }
 
@@ -488,6 +535,7 @@ impl RegistrationBody {
             csr: self.csr.map(String::into_bytes),
             tags: self.tags,
             payload: None,
+            held: None,
         }
     }
 }

@@ -141,6 +141,7 @@ pub async fn simpleenroll(
             csr: Some(csr),
             tags: None,
             payload: None,
+            held: None,
         },
     )
     .await?;
@@ -225,6 +226,7 @@ pub async fn serverkeygen(
             csr: Some(csr),
             tags: None,
             payload: None,
+            held: None,
         },
     )
     .await?;

@@ -91,6 +91,7 @@ pub async fn self_register(
             csr: body.csr.map(String::into_bytes),
             tags: None,
             payload: None,
+            held: None,
         },
     )
     .await?;

@@ -1,7 +1,7 @@
 //! The MQTT device endpoint (API.md A26, A30): MQTT 3.1.1 over TLS, an **endpoint, not a
-//! broker**. Each connection authenticates for one personality — today Azure DPS ([`dps`]); AWS
-//! IoT fleet provisioning is the next [`Session`] variant — and may then subscribe and publish
-//! only that protocol's topics; every answer goes to the connection that asked, nothing is
+//! broker**. Each connection authenticates for one personality — Azure DPS ([`dps`]: a DPS
+//! username) or AWS IoT fleet provisioning ([`aws`]: no DPS username, a claim certificate) —
+//! and may then subscribe and publish only that protocol's topics; every answer goes to the connection that asked, nothing is
 //! relayed between connections, nothing of a session outlives its connection. A CONNECT that
 //! is for no personality is refused with 0x05.
 //!
@@ -12,6 +12,7 @@
 //! authenticated connection. Any protocol violation — a malformed or oversize packet, a foreign
 //! topic, QoS 2, a second CONNECT — closes the connection without an answer.
 
+pub mod aws;
 pub mod codec;
 pub mod dps;
 
@@ -52,24 +53,28 @@ pub enum Reply {
 
 /// One authenticated connection's protocol.
 enum Session {
+    Aws(aws::Session),
     Dps(dps::Session),
 }
 
 impl Session {
     fn name(&self) -> &'static str {
         match self {
+            Session::Aws(_) => "aws",
             Session::Dps(_) => "dps",
         }
     }
 
     fn may_subscribe(&self, filter: &str) -> bool {
         match self {
+            Session::Aws(s) => s.may_subscribe(filter),
             Session::Dps(_) => dps::may_subscribe(filter),
         }
     }
 
     async fn publish(&mut self, state: &AppState, topic: &str, payload: &[u8]) -> Reply {
         match self {
+            Session::Aws(s) => s.publish(state, topic, payload).await,
             Session::Dps(s) => s.publish(state, topic, payload).await,
         }
     }
@@ -195,7 +200,9 @@ impl Conn {
             self.io.flush().await
         };
         let ok = matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())));
-        // Idle connections hold no write buffer.
+        // Idle connections hold no write buffer; what it held (replies may carry a private
+        // key) is wiped first.
+        zeroize::Zeroize::zeroize(&mut self.out[..]);
         self.out = BytesMut::new();
         ok
     }
@@ -252,7 +259,14 @@ async fn run(
                 .await
                 .map(Session::Dps)
         }
-        _ => Err(("none", ConnectReturnCode::NotAuthorized)),
+        // No DPS username: a claim certificate (AWS SDKs send any client id, and a username
+        // such as `?SDK=PythonV2&Version=…`).
+        _ => match chain.as_deref() {
+            Some(chain) => {
+                Box::pin(aws::connect(state, &connect, chain, addr.clone())).await.map(Session::Aws)
+            }
+            None => Err(("none", ConnectReturnCode::NotAuthorized)),
+        },
     };
     let mut session = match attempt {
         Ok(s) => s,
@@ -325,7 +339,16 @@ async fn run(
             // A second CONNECT, or a packet only a server sends.
             _ => return,
         };
-        if !answer.is_empty() && !conn.send(&answer).await {
+        let sent = answer.is_empty() || conn.send(&answer).await;
+        // Replies may carry a private key (CreateKeysAndCertificate): their bytes are wiped
+        // once written (the encoded copy in `conn.send`, the payloads here).
+        for packet in answer {
+            if let Packet::Publish(p) = packet {
+                let mut bytes: Vec<u8> = p.payload.into();
+                zeroize::Zeroize::zeroize(&mut bytes);
+            }
+        }
+        if !sent {
             return;
         }
         // An idle connection keeps no read buffer (10,000 idle devices, API.md A26 bench).

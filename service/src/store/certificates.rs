@@ -126,8 +126,9 @@ pub async fn get(
     .await?)
 }
 
-/// Revokes one certificate (if not yet revoked) and marks its issuer's CRL stale. Returns
-/// whether this call revoked it.
+/// Revokes one certificate (if not yet revoked, or only on hold: a hold is the one revocation
+/// that may still change, RFC 5280 §5.3.1) and marks its issuer's CRL stale. Returns whether
+/// this call revoked it.
 pub async fn revoke(
     conn: &mut AnyConnection,
     serial: &str,
@@ -135,7 +136,9 @@ pub async fn revoke(
     now: i64,
 ) -> Result<bool, StoreError> {
     let done = sqlx::query(
-        "UPDATE certificates SET revoked_at = $2, revocation_reason = $3 WHERE serial = $1 AND revoked_at IS NULL",
+        "UPDATE certificates SET revoked_at = $2, revocation_reason = $3 WHERE serial = $1 \
+         AND (revoked_at IS NULL \
+              OR (revocation_reason = 'certificate_hold' AND $3 <> 'certificate_hold'))",
     )
     .bind(serial)
     .bind(now)

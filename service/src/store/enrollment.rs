@@ -39,6 +39,8 @@ pub struct GroupRow {
     pub created_at: i64,
     /// updated
     pub updated_at: i64,
+    /// `aws_claim` groups: JSON `{"template_name", "parameters"}` (NULL otherwise)
+    pub aws_claim: Option<String>,
 }
 
 /// Every column of `enrollment_groups`, in `GroupRow` order (the order `from_sqlite` decodes
@@ -47,7 +49,8 @@ macro_rules! group_columns {
     () => {
         "id, attestation_type, ca_certificates, credential, provisioning_status, \
          certificate_validity_days, allowed_key_types, registration_id_pattern, initial_tags, \
-         reprovisioning, key_version, primary_key, secondary_key, etag, created_at, updated_at"
+         reprovisioning, key_version, primary_key, secondary_key, etag, created_at, updated_at, \
+         aws_claim"
     };
 }
 
@@ -89,6 +92,7 @@ impl GroupRow {
             etag: r.get(13)?,
             created_at: r.get(14)?,
             updated_at: r.get(15)?,
+            aws_claim: r.get(16)?,
         })
     }
 }
@@ -132,7 +136,7 @@ pub async fn upsert_group(conn: &mut AnyConnection, g: &GroupRow) -> Result<(), 
     sqlx::query(concat!(
         "INSERT INTO enrollment_groups (",
         group_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
          ON CONFLICT (id) DO UPDATE SET attestation_type = excluded.attestation_type, \
          ca_certificates = excluded.ca_certificates, credential = excluded.credential, \
          provisioning_status = excluded.provisioning_status, \
@@ -142,7 +146,7 @@ pub async fn upsert_group(conn: &mut AnyConnection, g: &GroupRow) -> Result<(), 
          initial_tags = excluded.initial_tags, reprovisioning = excluded.reprovisioning, \
          key_version = excluded.key_version, primary_key = excluded.primary_key, \
          secondary_key = excluded.secondary_key, etag = excluded.etag, \
-         updated_at = excluded.updated_at"
+         updated_at = excluded.updated_at, aws_claim = excluded.aws_claim"
     ))
     .bind(&g.id)
     .bind(&g.attestation_type)
@@ -160,6 +164,7 @@ pub async fn upsert_group(conn: &mut AnyConnection, g: &GroupRow) -> Result<(), 
     .bind(&g.etag)
     .bind(g.created_at)
     .bind(g.updated_at)
+    .bind(g.aws_claim.as_deref())
     .execute(conn)
     .await?;
     Ok(())
@@ -185,7 +190,8 @@ pub async fn enrollment(
          CAST(365 AS BIGINT) AS certificate_validity_days, '[]' AS allowed_key_types, \
          CAST(NULL AS TEXT) AS registration_id_pattern, \
          '{}' AS initial_tags, 'reissue' AS reprovisioning, key_version, primary_key, secondary_key, etag, \
-         created_at, updated_at FROM enrollments WHERE registration_id = $1",
+         created_at, updated_at, CAST(NULL AS TEXT) AS aws_claim \
+         FROM enrollments WHERE registration_id = $1",
     )
     .bind(id)
     .fetch_optional(conn)
@@ -203,8 +209,8 @@ pub async fn enrollments_page(
          provisioning_status, CAST(365 AS BIGINT) AS certificate_validity_days, \
          '[]' AS allowed_key_types, CAST(NULL AS TEXT) AS registration_id_pattern, \
          '{}' AS initial_tags, 'reissue' AS reprovisioning, key_version, primary_key, \
-         secondary_key, etag, created_at, updated_at FROM enrollments \
-         WHERE registration_id > $1 ORDER BY registration_id LIMIT $2",
+         secondary_key, etag, created_at, updated_at, CAST(NULL AS TEXT) AS aws_claim \
+         FROM enrollments WHERE registration_id > $1 ORDER BY registration_id LIMIT $2",
     )
     .bind(after)
     .bind(limit)

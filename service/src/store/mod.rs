@@ -8,6 +8,7 @@
 //! SQLite). Secret columns are stored sealed; this layer never sees plaintext secrets.
 
 pub mod audit;
+pub mod aws;
 pub mod bundles;
 pub mod certificates;
 pub mod crls;

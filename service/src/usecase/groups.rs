@@ -43,22 +43,133 @@ pub enum GroupError {
 /// How devices prove who they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attestation {
+    /// AWS IoT fleet provisioning: a claim certificate chaining to one of the group's claim CAs
+    /// (groups only; MQTT only)
+    AwsClaim(AwsClaim),
     /// a key derived from (group) or equal to (individual) the enrollment's symmetric key
     SymmetricKey,
-    /// a manufacturer certificate chaining to one of these CAs (PEM)
-    X509Ca(Vec<String>),
     /// a one-time enrollment JWT
     Token,
+    /// a manufacturer certificate chaining to one of these CAs (PEM)
+    X509Ca(Vec<String>),
 }
 
 impl Attestation {
     /// Wire name.
     pub fn as_str(&self) -> &'static str {
         match self {
+            Attestation::AwsClaim(_) => "aws_claim",
             Attestation::SymmetricKey => "symmetric_key",
-            Attestation::X509Ca(_) => "x509_ca",
             Attestation::Token => "token",
+            Attestation::X509Ca(_) => "x509_ca",
         }
+    }
+}
+
+/// An `aws_claim` group's fleet provisioning template (API.md A26): its claim CAs, the template
+/// name devices publish under, and which RegisterThing parameters become the registration id
+/// and tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsClaim {
+    /// claim CA certificates (PEM, one certificate each)
+    pub ca_certificates: Vec<String>,
+    /// `$aws/provisioning-templates/{template_name}/provision/…`
+    pub template_name: String,
+    /// parameter mapping
+    pub parameters: AwsParameters,
+}
+
+/// Which RegisterThing `parameters` a registration takes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsParameters {
+    /// the parameter whose value is the registration id (= thingName)
+    pub registration_id: String,
+    /// parameters copied into the device's tags (name → value), when present
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// The stored form of an [`AwsClaim`] besides its CAs (`enrollment_groups.aws_claim`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AwsTemplate {
+    template_name: String,
+    parameters: AwsParameters,
+}
+
+/// Longest template name (AWS's limit), and the most tag parameters a template maps.
+pub const MAX_TEMPLATE_NAME: usize = 36;
+/// The most tag parameters a template maps.
+pub const MAX_TAG_PARAMETERS: usize = 64;
+
+impl AwsClaim {
+    /// Checks the template as a PUT gives it: at least one PEM CA certificate (one certificate
+    /// per entry), a template name that is a safe MQTT topic level (AWS's pattern
+    /// `[0-9A-Za-z_-]{1,36}`), parameter names of 1–128 characters from `[A-Za-z0-9_.:-]`, tag
+    /// parameters distinct and at most [`MAX_TAG_PARAMETERS`]. Errors name the member.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ca_certificates.is_empty() {
+            return Err(
+                "attestation.aws_claim.ca_certificates must list at least one CA certificate"
+                    .into(),
+            );
+        }
+        for (i, pem) in self.ca_certificates.iter().enumerate() {
+            let ders = ca::authority::certs_from_pem(pem).unwrap_or_default();
+            let ok = ders.len() == 1
+                && x509_parser::parse_x509_certificate(&ders[0]).is_ok_and(|(_, c)| c.is_ca());
+            if !ok {
+                return Err(format!(
+                    "attestation.aws_claim.ca_certificates[{i}] is not a PEM CA certificate"
+                ));
+            }
+        }
+        let t = &self.template_name;
+        if t.is_empty()
+            || t.len() > MAX_TEMPLATE_NAME
+            || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(format!(
+                "attestation.aws_claim.template_name must be 1–{MAX_TEMPLATE_NAME} characters \
+                 of A–Z, a–z, 0–9, `_` and `-`"
+            ));
+        }
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 128
+                && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+        };
+        if !name_ok(&self.parameters.registration_id) {
+            return Err("attestation.aws_claim.parameters.registration_id must be a parameter \
+                 name of 1–128 characters of A–Z, a–z, 0–9, `_`, `.`, `:` and `-`"
+                .into());
+        }
+        let tags = &self.parameters.tags;
+        if tags.len() > MAX_TAG_PARAMETERS {
+            return Err(format!(
+                "attestation.aws_claim.parameters.tags lists more than {MAX_TAG_PARAMETERS} names"
+            ));
+        }
+        for (i, t) in tags.iter().enumerate() {
+            if !name_ok(t) {
+                return Err(format!(
+                    "attestation.aws_claim.parameters.tags[{i}] is not a parameter name"
+                ));
+            }
+            if tags[..i].contains(t) {
+                return Err(format!("attestation.aws_claim.parameters.tags[{i}] is repeated"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The claim CAs, DER (entries that do not parse are left out).
+    pub fn anchors(&self) -> Vec<Vec<u8>> {
+        self.ca_certificates
+            .iter()
+            .filter_map(|p| ca::authority::certs_from_pem(p).ok())
+            .flatten()
+            .collect()
     }
 }
 
@@ -245,13 +356,23 @@ pub fn decode(ring: &KeyRing, row: GroupRow, individual: bool) -> Result<Group, 
     let secondary =
         SasKey::from_bytes(ring.open(ctx("secondary_key"), &row.secondary_key)?.to_vec());
     let corrupt = || GroupError::Invalid("stored enrollment is corrupt".into());
+    let pems = || -> Result<Vec<String>, GroupError> {
+        serde_json::from_str(row.ca_certificates.as_deref().unwrap_or("[]")).map_err(|_| corrupt())
+    };
     let attestation = match row.attestation_type.as_str() {
         "symmetric_key" => Attestation::SymmetricKey,
         "token" => Attestation::Token,
-        _ => Attestation::X509Ca(
-            serde_json::from_str(row.ca_certificates.as_deref().unwrap_or("[]"))
-                .map_err(|_| corrupt())?,
-        ),
+        "aws_claim" => {
+            let template: AwsTemplate =
+                serde_json::from_str(row.aws_claim.as_deref().unwrap_or(""))
+                    .map_err(|_| corrupt())?;
+            Attestation::AwsClaim(AwsClaim {
+                ca_certificates: pems()?,
+                template_name: template.template_name,
+                parameters: template.parameters,
+            })
+        }
+        _ => Attestation::X509Ca(pems()?),
     };
     let allowed: Vec<String> =
         serde_json::from_str(&row.allowed_key_types).map_err(|_| corrupt())?;
@@ -291,6 +412,15 @@ fn encode(ring: &KeyRing, g: &Group) -> GroupRow {
         attestation_type: g.attestation.as_str().to_owned(),
         ca_certificates: match &g.attestation {
             Attestation::X509Ca(pems) => Some(Value::from(pems.clone()).to_string()),
+            Attestation::AwsClaim(c) => Some(Value::from(c.ca_certificates.clone()).to_string()),
+            _ => None,
+        },
+        aws_claim: match &g.attestation {
+            Attestation::AwsClaim(c) => serde_json::to_string(&AwsTemplate {
+                template_name: c.template_name.clone(),
+                parameters: c.parameters.clone(),
+            })
+            .ok(),
             _ => None,
         },
         credential: g.credential.as_str().to_owned(),

@@ -1,6 +1,7 @@
 //! Use cases: plain async functions over `&Store` (and the time), each owning its transaction.
 //! They know nothing of HTTP; handlers map their typed errors in `http::problem`.
 
+pub mod aws;
 pub mod backup;
 pub mod bundles;
 pub mod certificates;

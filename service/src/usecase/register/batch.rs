@@ -413,8 +413,12 @@ pub(super) fn split_unique(pending: Vec<Line<'_>>) -> (Vec<Line<'_>>, Vec<Line<'
     }
     let once: std::collections::HashSet<String> =
         seen.into_iter().filter(|(_, n)| *n == 1).map(|(id, _)| id.to_owned()).collect();
+    // A held certificate is bound by `register_in` only (token, hold): never a fresh line.
     pending.into_iter().partition(|l| {
-        l.jti.is_none() && l.p.csr_error.is_none() && once.contains(l.p.registration_id())
+        l.jti.is_none()
+            && l.p.csr_error.is_none()
+            && l.p.req.held.is_none()
+            && once.contains(l.p.registration_id())
     })
 }
 

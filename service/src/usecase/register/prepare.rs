@@ -58,6 +58,21 @@ pub fn prepare(
         crate::usecase::devices::check_tags("tags (merged with the group's initial_tags)", &tags)
             .map_err(RegisterError::Invalid)?;
     }
+    if let Some(held) = &req.held {
+        if req.csr.is_some() || !group.credential.x509() || group.credential.sas() {
+            return Err(RegisterError::Invalid(
+                "a held certificate is bound only by an x509 enrollment, without a csr".into(),
+            ));
+        }
+        return Ok(Prepared {
+            csr_hash: Some(hex::encode(Sha256::digest(&held.der))),
+            csr_error: None,
+            key_fingerprint: Some(held.key_fingerprint.clone()),
+            issued: None,
+            keys: None,
+            req,
+        });
+    }
     let (csr, csr_error) = match &req.csr {
         Some(bytes) => match VerifiedCsr::parse(
             bytes,
@@ -101,11 +116,11 @@ impl Prepared {
     pub(super) fn to_registered(&self, now: i64, etag: String, operation_id: String) -> Registered {
         Registered {
             device_id: self.req.registration_id.clone(),
-            chain: self
-                .issued
-                .as_ref()
-                .map(|i| vec![i.cert.der.clone(), i.issuer_der.clone()])
-                .unwrap_or_default(),
+            chain: match (&self.issued, &self.req.held) {
+                (Some(i), _) => vec![i.cert.der.clone(), i.issuer_der.clone()],
+                (None, Some(h)) => vec![h.der.clone(), h.issuer_der.clone()],
+                (None, None) => Vec::new(),
+            },
             device_keys: self.keys.as_ref().map(|(p, s)| (p.clone_secret(), s.clone_secret())),
             created: true,
             operation_id,
@@ -122,7 +137,11 @@ impl Prepared {
         etag: String,
         operation_id: String,
     ) -> Registered {
-        let chain = self.issued.map(|i| vec![i.cert.der, i.issuer_der]).unwrap_or_default();
+        let chain = match (self.issued, self.req.held.as_ref()) {
+            (Some(i), _) => vec![i.cert.der, i.issuer_der],
+            (None, Some(h)) => vec![h.der.clone(), h.issuer_der.clone()],
+            (None, None) => Vec::new(),
+        };
         Registered {
             device_id: self.req.registration_id,
             chain,

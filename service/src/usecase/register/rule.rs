@@ -83,6 +83,15 @@ pub(super) async fn register_in(
         },
         None => false,
     };
+    let held = prepared.req.held.as_ref();
+    if let Some(h) = held {
+        // The ownership token is the credential: spent here, or the registration stops.
+        if h.token.group_id != group.id
+            || !crate::store::aws::consume_token(&mut *tx, &h.token, id, cx.now).await?
+        {
+            return Err(RegisterError::TokenUsed);
+        }
+    }
     let existing_device = device_rows::get(&mut *tx, id).await?;
     if let Some(d) = &existing_device {
         if !owned_by(d, group) {
@@ -173,11 +182,25 @@ pub(super) async fn register_in(
     }
 
     // Certificate (signed in `prepare`).
+    let new_serial = match (&prepared.issued, held) {
+        (Some(i), _) => Some(i.cert.serial.clone()),
+        (None, Some(h)) => Some(h.token.serial.clone()),
+        (None, None) => None,
+    };
     if let (Some(_), Some(prev), Reprovisioning::Reissue) =
-        (&prepared.issued, &previous, group.reprovisioning)
+        (&new_serial, &previous, group.reprovisioning)
     {
-        if let Some(old) = &prev.serial {
+        if let Some(old) = prev.serial.as_ref().filter(|old| Some(*old) != new_serial.as_ref()) {
             certificates::revoke(&mut *tx, old, "superseded", cx.now).await?;
+        }
+    }
+    if let Some(h) = held {
+        if !crate::store::aws::lift_hold(&mut *tx, &h.token.serial, id).await? {
+            return Err(RegisterError::Conflict(
+                "the certificate of this ownership token is no longer on hold (it was revoked \
+                 or its token expired): create a new certificate"
+                    .into(),
+            ));
         }
     }
     if let Some(issued) = &prepared.issued {
@@ -195,7 +218,7 @@ pub(super) async fn register_in(
             registration_id: id.to_owned(),
             group_id: group_ref,
             csr_sha256: prepared.csr_hash.clone(),
-            serial: prepared.issued.as_ref().map(|i| i.cert.serial.clone()),
+            serial: new_serial,
             operation_id: operation_id.clone(),
             payload: prepared.req.payload.as_ref().map(Value::to_string),
             created_at,

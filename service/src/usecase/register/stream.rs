@@ -234,9 +234,7 @@ mod tests {
         serde_json::from_slice::<Line>(line)
             .map(|l| RegistrationRequest {
                 registration_id: l.registration_id,
-                csr: None,
-                tags: None,
-                payload: None,
+                ..Default::default()
             })
             .map_err(|e| (None, e.to_string()))
     }

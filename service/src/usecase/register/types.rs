@@ -78,6 +78,24 @@ pub struct RegistrationRequest {
     pub tags: Option<Map<String, Value>>,
     /// DPS custom payload (stored, echoed)
     pub payload: Option<Value>,
+    /// AWS RegisterThing: bind this held certificate instead of issuing one (no `csr` then)
+    pub held: Option<HeldCertificate>,
+}
+
+/// A certificate issued ahead of its registration and on hold until it (AWS fleet
+/// provisioning, API.md A30), with the ownership token that claims it. The registration
+/// consumes the token, binds the certificate to the device and lifts the hold, in its
+/// transaction; a refused registration leaves both as they were.
+#[derive(Debug, Clone)]
+pub struct HeldCertificate {
+    /// the token's row (hash, certificate, group, connection) as the door read it
+    pub token: crate::store::aws::OwnershipTokenRow,
+    /// DER
+    pub der: Vec<u8>,
+    /// the issuing CA's certificate, DER
+    pub issuer_der: Vec<u8>,
+    /// fingerprint of the certified public key
+    pub key_fingerprint: String,
 }
 
 /// What a registration produced.

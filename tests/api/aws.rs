@@ -173,7 +173,10 @@ async fn aws_claim_groups_are_validated_strictly_and_round_trip() {
     assert_eq!(created["attestation"]["type"], "aws_claim");
     assert_eq!(created["attestation"]["aws_claim"], body["attestation"]["aws_claim"]);
     assert_eq!(created["credential"], "x509");
-    // GET → PUT round-trips losslessly.
+    // A claim certificate is the whole fleet's: it never re-registers an id (attacker review,
+    // H1: any device could otherwise take over any other). deny is the default and the only
+    // value accepted.
+    assert_eq!(created["reprovisioning"], "deny");
     let got: Value = app.get_fresh("/v1/enrollment-groups/fleet").await.json().await.unwrap();
     assert_eq!(got["attestation"]["aws_claim"], body["attestation"]["aws_claim"]);
     let again = app.put_group("fleet", got.clone()).await;
@@ -226,6 +229,11 @@ async fn aws_claim_groups_are_validated_strictly_and_round_trip() {
     let mut b = group_body(&c.ca_pem, TEMPLATE);
     b["credential"] = json!("sas");
     cases.push(("sas credential", b));
+    for policy in ["reissue", "keep"] {
+        let mut b = group_body(&c.ca_pem, TEMPLATE);
+        b["reprovisioning"] = json!(policy);
+        cases.push(("reprovisioning other than deny", b));
+    }
     cases.push(("missing aws_claim", json!({"attestation": {"type": "aws_claim"}})));
     let mut b =
         json!({"attestation": {"type": "x509_ca", "x509_ca": {"ca_certificates": [c.ca_pem]}}});

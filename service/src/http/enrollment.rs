@@ -196,10 +196,20 @@ fn parse_group(id: &str, body: GroupBody, individual: bool) -> Result<(Group, Ke
         .map(groups::RegistrationPattern::parse)
         .transpose()?;
     let reprovisioning = match body.reprovisioning.as_deref() {
+        // A claim certificate is shared by the whole fleet (and extractable from any one
+        // device): letting it re-register an id would let any device take over any other.
+        None if matches!(attestation, Attestation::AwsClaim(_)) => Reprovisioning::Deny,
         None => Reprovisioning::Reissue,
         Some(r) => Reprovisioning::parse(r)
             .ok_or_else(|| bad("reprovisioning must be reissue, keep or deny".into()))?,
     };
+    if matches!(attestation, Attestation::AwsClaim(_)) && reprovisioning != Reprovisioning::Deny {
+        return Err(bad(
+            "an aws_claim group's reprovisioning is deny: its claim certificate is \
+             shared by the fleet, so re-registering an id would let any device take over another"
+                .into(),
+        ));
+    }
     let tags = body.initial_tags.unwrap_or_default();
     crate::usecase::devices::check_tags("initial_tags", &tags).map_err(bad)?;
     let group = Group {

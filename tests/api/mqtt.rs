@@ -335,6 +335,51 @@ async fn a_snooper_sees_nothing_while_two_devices_provision() {
     assert_eq!(s["messages"], json!([]), "{s}");
 }
 
+/// A connection attests again on every request (like the HTTPS door): an enrollment deleted
+/// after CONNECT refuses the next register on the open connection — closed, nothing stored —
+/// instead of serving the enrollment as it was at CONNECT (attacker review, H2).
+#[tokio::test]
+async fn an_enrollment_deleted_after_connect_is_refused_on_the_open_connection() {
+    if !python_with("paho.mqtt") {
+        return;
+    }
+    let app = crate::helpers::spawn_app().await;
+    let port = app.mqtt_port();
+    let chain = app.chain_path().to_str().unwrap().to_owned();
+    let scope = scope(&app);
+    let key = app.put_individual_sas("late-1").await;
+    let user = format!("{scope}/registrations/late-1/api-version=2019-03-31");
+    let token = ca::sas::SasToken::build(
+        &format!("{scope}/registrations/late-1"),
+        &ca::SasKey::from_base64(&key).unwrap(),
+        crate::helpers::now() + 600,
+        Some("registration"),
+    );
+    let device = std::thread::spawn(move || {
+        python(
+            "mqtt_hostile.py",
+            &["dps_later", "127.0.0.1", &port, &chain, "late-1", &user, &token, "4"],
+        )
+    });
+    // Connected and subscribed well within the 4 s; then the enrollment goes.
+    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
+    let r = app
+        .client
+        .delete(app.url("/v1/enrollments/late-1"))
+        .header("Authorization", app.owner_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (_, out, err) = device.join().unwrap();
+    let s: Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out} {err}"));
+    assert_eq!(s["rc"], 0, "the credential was valid at CONNECT: {s}");
+    assert_eq!(s["suback"], json!([[1]]), "and subscribed: {s}");
+    assert_eq!(s["messages"], json!([]), "no answer for a withdrawn enrollment: {s}");
+    assert_eq!(s["disconnected"], true, "{s}");
+    assert_eq!(app.device("late-1").await.0, 404, "nothing stored");
+}
+
 fn connect_packet(client_id: &str, login: Option<(&str, &str)>, keep_alive: u16) -> String {
     let mut c = mqttbytes::v4::Connect::new(client_id);
     c.keep_alive = keep_alive;

@@ -7,6 +7,9 @@ Cases print one JSON object on stdout:
   snoop <seconds> <filter>…             subscribe anonymously / as nobody; {"rc", "suback", "messages", "disconnected"}
   dps_foreign <client_id> <username> <password> <subscribe|publish> <topic>
                                         authenticated DPS client breaks the topic rule; {"suback", "disconnected", "messages"}
+  dps_later <client_id> <username> <password> <seconds>
+                                        connect and subscribe, wait <seconds>, then register;
+                                        {"rc", "suback", "messages", "disconnected"}
 """
 import json
 import socket
@@ -52,7 +55,9 @@ def client(host, port, chain, client_id, username=None, password=None):
     done = threading.Event()
 
     def on_connect(_c, _u, _f, rc):
-        state["rc"] = rc
+        # the first CONNACK (paho reconnects by itself after a close)
+        if state["rc"] is None:
+            state["rc"] = rc
         done.set()
 
     def on_disconnect(_c, _u, rc):
@@ -99,6 +104,16 @@ def main():
             else:
                 c.publish(topic, b"{}", qos=1)
             time.sleep(2)
+        c.loop_stop()
+        print(json.dumps(state))
+    elif case == "dps_later":
+        client_id, username, password, seconds = args
+        c, state = client(host, port, chain, client_id, username, password)
+        if state["rc"] == 0:
+            c.subscribe("$dps/registrations/res/#", qos=1)
+            time.sleep(float(seconds))
+            c.publish("$dps/registrations/PUT/iotdps-register/?$rid=1", b"{}", qos=1)
+            time.sleep(3)
         c.loop_stop()
         print(json.dumps(state))
 

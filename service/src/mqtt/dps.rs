@@ -18,11 +18,30 @@ const OPERATION: &str = "$dps/registrations/GET/iotdps-get-operationstatus/";
 /// Oldest DPS API version served.
 const MIN_API_VERSION: &str = "2019-03-31";
 
-/// An authenticated DPS connection.
+/// An authenticated DPS connection. It keeps the credential it connected with and attests
+/// again on every request, like the HTTPS door: a group disabled, deleted or re-keyed, or a
+/// SAS token expired, after CONNECT refuses the next request (the group cache is at most 1 s
+/// old), instead of serving the enrollment as it was at CONNECT for the life of the connection.
 pub struct Session {
-    attested: Attested,
     registration_id: String,
+    resource: String,
+    password: Option<zeroize::Zeroizing<String>>,
+    chain: Option<Vec<CertificateDer<'static>>>,
     addr: Option<String>,
+}
+
+impl Session {
+    async fn attest(&self, state: &AppState) -> Result<Attested, crate::auth::AuthError> {
+        let password = self.password.as_deref().map(String::as_str);
+        device::attest(
+            state,
+            password,
+            self.chain.as_deref(),
+            &self.resource,
+            &self.registration_id,
+        )
+        .await
+    }
 }
 
 /// A DPS request, from its PUBLISH topic.
@@ -110,7 +129,13 @@ pub async fn connect(
         Err(crate::auth::AuthError::Invalid { claimed: Some(id.clone()) })
     };
     match attested {
-        Ok(attested) => Ok(Session { attested, registration_id: id, addr }),
+        Ok(_) => Ok(Session {
+            registration_id: id,
+            resource,
+            password: password.map(|p| zeroize::Zeroizing::new(p.to_owned())),
+            chain: chain.map(<[_]>::to_vec),
+            addr,
+        }),
         Err(e) => {
             let target: String = format!("mqtt:{}", login.username).chars().take(256).collect();
             let _ = crate::http::extract::refuse_at(state, addr, &target, e).await;
@@ -124,11 +149,12 @@ impl Session {
     /// closes the connection.
     pub async fn publish(&mut self, state: &AppState, topic: &str, payload: &[u8]) -> Reply {
         let Some(request) = parse_topic(topic) else { return Reply::Close("foreign topic") };
+        let Ok(attested) = self.attest(state).await else {
+            return Reply::Close("the connection's credential is no longer valid");
+        };
         let id = self.registration_id.clone();
         let (rid, answer) = match request {
             Request::Register { rid } => {
-                let attested =
-                    Attested { group: self.attested.group.clone(), jti: self.attested.jti.clone() };
                 let answer = crate::dps::register(
                     state,
                     "dps_mqtt",
@@ -141,7 +167,7 @@ impl Session {
                 (rid, answer)
             }
             Request::Status { rid, operation_id } => {
-                (rid, crate::dps::operation(state, &self.attested, &id, &operation_id).await)
+                (rid, crate::dps::operation(state, &attested, &id, &operation_id).await)
             }
         };
         let mut topic = format!("$dps/registrations/res/{}/?$rid={rid}", answer.status);

@@ -40,6 +40,8 @@ pub struct Session {
     template_name: String,
     /// random, per connection: ownership tokens are bound to it
     connection_id: String,
+    /// the claim certificate chain presented at CONNECT, checked again on every request
+    chain: Vec<CertificateDer<'static>>,
     addr: Option<String>,
     created: u32,
 }
@@ -109,6 +111,7 @@ pub async fn connect(
                 group_id: group.id.clone(),
                 template_name: claim.template_name.clone(),
                 connection_id: crate::usecase::random_hex(16),
+                chain: chain.to_vec(),
                 addr,
                 created: 0,
             }),
@@ -164,15 +167,21 @@ impl Session {
         Reply::Publish(vec![(format!("{topic}/{suffix}"), body)])
     }
 
-    /// The connection's group as it is now: still enabled, still `aws_claim`, same template.
+    /// The connection's group as it is now: still enabled, still `aws_claim`, same template,
+    /// and its claim certificate still chains to one of the group's claim CAs (a CA removed
+    /// after a leak cuts off connections already open, not only new ones).
     async fn current_group(&self, state: &AppState) -> Result<(Arc<Group>, AwsClaim), Rejection> {
         let snapshot = state
             .enrollment_groups
             .snapshot(&state.store, &state.ring())
             .await
             .map_err(|e| Rejection::internal(&e))?;
-        let group =
-            snapshot.aws.iter().find(|x| x.group.id == self.group_id).map(|x| x.group.clone());
+        let group = snapshot
+            .aws
+            .iter()
+            .find(|x| x.group.id == self.group_id)
+            .filter(|x| crate::mtls::validate(&self.chain, &x.anchors, &[], state.now()).is_ok())
+            .map(|x| x.group.clone());
         match group {
             Some(g) => match &g.attestation {
                 Attestation::AwsClaim(c) if g.enabled && c.template_name == self.template_name => {
@@ -188,7 +197,8 @@ impl Session {
             None => Err(Rejection::new(
                 403,
                 "Forbidden",
-                "provisioning is disabled for this enrollment group",
+                "provisioning is disabled for this enrollment group, or its claim CAs no longer \
+                 include this claim certificate",
             )),
         }
     }

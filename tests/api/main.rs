@@ -11,6 +11,7 @@ mod azure_sdk;
 mod bundles;
 mod canary;
 mod cli;
+mod console;
 mod cluster;
 mod devices;
 mod enrollment;

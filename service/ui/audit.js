@@ -33,13 +33,23 @@ export function render(view) {
         {label: 'Client', cell: (r) => r.client_addr || '—'},
       ], items, 'No rows match.'));
       fill(pager,
-        h('button', {type: 'button', disabled: page === 0, onclick: () => { page -= 1; load(); }}, '← Earlier'),
+        h('button', {type: 'button', disabled: page === 0 && afters[0] === 0, onclick: earlier}, '← Earlier'),
         h('span', {class: 'muted'}, `Page ${page + 1}`),
         h('button', {type: 'button', disabled: items.length < PAGE, onclick: () => { page += 1; load(); }}, 'Later →'),
         h('button', {type: 'button', onclick: latest}, 'Latest'));
     } catch (e) {
       fill(results, message(e.message));
     }
+  };
+  const earlier = () => {
+    if (page > 0) {
+      page -= 1;
+    } else {
+      // Started past the first rows (Latest): step back by sequence numbers. With filters the
+      // page may hold fewer rows; it never skips any.
+      afters = [Math.max(0, afters[0] - PAGE)];
+    }
+    load();
   };
   // The newest rows: start one page before the checkpoint's (the last row's) sequence number.
   const latest = async () => {
@@ -77,5 +87,5 @@ export function render(view) {
   fill(view,
     h('div', {class: 'page-head'}, h('h1', {}, 'Audit trail'), verify, checkpoint),
     chain, filters, results, pager);
-  load();
+  latest();  // the newest rows first; Earlier pages back from there
 }

@@ -338,6 +338,21 @@ def run(c, downloads):
     log("bundle created and cancelled")
     c.collect()
 
+    # --- disable with a reason (If-Match on the device's ETag), then enable again ---
+    c.nav("Devices")
+    c.page("devices")
+    c.wait.until(EC.element_to_be_clickable((By.LINK_TEXT, "console-dev-1"))).click()
+    c.click("[data-test=disable]")
+    c.confirm({"input[name=reason]": "returned to vendor"})
+    c.text_in("[data-test=status-reason]", "returned to vendor")
+    got = api("GET", "/v1/devices/console-dev-1").json()
+    assert got["status"] == "disabled" and got["status_reason"] == "returned to vendor", got
+    c.click("[data-test=enable]")
+    c.confirm()
+    c.css("[data-test=disable]")
+    assert api("GET", "/v1/devices/console-dev-1").json()["status"] == "enabled"
+    log("disabled with a reason and enabled again")
+
     # --- policies and operators ---
     c.nav("Policies & operators")
     c.page("policies")

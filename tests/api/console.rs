@@ -175,3 +175,36 @@ async fn the_console_works_in_a_real_browser_and_leaves_no_secret_behind() {
     assert!(out.status.success(), "browser suite failed:\n{stdout}\n{stderr}\nserver:\n{}", app.logs());
     assert!(stdout.contains("console browser suite: ok"), "{stdout}");
 }
+
+#[tokio::test]
+async fn the_devices_search_finds_a_device_by_its_whole_id() {
+    let app = spawn_app().await;
+    for id in ["sensor-1", "sensor-10", "sensor-2"] {
+        let resp = app
+            .client
+            .put(app.url(&format!("/v1/devices/{id}")))
+            .header("Authorization", app.owner_token())
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+    for (prefix, want) in [
+        ("sensor-1", vec!["sensor-1", "sensor-10"]),
+        ("sensor-10", vec!["sensor-10"]),
+        ("sensor-2", vec!["sensor-2"]),
+        ("sensor-", vec!["sensor-1", "sensor-10", "sensor-2"]),
+        ("sensor-3", vec![]),
+    ] {
+        let page: Value = app
+            .get_as(&format!("/v1/devices?prefix={prefix}"), &app.owner_token())
+            .await
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<&str> =
+            page["items"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap()).collect();
+        assert_eq!(ids, want, "prefix {prefix}");
+    }
+}

@@ -20,7 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.common.exceptions import (
+    ElementClickInterceptedException, NoSuchElementException, StaleElementReferenceException, WebDriverException)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
@@ -54,24 +55,34 @@ def api(method, path, token=OWNER, **kw):
 class Console:
     def __init__(self, drv):
         self.d = drv
-        self.wait = WebDriverWait(drv, WAIT, poll_frequency=0.1,
-                                  ignored_exceptions=(StaleElementReferenceException,))
+        self.wait = WebDriverWait(drv, WAIT, poll_frequency=0.1, ignored_exceptions=(
+            StaleElementReferenceException, NoSuchElementException, ElementClickInterceptedException))
         self.csp = []
         self.console_errors = []
 
     def css(self, sel):
         return self.wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, sel)), f"visible: {sel}")
 
+    def _click(self, by, what, label):
+        """Finds and clicks in one waited step: a list that re-renders between the find and
+        the click (stale element) is simply found again."""
+        def attempt(d):
+            el = d.find_element(by, what)
+            if not (el.is_displayed() and el.is_enabled()):
+                return False
+            el.click()
+            return el
+        return self.wait.until(attempt, f"clickable: {label}")
+
     def click(self, sel):
-        el = self.wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, sel)), f"clickable: {sel}")
-        el.click()
-        return el
+        return self._click(By.CSS_SELECTOR, sel, sel)
 
     def click_text(self, tag, text):
         xp = f"//{tag}[normalize-space(.)={json.dumps(text, ensure_ascii=False)}]"
-        el = self.wait.until(EC.element_to_be_clickable((By.XPATH, xp)), f"clickable {tag} {text!r}")
-        el.click()
-        return el
+        return self._click(By.XPATH, xp, f"{tag} {text!r}")
+
+    def click_link(self, text):
+        return self._click(By.LINK_TEXT, text, f"link {text!r}")
 
     def text_in(self, sel, text):
         self.wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, sel), text), f"{text!r} in {sel}")
@@ -230,9 +241,9 @@ def run(c, downloads):
     prefix = c.css("input[name=prefix]")
     prefix.clear()
     prefix.send_keys("x'" + Keys.ENTER)
-    link = c.wait.until(EC.element_to_be_clickable((By.LINK_TEXT, XSS_ID)))
+    c.wait.until(lambda _: [a.text for a in d.find_elements(By.CSS_SELECTOR, "tbody a")] == [XSS_ID], "only the match")
     c.shot("05-devices")
-    link.click()
+    c.click_link(XSS_ID)
     c.text_in("[data-test=device-id]", XSS_ID)
     c.text_in("[data-test=tags]", "onerror")
     assert d.execute_script("return window.__xss === undefined"), "markup executed"
@@ -318,7 +329,7 @@ def run(c, downloads):
     assert prefix.get_attribute("value") == "x'"
     prefix.clear()
     prefix.send_keys("console-" + Keys.ENTER)
-    c.wait.until(EC.element_to_be_clickable((By.LINK_TEXT, "console-dev-1"))).click()
+    c.click_link("console-dev-1")
     c.click_text("a", "Create bundle…")
     c.page("bundles")
     assert c.css("form[aria-label='New bundle'] input[name=device_id]").get_attribute("value") == "console-dev-1"
@@ -341,7 +352,7 @@ def run(c, downloads):
     # --- disable with a reason (If-Match on the device's ETag), then enable again ---
     c.nav("Devices")
     c.page("devices")
-    c.wait.until(EC.element_to_be_clickable((By.LINK_TEXT, "console-dev-1"))).click()
+    c.click_link("console-dev-1")
     c.click("[data-test=disable]")
     c.confirm({"input[name=reason]": "returned to vendor"})
     c.text_in("[data-test=status-reason]", "returned to vendor")
@@ -423,7 +434,7 @@ def run(c, downloads):
     c.page("devices")
     c.css("table")
     assert c.absent("[data-test=new-device]")
-    c.wait.until(EC.element_to_be_clickable((By.LINK_TEXT, "console-dev-1"))).click()
+    c.click_link("console-dev-1")
     c.css("[data-test=keys-hidden]")
     for sel in ["[data-test=rotate-primary]", "[data-test=disable]", "[data-test=delete]", "[data-test=revoke]",
                 "[data-test=key-primary]"]:

@@ -146,6 +146,13 @@ mod tests {
     #[test]
     fn scripts_never_write_html_or_persist_anything() {
         for a in ASSETS.iter().filter(|a| a.name.ends_with(".js")) {
+            // Comments may name what the code must not do; the code itself may not do it.
+            let code: String = a
+                .body
+                .lines()
+                .filter(|l| !["//", "/*", "*"].iter().any(|c| l.trim_start().starts_with(c)))
+                .collect::<Vec<_>>()
+                .join("\n");
             for banned in [
                 "innerHTML",
                 "outerHTML",
@@ -162,7 +169,7 @@ mod tests {
                 "setAttribute(\"on",
                 ".style.",
             ] {
-                assert!(!a.body.contains(banned), "{} uses {banned}", a.name);
+                assert!(!code.contains(banned), "{} uses {banned}", a.name);
             }
         }
     }

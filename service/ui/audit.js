@@ -26,9 +26,9 @@ export function render(view) {
       fill(results, table([
         {label: 'Seq', cell: (r) => String(r.seq)},
         {label: 'At', cell: (r) => when(r.at)},
-        {label: 'Actor', cell: (r) => h('span', {class: 'mono'}, r.actor)},
+        {label: 'Actor', cell: (r) => h('span', {class: 'mono any'}, r.actor)},
         {label: 'Action', cell: (r) => h('span', {'data-test': 'audit-action'}, r.action, r.count ? ` ×${r.count}` : '')},
-        {label: 'Target', cell: (r) => h('span', {class: 'mono', 'data-test': 'audit-target'}, r.target)},
+        {label: 'Target', cell: (r) => h('span', {class: 'mono any', 'data-test': 'audit-target'}, r.target)},
         {label: 'Outcome', cell: (r) => badge(r.outcome, r.outcome === 'success' ? 'enabled' : 'disabled')},
         {label: 'Client', cell: (r) => r.client_addr || '—'},
       ], items, 'No rows match.'));

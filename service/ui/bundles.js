@@ -19,7 +19,7 @@ export function render(view, params) {
       const body = await get(`/v1/bundles${query({limit: 50, cursor: cursors[page], device_id: filterDevice.value, status: filterStatus.value})}`);
       cursors[page + 1] = body.next_cursor || undefined;
       fill(results, table([
-        {label: 'Bundle', cell: (b) => h('span', {class: 'mono small', 'data-test': 'bundle-id'}, b.id)},
+        {label: 'Bundle', cell: (b) => h('span', {class: 'mono small any', 'data-test': 'bundle-id'}, b.id)},
         {label: 'Device', cell: (b) => h('a', {href: `#/devices/${encodeURIComponent(b.device_id)}`, class: 'mono'}, b.device_id)},
         {label: 'Credential', cell: (b) => `${b.credential} / ${b.format}`},
         {label: 'Status', cell: (b) => h('span', {'data-test': 'bundle-status'}, badge(b.status, b.status === 'pending' ? 'enabled' : 'muted'))},

@@ -171,7 +171,7 @@ async function loadCerts(el, deviceId, _reload, notice) {
 
 export function certTable(items, reload, notice) {
   return table([
-    {label: 'Serial', cell: (c) => h('span', {class: 'mono small', 'data-test': 'serial'}, c.serial)},
+    {label: 'Serial', cell: (c) => h('span', {class: 'mono small any', 'data-test': 'serial'}, c.serial)},
     {label: 'Status', cell: (c) => h('span', {'data-test': 'cert-status'}, badge(c.status, c.status === 'valid' ? 'enabled' : 'disabled'), c.revocation_reason ? ` ${c.revocation_reason}` : '')},
     {label: 'Device', cell: (c) => (c.device_id ? h('a', {href: `#/devices/${encodeURIComponent(c.device_id)}`, class: 'mono'}, c.device_id) : (c.kind || '—'))},
     {label: 'Valid from', cell: (c) => when(c.not_before)},

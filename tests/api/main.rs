@@ -12,6 +12,7 @@ mod azure_sdk;
 mod bundles;
 mod canary;
 mod cli;
+mod console;
 mod cluster;
 mod devices;
 mod enrollment;

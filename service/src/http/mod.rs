@@ -10,6 +10,7 @@ pub mod audit;
 pub mod bundles;
 pub mod ca;
 pub mod certificates;
+pub mod console;
 pub mod devices;
 pub mod enrollment;
 pub mod est;
@@ -97,6 +98,8 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET",    "/readyz",                          Public,                       || web::get().to(ops::readyz)),
     rule("GET",    "/metrics",                         Public,                       || web::get().to(ops::metrics)),
     rule("GET",    "/openapi.json",                    Public,                       || web::get().to(ops::openapi)),
+    rule("GET",    "/ui/",                             Public,                       || web::get().to(console::index)),
+    rule("GET",    "/ui/{asset}",                      Public,                       || web::get().to(console::asset)),
     rule("GET",    "/v1/ca/chain",                     Public,                       || web::get().to(ca::chain)),
     rule("GET",    "/v1/ca/crl",                       Public,                       || web::get().to(ca::crl_current)),
     rule("GET",    "/v1/ca/crls.pem",                  Public,                       || web::get().to(ca::crls_pem)),

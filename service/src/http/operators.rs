@@ -116,12 +116,15 @@ pub async fn login(
     )
     .await
     {
-        Ok((token, exp)) => {
+        Ok(session) => {
             let entry = Entry::success(&body.username, "auth.login", &body.username, Some(&addr));
             crate::audit::record(&state.store, &state.audit_key, &entry, now).await?;
             Ok(secret_json(
                 StatusCode::OK,
-                &json!({"access_token": token, "token_type": "Bearer", "expires_at": ts(exp)}),
+                &json!({
+                    "access_token": session.token, "token_type": "Bearer",
+                    "expires_at": ts(session.expires_at), "permissions": session.permissions,
+                }),
             ))
         }
         Err(OperatorError::BadCredentials) => Err(refused_credential(

@@ -295,13 +295,30 @@ const SELECT_PAGE: &str = concat!(
      AND ($3 IS NULL OR device_id < $3) ORDER BY device_id LIMIT $4"
 );
 
-/// The bounds of a page: the cursor raised to the prefix, and the prefix's upper bound (the
-/// prefix followed by U+10FFFF sorts after every id that starts with it; ids are ASCII), so
-/// the primary key index serves a prefix as a range.
-fn page_bounds<'a>(after: &'a str, prefix: Option<&'a str>) -> (&'a str, Option<String>) {
-    let prefix_lo = prefix.unwrap_or("");
-    let after = if after < prefix_lo { prefix_lo } else { after };
-    (after, prefix.map(|p| format!("{p}\u{10FFFF}")))
+/// The bounds of a page: the cursor raised to just below the prefix, and the prefix's upper
+/// bound (the prefix followed by U+10FFFF sorts after every id that starts with it; ids are
+/// ASCII), so the primary key index serves a prefix as a range.
+fn page_bounds(after: &str, prefix: Option<&str>) -> (String, Option<String>) {
+    let upper = prefix.map(|p| format!("{p}\u{10FFFF}"));
+    match prefix {
+        Some(p) if after < p => (just_below(p), upper),
+        _ => (after.to_owned(), upper),
+    }
+}
+
+/// A string that sorts after every id below `p` and before `p` itself, for the exclusive
+/// `device_id > $1`: raising the cursor to `p` itself would leave out the device whose id is
+/// exactly the prefix (a search by a full id found nothing). It is `p` with its last character
+/// lowered by one and U+10FFFF after it (no ASCII id lies between the two).
+fn just_below(p: &str) -> String {
+    let mut chars: Vec<char> = p.chars().collect();
+    let Some(last) = chars.pop() else { return String::new() };
+    if let Some(lower) = (last as u32).checked_sub(1) {
+        // Below U+E000 lies the surrogate gap: the next character down is U+D7FF.
+        chars.push(char::from_u32(lower).unwrap_or('\u{D7FF}'));
+        chars.push('\u{10FFFF}');
+    }
+    chars.into_iter().collect()
 }
 
 /// One page in `device_id` byte order after `after`, optionally filtered by status and id
@@ -350,6 +367,20 @@ pub async fn page_committed(
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    /// A prefix that is a whole id finds that id: the raised cursor sorts below it, above
+    /// every id that does not start with the prefix.
+    #[test]
+    fn the_raised_cursor_sorts_just_below_the_prefix() {
+        let (after, upper) = page_bounds("", Some("dev-9"));
+        assert!(after.as_str() < "dev-9" && after.as_str() > "dev-8zzzz", "{after:?}");
+        assert!(upper.as_deref().is_some_and(|u| u > "dev-9zzz"));
+        assert_eq!(page_bounds("dev-95", Some("dev-9")).0, "dev-95", "a cursor inside stays");
+        assert_eq!(page_bounds("a", None), ("a".to_owned(), None));
+        assert_eq!(just_below(""), "");
+        assert_eq!(just_below("\0"), "");
+        assert_eq!(just_below("a\u{E000}"), "a\u{D7FF}\u{10FFFF}");
+    }
 
     /// The hop-free read sees every commit at once (it is a read, not a cache) and decodes the
     /// row exactly as the sqlx path does.

@@ -84,14 +84,27 @@ pub async fn delete(store: &Store, cx: &Ctx<'_>, name: &str) -> Result<(), Opera
     Ok(())
 }
 
-/// Checks a password and issues a session token `(token, expires_at)`.
+/// An operator session: the token and what it lets its holder do.
+#[derive(Debug)]
+pub struct Session {
+    /// the signed JWT (a bearer credential)
+    pub token: String,
+    /// expiry, unix seconds
+    pub expires_at: i64,
+    /// the operator's permissions with their implications applied (`RegistryReadWrite` lists
+    /// `RegistryRead` too): the console hides what the session cannot do. Any change of them
+    /// ends the session, so they stay true for its lifetime.
+    pub permissions: Vec<&'static str>,
+}
+
+/// Checks a password and issues a session token.
 pub async fn login(
     store: &Store,
     jwt: &JwtKeys,
     name: &str,
     password: Password,
     now: i64,
-) -> Result<(String, i64), OperatorError> {
+) -> Result<Session, OperatorError> {
     let row = {
         let mut conn = store.conn().await?;
         rows::get(&mut conn, name).await?
@@ -110,7 +123,17 @@ pub async fn login(
         exp,
     };
     let token = jwt.sign(&claims).map_err(|e| OperatorError::Internal(e.to_string()))?;
-    Ok((token, exp))
+    let granted = row
+        .as_ref()
+        .and_then(|r| serde_json::from_str::<Vec<String>>(&r.permissions).ok())
+        .and_then(|names| PermissionSet::parse(names.iter().map(String::as_str)).ok())
+        .unwrap_or_default();
+    let permissions = crate::auth::Permission::ALL
+        .into_iter()
+        .filter(|p| granted.allows(*p))
+        .map(crate::auth::Permission::as_str)
+        .collect();
+    Ok(Session { token, expires_at: exp, permissions })
 }
 
 /// Authenticates a session token: valid signature, audience, expiry, and the operator still

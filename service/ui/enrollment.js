@@ -203,6 +203,12 @@ function editor(view, kind, existing, ctx) {
   const e = existing || {};
   const id = h('input', {name: 'id', required: true, maxlength: 128, value: e[kind.idMember] || '', disabled: !!existing, spellcheck: 'false', autocapitalize: 'none'});
   const attTypes = kind.individual ? [['symmetric_key', 'symmetric key'], ['x509_ca', 'X.509 CA']] : [['symmetric_key', 'symmetric key'], ['x509_ca', 'X.509 CA'], ['token', 'one-time token']];
+  // A type this form cannot edit (aws_claim: CAs, template, parameters) is offered as it is and
+  // sent back unchanged, so saving other members never drops it.
+  const known = attTypes.map(([v]) => v);
+  const original = e.attestation;
+  const keepOriginal = !!original && !known.includes(original.type);
+  if (keepOriginal) attTypes.push([original.type, `${original.type} (kept as it is; change it with the API)`]);
   const att = select('attestation', attTypes, e.attestation?.type || 'symmetric_key');
   const cas = h('textarea', {name: 'ca_certificates', rows: 4, placeholder: '-----BEGIN CERTIFICATE----- (one or more)', spellcheck: 'false'});
   cas.value = (e.attestation?.x509_ca?.ca_certificates || []).join('\n');
@@ -235,7 +241,7 @@ function editor(view, kind, existing, ctx) {
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     try {
-      const attestation = {type: att.value};
+      const attestation = keepOriginal && att.value === original.type ? original : {type: att.value};
       if (att.value === 'x509_ca') {
         const pems = cas.value.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) || [];
         attestation.x509_ca = {ca_certificates: pems};

@@ -616,7 +616,7 @@ async fn operator(config: Config, command: OperatorCommand) -> Result<ExitCode, 
                 return Ok(ExitCode::from(5));
             }
             let password = read_password(password_file.as_deref())?;
-            crate::usecase::operators::put(&state.store, &cx, &name, password, &perms)
+            crate::usecase::operators::put(&state.store, &cx, &name, password, &perms, false)
                 .await
                 .map_err(|e| error_chain(&e))?;
             eprintln!("operator {name} {}", if exists { "replaced" } else { "created" });
@@ -642,7 +642,7 @@ async fn operator(config: Config, command: OperatorCommand) -> Result<ExitCode, 
             let perms = crate::auth::PermissionSet::parse(names.iter().map(String::as_str))
                 .unwrap_or_default();
             let password = read_password(password_file.as_deref())?;
-            crate::usecase::operators::put(&state.store, &cx, &name, password, &perms)
+            crate::usecase::operators::put(&state.store, &cx, &name, password, &perms, false)
                 .await
                 .map_err(|e| error_chain(&e))?;
             eprintln!("password of {name} changed");

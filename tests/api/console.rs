@@ -137,22 +137,28 @@ fn screenshot_dir() -> PathBuf {
 async fn the_console_works_in_a_real_browser_and_leaves_no_secret_behind() {
     // Once per CI run: SQLite. `scripts/console-postgres` sets CONSOLE_BROWSER_ON_POSTGRES.
     if backend_is_postgres() && std::env::var_os("CONSOLE_BROWSER_ON_POSTGRES").is_none() {
-        eprintln!("SKIPPED on PostgreSQL: the browser suite runs on SQLite (scripts/console-postgres)");
+        eprintln!(
+            "SKIPPED on PostgreSQL: the browser suite runs on SQLite (scripts/console-postgres)"
+        );
         return;
     }
     if !browser_ready() {
         return;
     }
     let app = spawn_app().await;
-    put_operator(&app, "admin", &[
-        "RegistryReadWrite",
-        "EnrollmentWrite",
-        "Enroll",
-        "BundleCreate",
-        "CertificateAdmin",
-        "AuditRead",
-        "PolicyAdmin",
-    ])
+    put_operator(
+        &app,
+        "admin",
+        &[
+            "RegistryReadWrite",
+            "EnrollmentWrite",
+            "Enroll",
+            "BundleCreate",
+            "CertificateAdmin",
+            "AuditRead",
+            "PolicyAdmin",
+        ],
+    )
     .await;
     put_operator(&app, "reader", &["RegistryRead"]).await;
     let shots = screenshot_dir();
@@ -172,7 +178,11 @@ async fn the_console_works_in_a_real_browser_and_leaves_no_secret_behind() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
-    assert!(out.status.success(), "browser suite failed:\n{stdout}\n{stderr}\nserver:\n{}", app.logs());
+    assert!(
+        out.status.success(),
+        "browser suite failed:\n{stdout}\n{stderr}\nserver:\n{}",
+        app.logs()
+    );
     assert!(stdout.contains("console browser suite: ok"), "{stdout}");
 }
 
@@ -203,8 +213,12 @@ async fn the_devices_search_finds_a_device_by_its_whole_id() {
             .json()
             .await
             .unwrap();
-        let ids: Vec<&str> =
-            page["items"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap()).collect();
+        let ids: Vec<&str> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["device_id"].as_str().unwrap())
+            .collect();
         assert_eq!(ids, want, "prefix {prefix}");
     }
 }

@@ -221,3 +221,41 @@ async fn console_reads_answer_counts_certificates_issuers_and_filtered_audit() {
     assert_eq!(rows[0]["target"], "c-1");
     assert_problem(app.owner_send("GET", "/v1/audit?outcome=maybe", None).await, 400).await;
 }
+
+/// `PUT /v1/operators/{name}` with `If-None-Match: *` creates only: 201 once, then 412 with the
+/// first operator's password and permissions untouched (API.md A30 "Lists").
+#[tokio::test]
+async fn an_operator_put_with_if_none_match_star_never_replaces_one() {
+    let app = spawn_app().await;
+    let put = |password: &'static str, permissions: Value| {
+        let app = &app;
+        async move {
+            app.client
+                .put(app.url("/v1/operators/carol"))
+                .header("Authorization", app.owner_token())
+                .header("If-None-Match", "*")
+                .json(&json!({"password": password, "permissions": permissions}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(put("first-password", json!(["AuditRead"])).await.status(), 201);
+    assert_problem(put("second-password", json!(["PolicyAdmin"])).await, 412).await;
+    let one: Value = app.owner_send("GET", "/v1/operators/carol", None).await.json().await.unwrap();
+    assert_eq!(one["permissions"], json!(["AuditRead"]));
+    let login = |password: &'static str| {
+        let app = &app;
+        async move {
+            app.client
+                .post(app.url("/v1/auth/login"))
+                .json(&json!({"username": "carol", "password": password}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(login("first-password").await, 200);
+    assert_eq!(login("second-password").await, 401);
+}

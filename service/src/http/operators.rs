@@ -34,9 +34,14 @@ pub async fn put(
     let password = Password::new(body.password);
     let permissions = PermissionSet::parse(body.permissions.iter().map(String::as_str))
         .map_err(|bad| ApiError::BadRequest(format!("unknown permission `{bad}`")))?;
+    // `If-None-Match: *`: create only (412 when it exists, decided by the insert).
+    let create_only = super::respond::etag_header(&req, actix_web::http::header::IF_NONE_MATCH)?
+        .as_deref()
+        == Some("*");
     let rc = RequestCtx::new(&state, &req, &who);
+    let cx = rc.cx(&state);
     let created =
-        operators::put(&state.store, &rc.cx(&state), &name, password, &permissions).await?;
+        operators::put(&state.store, &cx, &name, password, &permissions, create_only).await?;
     let now = state.now();
     Ok(HttpResponse::build(if created { StatusCode::CREATED } else { StatusCode::OK })
         .json(json!({"name": name, "permissions": permissions.names(), "updated_at": ts(now)})))

@@ -383,6 +383,7 @@ impl From<crate::usecase::operators::OperatorError> for ApiError {
             e @ crate::usecase::operators::OperatorError::PasswordLength => {
                 ApiError::BadRequest(e.to_string())
             }
+            crate::usecase::operators::OperatorError::Exists => ApiError::PreconditionFailed,
             crate::usecase::operators::OperatorError::Store(s) => s.into(),
             crate::usecase::operators::OperatorError::Internal(m) => {
                 ApiError::internal(std::io::Error::other(m))

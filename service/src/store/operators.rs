@@ -56,6 +56,24 @@ pub async fn lookup(store: &super::Store, name: &str) -> Result<Option<OperatorR
 }
 
 /// Inserts or replaces an operator; true when it was created.
+/// Inserts `row` unless an operator of that name exists (one conditional statement); true when
+/// inserted.
+pub async fn insert_new(conn: &mut AnyConnection, row: &OperatorRow) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO operators (name, password_hash, permissions, created_at, updated_at, \
+         generation) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(&row.name)
+    .bind(&row.password_hash)
+    .bind(&row.permissions)
+    .bind(row.created_at)
+    .bind(row.updated_at)
+    .bind(&row.generation)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
 pub async fn upsert(conn: &mut AnyConnection, row: &OperatorRow) -> Result<bool, StoreError> {
     let updated = sqlx::query(
         "UPDATE operators SET password_hash = $2, permissions = $3, updated_at = $4, \

@@ -25,6 +25,9 @@ pub enum OperatorError {
     /// storage
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `If-None-Match: *` and the operator exists
+    #[error("an operator of this name exists")]
+    Exists,
     /// a password outside [`MIN_PASSWORD_LEN`]..=[`MAX_PASSWORD_LEN`] characters
     #[error("password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters")]
     PasswordLength,
@@ -38,13 +41,15 @@ pub const MIN_PASSWORD_LEN: usize = 8;
 /// Longest operator password accepted (characters; bounds the hashing cost of a request).
 pub const MAX_PASSWORD_LEN: usize = 1024;
 
-/// Creates or replaces an operator; true when created.
+/// Creates or replaces an operator (only creates with `create_only`: an existing one is
+/// [`OperatorError::Exists`], decided by the insert itself); true when created.
 pub async fn put(
     store: &Store,
     cx: &Ctx<'_>,
     name: &str,
     password: Password,
     permissions: &PermissionSet,
+    create_only: bool,
 ) -> Result<bool, OperatorError> {
     if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&password.len()) {
         return Err(OperatorError::PasswordLength);
@@ -60,7 +65,14 @@ pub async fn put(
         generation: random_hex(16),
     };
     let mut tx = store.begin().await?;
-    let created = rows::upsert(&mut tx, &row).await?;
+    let created = if create_only {
+        if !rows::insert_new(&mut tx, &row).await? {
+            return Err(OperatorError::Exists);
+        }
+        true
+    } else {
+        rows::upsert(&mut tx, &row).await?
+    };
     cx.audit(
         &mut tx,
         store.dialect(),

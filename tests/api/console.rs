@@ -69,6 +69,12 @@ async fn console_assets_are_served_with_a_self_only_csp_and_the_right_types() {
         let resp = app.client.get(app.url(unknown)).send().await.unwrap();
         assert_problem(resp, 404).await;
     }
+    // An unknown console file's 404 carries the console's headers as well.
+    let resp = app.client.get(app.url("/ui/nope.js")).send().await.unwrap();
+    assert!(header(&resp, "content-security-policy").contains("frame-ancestors 'none'"));
+    assert_eq!(header(&resp, "x-frame-options"), "DENY");
+    assert_eq!(header(&resp, "x-content-type-options"), "nosniff");
+    assert_problem(resp, 404).await;
     // Only GET: a write to the console's paths is refused like any unknown method.
     assert_problem(app.client.post(app.url("/ui/")).send().await.unwrap(), 405).await;
 }

@@ -77,7 +77,14 @@ pub async fn asset(req: HttpRequest, name: web::Path<String>) -> Result<HttpResp
 
 fn serve(req: &HttpRequest, name: &str) -> Result<HttpResponse, ApiError> {
     let Some(i) = ASSETS.iter().position(|a| a.name == name) else {
-        return Err(ApiError::NotFound("no such console file".into()));
+        // The 404 carries the console's headers too: every `/ui/{file}` answer does.
+        use actix_web::ResponseError as _;
+        let mut resp = ApiError::NotFound("no such console file".into()).error_response();
+        let secured = with_security_headers(HttpResponse::NotFound()).finish();
+        for (name, value) in secured.headers() {
+            resp.headers_mut().insert(name.clone(), value.clone());
+        }
+        return Ok(resp);
     };
     let (asset, etag) = (&ASSETS[i], &etags()[i]);
     let fresh = req

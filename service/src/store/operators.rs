@@ -55,7 +55,6 @@ pub async fn lookup(store: &super::Store, name: &str) -> Result<Option<OperatorR
     }
 }
 
-/// Inserts or replaces an operator; true when it was created.
 /// Inserts `row` unless an operator of that name exists (one conditional statement); true when
 /// inserted.
 pub async fn insert_new(conn: &mut AnyConnection, row: &OperatorRow) -> Result<bool, StoreError> {
@@ -74,6 +73,7 @@ pub async fn insert_new(conn: &mut AnyConnection, row: &OperatorRow) -> Result<b
     Ok(inserted.rows_affected() == 1)
 }
 
+/// Inserts or replaces an operator; true when it was created.
 pub async fn upsert(conn: &mut AnyConnection, row: &OperatorRow) -> Result<bool, StoreError> {
     let updated = sqlx::query(
         "UPDATE operators SET password_hash = $2, permissions = $3, updated_at = $4, \
@@ -89,18 +89,11 @@ pub async fn upsert(conn: &mut AnyConnection, row: &OperatorRow) -> Result<bool,
     if updated.rows_affected() == 1 {
         return Ok(false);
     }
-    sqlx::query(
-        "INSERT INTO operators (name, password_hash, permissions, created_at, updated_at, \
-         generation) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&row.name)
-    .bind(&row.password_hash)
-    .bind(&row.permissions)
-    .bind(row.created_at)
-    .bind(row.updated_at)
-    .bind(&row.generation)
-    .execute(conn)
-    .await?;
+    // Created between the UPDATE and here by another writer: the conflict the plain INSERT
+    // used to raise.
+    if !insert_new(conn, row).await? {
+        return Err(StoreError::Conflict { constraint: "operators.name".into() });
+    }
     Ok(true)
 }
 

@@ -35,11 +35,15 @@ enum AuthType {
     X509Thumbprint,
 }
 
+/// A `{primary_key, secondary_key}` pair of base64 SAS keys (devices, enrollments), either
+/// optional.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct KeysBody {
-    primary_key: Option<String>,
-    secondary_key: Option<String>,
+pub struct KeysBody {
+    /// primary key, base64
+    pub primary_key: Option<String>,
+    /// secondary key, base64
+    pub secondary_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

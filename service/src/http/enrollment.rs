@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 use super::extract::Authenticated;
 use super::problem::ApiError;
 use super::respond::{path_id, secret_json, ts, RequestCtx};
+use crate::repr::KeysBody;
 use crate::state::AppState;
 use crate::usecase::groups::{self, Attestation, Credential, Group, Reprovisioning};
 use crate::usecase::register::{stream, Registered, RegistrationRequest};
@@ -26,13 +27,6 @@ pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 pub const GROUP_COMMIT_LINES: usize = 250;
 /// Largest single NDJSON line.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeysBody {
-    primary_key: Option<String>,
-    secondary_key: Option<String>,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
